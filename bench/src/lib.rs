@@ -1,0 +1,1 @@
+//! kvroute-bench: replay harness and peers (being written).

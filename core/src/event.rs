@@ -1,0 +1,49 @@
+//! KV-cache events as the index consumes them, one stream per (worker, dp_rank).
+//!
+//! An engine reports three things about a rank's cache: blocks were stored (appended
+//! under a parent block, or at the root), blocks were removed, or everything was cleared.
+//! Each event carries the rank it belongs to and an event id that increases by one per
+//! event of that rank; the index applies a rank's events in id order and skips an event
+//! whose id is not above the last one applied (a duplicate or a replay).
+
+use crate::ids::{BlockHash, EngineHash, RankKey};
+
+/// One stored block: the engine's hash (for later `parent` and `Removed` references)
+/// and the content hash the router computes from tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StoredBlock {
+    pub engine_hash: EngineHash,
+    pub content_hash: BlockHash,
+}
+
+/// What happened to a rank's cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvEventData {
+    /// `blocks` were stored as a chain: the first under `parent` (or at the root when
+    /// `None`), each next one under the previous.
+    Stored { parent: Option<EngineHash>, blocks: Vec<StoredBlock> },
+    /// The blocks with these engine hashes were evicted.
+    Removed { blocks: Vec<EngineHash> },
+    /// Every block of the rank was dropped.
+    Cleared,
+}
+
+/// An event of one rank.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvEvent {
+    pub rank: RankKey,
+    /// Strictly increasing per rank (not necessarily contiguous for the index).
+    pub event_id: u64,
+    pub data: KvEventData,
+}
+
+impl KvEvent {
+    /// Number of block hashes the event carries (the unit of "block ops").
+    pub fn block_count(&self) -> usize {
+        match &self.data {
+            KvEventData::Stored { blocks, .. } => blocks.len(),
+            KvEventData::Removed { blocks } => blocks.len(),
+            KvEventData::Cleared => 0,
+        }
+    }
+}
