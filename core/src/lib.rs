@@ -14,7 +14,8 @@ pub mod event;
 pub mod hashing;
 pub mod ids;
 pub mod index;
-pub mod reference; // TEMP: ungated while the index stub uses it
+#[cfg(any(test, feature = "reference"))]
+pub mod reference;
 pub mod sim;
 pub mod trace;
 

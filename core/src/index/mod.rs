@@ -1,10 +1,57 @@
-//! TEMPORARY STUB: the public API of the concurrent index, backed by a mutex around the
-//! reference model until the lock-free tree lands. Do not rely on its speed.
+//! The KV-block index: for a request's block content hashes, how many leading blocks
+//! each (worker, dp_rank) holds.
+//!
+//! # Shape
+//! A compressed radix tree over content hashes. A node is a *run*: consecutive positions
+//! on one chain that the same set of ranks holds, stored as a contiguous array of content
+//! hashes plus a bitset of holder rank ids (`RankId`s are dense, so 256 ranks are 4
+//! words). Children hang off a node's end in a small open-addressing table keyed by the
+//! child's first hash. A chain that an engine stores in one event becomes one node; it
+//! is cut only where holders differ (a rank holds part of it, or evicted a block inside
+//! it) or where another chain branches off mid-run. See [`node`] for the node layout.
+//!
+//! # Lookup
+//! [`KvIndex::find_matches`] pins the reclamation epoch, walks from the root comparing
+//! the request against each run with a tight loop, and ANDs a stack bitset of ranks
+//! still matching with each node's holders; a rank that drops out scores the blocks
+//! matched before that node. No lock, no retry, no shared write, no allocation but the
+//! result. See [`lookup`].
+//!
+//! # Writes
+//! Events are applied under one writer mutex (readers never touch it). Each rank keeps
+//! `engine hash -> (node, offset)` to resolve `parent` links and removals. A writer
+//! changes a node's length and children together by swapping the node's `Shape`
+//! pointer, so a reader always sees a consistent node, and sets holder bits bottom-up so
+//! a reader never credits a rank with more than it held before or after an event. See
+//! [`writer`].
+//!
+//! # Memory
+//! Unlinked nodes, replaced shapes, rebuilt child tables and recycled rank ids go
+//! through epoch-based reclamation ([`reclaim`]: crossbeam-epoch by default, seize with
+//! the `seize` feature): freed once no pinned reader can hold them. A node with no holders
+//! and no children is unlinked at once, so the tree holds what the ranks hold, plus the
+//! path nodes above it.
 
-use std::sync::Mutex;
+mod child_table;
+mod lookup;
+mod node;
+mod prehashed;
+mod rank_table;
+mod reclaim;
+mod writer;
+
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use child_table::ChildTable;
+use node::{empty_holders, Node, Shape};
+pub use rank_table::MAX_RANKS;
+use rank_table::{IdReturn, RankTable};
+use reclaim::Domain;
+use writer::{NodePtr, WriterState};
 
 use crate::event::KvEvent;
-use crate::ids::{BlockHash, RankKey, WorkerId};
+use crate::ids::{BlockHash, RankId, RankKey, WorkerId};
 
 /// What the index did with the events it was given. Anything but `events_applied`,
 /// `blocks_stored` and `blocks_removed` is an anomaly in the stream, counted, never fatal.
@@ -33,6 +80,7 @@ pub struct OverlapScores {
 }
 
 impl OverlapScores {
+    /// Overlap of `rank` (0 when it holds nothing of the request).
     pub fn get(&self, rank: RankKey) -> u32 {
         self.entries.iter().find(|(k, _)| *k == rank).map_or(0, |(_, v)| *v)
     }
@@ -53,14 +101,45 @@ impl OverlapScores {
 pub struct IndexStats {
     /// Distinct block positions held by at least one rank.
     pub distinct_blocks: usize,
-    /// Tree nodes alive (excluding the root).
+    /// (rank, position) pairs held.
+    pub held_pairs: usize,
+    /// Live tree nodes, excluding the root.
     pub nodes: usize,
+    /// Nodes that hold nothing but lead to held nodes.
+    pub path_nodes: usize,
     pub ranks: usize,
 }
 
-pub struct KvIndex {
-    inner: Mutex<crate::reference::ReferenceIndex>,
+/// Errors of rank registration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IndexError {
+    /// The index already holds [`MAX_RANKS`] ranks.
+    TooManyRanks,
 }
+
+impl std::fmt::Display for IndexError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IndexError::TooManyRanks => write!(f, "the index already holds {MAX_RANKS} ranks"),
+        }
+    }
+}
+
+impl std::error::Error for IndexError {}
+
+/// The concurrent KV-block index. `Sync`: share it by reference or `Arc`.
+pub struct KvIndex {
+    root: NodePtr,
+    ranks: AtomicPtr<RankTable>,
+    writer: Mutex<WriterState>,
+    domain: Domain,
+}
+
+// SAFETY: the root pointer is owned by the index and freed in Drop; all shared mutation
+// goes through atomics, the writer mutex, and the reclamation scheme (module docs).
+unsafe impl Sync for KvIndex {}
+// SAFETY: as above; nothing in the index is tied to the creating thread.
+unsafe impl Send for KvIndex {}
 
 impl Default for KvIndex {
     fn default() -> Self {
@@ -70,28 +149,158 @@ impl Default for KvIndex {
 
 impl KvIndex {
     pub fn new() -> Self {
-        KvIndex { inner: Mutex::new(crate::reference::ReferenceIndex::new()) }
+        let root_shape = Shape::new(0, std::ptr::null_mut(), empty_holders(1));
+        let root = Box::into_raw(Node::new(std::sync::Arc::from(Vec::new()), 0, root_shape, std::ptr::null_mut()));
+        KvIndex {
+            root: NodePtr(root),
+            ranks: AtomicPtr::new(Box::into_raw(RankTable::new(Box::new([])))),
+            writer: Mutex::new(WriterState::new(root)),
+            domain: Domain::default(),
+        }
     }
-    pub fn register_rank(&self, rank: RankKey) {
-        self.inner.lock().unwrap().register_rank(rank)
+
+    fn writer(&self) -> MutexGuard<'_, WriterState> {
+        // A panic while applying an event would be a bug; the state stays usable for
+        // lookups either way, so poisoning is not propagated.
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
-    pub fn deregister_rank(&self, rank: RankKey) {
-        self.inner.lock().unwrap().deregister_rank(rank)
+
+    fn publish_ranks(&self, w: &WriterState, guard: &reclaim::Guard) {
+        let keys: Box<[Option<RankKey>]> = w.ranks.iter().map(|r| r.as_ref().map(|s| s.key)).collect();
+        let old = self.ranks.swap(Box::into_raw(RankTable::new(keys)), Ordering::Release);
+        // SAFETY: the old table is unlinked; retired once.
+        unsafe { guard.retire(old) };
     }
-    pub fn remove_worker(&self, worker: WorkerId) {
-        self.inner.lock().unwrap().remove_worker(worker)
+
+    /// Registers a rank (idempotent) and returns its dense id. Safe while lookups and
+    /// other writers run.
+    pub fn register_rank(&self, rank: RankKey) -> Result<RankId, IndexError> {
+        let mut w = self.writer();
+        if let Some(&id) = w.rank_ids.get(&rank) {
+            return Ok(RankId(id));
+        }
+        let recycled = w.free_ids.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let id = match recycled {
+            Some(id) => id,
+            None if w.ranks.len() < MAX_RANKS => {
+                w.ranks.push(None);
+                (w.ranks.len() - 1) as u32
+            }
+            None => return Err(IndexError::TooManyRanks),
+        };
+        w.ranks[id as usize] = Some(WriterState::new_rank(rank));
+        w.rank_ids.insert(rank, id);
+        w.words = w.words.max(w.ranks.len().div_ceil(64));
+        let guard = self.domain.pin();
+        self.publish_ranks(&w, &guard);
+        Ok(RankId(id))
     }
+
+    /// Removes a rank and every block it holds. Returns whether it was registered.
+    pub fn deregister_rank(&self, rank: RankKey) -> bool {
+        let mut w = self.writer();
+        let Some(id) = w.rank_ids.remove(&rank) else { return false };
+        let guard = self.domain.pin();
+        w.release_rank(&guard, id);
+        self.publish_ranks(&w, &guard);
+        let pool = w.free_ids.clone();
+        // SAFETY: a fresh box, retired once; its Drop returns the id after the grace period.
+        unsafe { guard.retire(Box::into_raw(Box::new(IdReturn { pool, id }))) };
+        true
+    }
+
+    /// Removes every rank of `worker`; returns how many there were.
+    pub fn remove_worker(&self, worker: WorkerId) -> usize {
+        let ranks: Vec<RankKey> = self.writer().rank_ids.keys().filter(|k| k.worker == worker).copied().collect();
+        ranks.into_iter().filter(|&r| self.deregister_rank(r)).count()
+    }
+
+    /// Applies one event. Callable from many threads; a rank's events must be applied in
+    /// order by one thread at a time. Bad events are counted (see [`EventCounters`]).
     pub fn apply(&self, event: &KvEvent) {
-        self.inner.lock().unwrap().apply(event)
+        let mut w = self.writer();
+        let guard = self.domain.pin();
+        w.apply(&guard, event);
     }
+
+    /// Applies a batch of events under one lock acquisition.
+    pub fn apply_batch<'a>(&self, events: impl IntoIterator<Item = &'a KvEvent>) {
+        let mut w = self.writer();
+        let guard = self.domain.pin();
+        for event in events {
+            w.apply(&guard, event);
+        }
+    }
+
+    /// Overlap of every rank holding a non-empty prefix of `request`. Lock-free.
     pub fn find_matches(&self, request: &[BlockHash]) -> OverlapScores {
-        OverlapScores { entries: self.inner.lock().unwrap().find_matches(request) }
+        let guard = self.domain.pin();
+        // SAFETY: the root lives as long as the index; the rank table is loaded under
+        // the guard and retired only through the reclamation scheme.
+        let (root, ranks) = unsafe { (&*self.root.0, &*guard.load(&self.ranks)) };
+        lookup::find_matches(&guard, root, ranks, request)
     }
+
     pub fn counters(&self) -> EventCounters {
-        self.inner.lock().unwrap().counters().clone()
+        self.writer().counters.clone()
     }
+
+    /// Walks the whole tree under the writer lock.
     pub fn stats(&self) -> IndexStats {
-        let inner = self.inner.lock().unwrap();
-        IndexStats { distinct_blocks: inner.distinct_blocks(), nodes: 0, ranks: 0 }
+        let w = self.writer();
+        let mut stats = IndexStats { ranks: w.rank_ids.len(), ..IndexStats::default() };
+        let mut stack = vec![self.root.0];
+        while let Some(node) = stack.pop() {
+            // SAFETY: under the writer lock nothing is unlinked or freed concurrently.
+            let shape = unsafe { &*(*node).shape.load(Ordering::Relaxed) };
+            if node != self.root.0 {
+                stats.nodes += 1;
+                let holders = shape.holder_count() as usize;
+                if holders > 0 {
+                    stats.distinct_blocks += shape.len as usize;
+                    stats.held_pairs += shape.len as usize * holders;
+                } else {
+                    stats.path_nodes += 1;
+                }
+            }
+            let table = shape.children.load(Ordering::Relaxed);
+            if !table.is_null() {
+                // SAFETY: as above.
+                stack.extend(unsafe { &*table }.children().map(|(_, c)| c));
+            }
+        }
+        debug_assert_eq!(stats.nodes, w.nodes);
+        stats
+    }
+
+    /// Pushes deferred frees towards collection (for memory reports and tests).
+    pub fn flush_reclamation(&self) {
+        let guard = self.domain.pin();
+        guard.flush();
     }
 }
+
+impl Drop for KvIndex {
+    fn drop(&mut self) {
+        // `&mut self`: no reader or writer is left; free the live tree directly.
+        let mut stack = vec![self.root.0];
+        while let Some(node) = stack.pop() {
+            // SAFETY: every live node, shape and table is reachable exactly once from the
+            // root and owned by the tree; retired ones belong to the reclamation scheme.
+            unsafe {
+                let node = Box::from_raw(node);
+                let shape = Box::from_raw(node.shape.load(Ordering::Relaxed));
+                let table = shape.children.load(Ordering::Relaxed);
+                if !table.is_null() {
+                    let table: Box<ChildTable> = Box::from_raw(table);
+                    stack.extend(table.children().map(|(_, c)| c));
+                }
+            }
+        }
+        // SAFETY: the table was created with Box::into_raw and is owned by the index.
+        drop(unsafe { Box::from_raw(self.ranks.load(Ordering::Relaxed)) });
+    }
+}
+
+#[cfg(test)]
+mod tests;

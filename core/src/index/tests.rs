@@ -1,0 +1,246 @@
+//! Exactness of the index against the reference model, under random event streams with
+//! shared prefixes, holes, re-stores, copies, duplicates, unknown parents, clears, stale
+//! ids, rank churn and worker removal.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::event::{KvEventData, StoredBlock};
+use crate::ids::EngineHash;
+use crate::reference::ReferenceIndex;
+
+const RANKS: [RankKey; 4] = [RankKey::new(1, 0), RankKey::new(1, 1), RankKey::new(2, 0), RankKey::new(7, 3)];
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// Store a chain of `contents` under a parent picked by `parent` (0 = root).
+    Store { rank: usize, parent: usize, contents: Vec<u8>, odd_engine: u8 },
+    Remove { rank: usize, picks: Vec<usize>, unknown: bool },
+    Clear { rank: usize },
+    Deregister { rank: usize },
+    RemoveWorker { rank: usize },
+    Stale { rank: usize },
+    Probe { rank: usize, pick: usize, cut: usize },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..4usize, any::<usize>(), prop::collection::vec(0..3u8, 1..7), any::<u8>())
+            .prop_map(|(rank, parent, contents, odd_engine)| Op::Store { rank, parent, contents, odd_engine }),
+        3 => (0..4usize, prop::collection::vec(any::<usize>(), 1..4), any::<bool>())
+            .prop_map(|(rank, picks, unknown)| Op::Remove { rank, picks, unknown }),
+        1 => (0..4usize).prop_map(|rank| Op::Clear { rank }),
+        1 => (0..4usize).prop_map(|rank| Op::Deregister { rank }),
+        1 => (0..4usize).prop_map(|rank| Op::RemoveWorker { rank }),
+        1 => (0..4usize).prop_map(|rank| Op::Stale { rank }),
+        3 => (0..4usize, any::<usize>(), 0..8usize).prop_map(|(rank, pick, cut)| Op::Probe { rank, pick, cut }),
+    ]
+}
+
+fn mix(a: u64, b: u64) -> u64 {
+    let x = (a ^ b.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^ (x >> 29)
+}
+
+/// Drives the index and the reference with the same events and compares them.
+struct Harness {
+    index: KvIndex,
+    reference: ReferenceIndex,
+    /// Content path of every engine hash each rank was told to store (test bookkeeping).
+    paths: HashMap<(RankKey, EngineHash), Vec<BlockHash>>,
+    held: HashMap<RankKey, Vec<EngineHash>>,
+    next_id: HashMap<RankKey, u64>,
+    probes: Vec<Vec<BlockHash>>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let mut h = Harness {
+            index: KvIndex::new(),
+            reference: ReferenceIndex::new(),
+            paths: HashMap::new(),
+            held: HashMap::new(),
+            next_id: HashMap::new(),
+            probes: Vec::new(),
+        };
+        for r in RANKS {
+            h.register(r);
+        }
+        h
+    }
+
+    fn register(&mut self, r: RankKey) {
+        self.index.register_rank(r).unwrap();
+        self.reference.register_rank(r);
+    }
+
+    fn forget(&mut self, r: RankKey) {
+        self.held.remove(&r);
+        self.paths.retain(|(k, _), _| *k != r);
+        self.next_id.remove(&r);
+    }
+
+    fn send(&mut self, rank: RankKey, data: KvEventData) {
+        let id = self.next_id.entry(rank).or_insert(0);
+        *id += 1;
+        let event = KvEvent { rank, event_id: *id, data };
+        self.index.apply(&event);
+        self.reference.apply(&event);
+    }
+
+    fn run(&mut self, op: &Op) {
+        match op.clone() {
+            Op::Store { rank, parent, contents, odd_engine } => {
+                let r = RANKS[rank];
+                let held = self.held.entry(r).or_default().clone();
+                let parent = if parent % 4 == 0 || held.is_empty() {
+                    None
+                } else if parent % 11 == 1 {
+                    Some(EngineHash(0xdead)) // never stored: unknown parent
+                } else {
+                    Some(held[parent % held.len()])
+                };
+                let mut path = parent.and_then(|p| self.paths.get(&(r, p)).cloned()).unwrap_or_default();
+                let mut prev = parent.map_or(0, |p| p.0);
+                let mut blocks = Vec::new();
+                for (i, c) in contents.iter().enumerate() {
+                    let content = BlockHash(*c as u64 + 100);
+                    // Engine hashes are mostly a function of the chain (shared across
+                    // ranks); some are odd (copies of a position) or repeat (duplicates).
+                    let engine = match odd_engine % 8 {
+                        0 if i == 0 => EngineHash(mix(prev, content.0) ^ 0x5555),
+                        1 if i == 1 && !held.is_empty() => held[odd_engine as usize % held.len()],
+                        _ => EngineHash(mix(prev, content.0)),
+                    };
+                    blocks.push(StoredBlock { engine_hash: engine, content_hash: content });
+                    prev = engine.0;
+                }
+                let known_parent = parent.is_none_or(|p| self.paths.contains_key(&(r, p)));
+                if known_parent {
+                    for b in &blocks {
+                        if let Some(existing) = self.paths.get(&(r, b.engine_hash)) {
+                            path = existing.clone();
+                        } else {
+                            path.push(b.content_hash);
+                            self.paths.insert((r, b.engine_hash), path.clone());
+                            self.held.entry(r).or_default().push(b.engine_hash);
+                        }
+                        self.probes.push(path.clone());
+                    }
+                }
+                self.send(r, KvEventData::Stored { parent, blocks });
+            }
+            Op::Remove { rank, picks, unknown } => {
+                let r = RANKS[rank];
+                let held = self.held.entry(r).or_default();
+                let mut gone = Vec::new();
+                for p in picks {
+                    if !held.is_empty() {
+                        gone.push(held.swap_remove(p % held.len()));
+                    }
+                }
+                if unknown {
+                    gone.push(EngineHash(0xbeef));
+                }
+                for g in &gone {
+                    self.paths.remove(&(r, *g));
+                }
+                self.send(r, KvEventData::Removed { blocks: gone });
+            }
+            Op::Clear { rank } => {
+                let r = RANKS[rank];
+                self.held.remove(&r);
+                self.paths.retain(|(k, _), _| *k != r);
+                self.send(r, KvEventData::Cleared);
+            }
+            Op::Deregister { rank } => {
+                let r = RANKS[rank];
+                assert!(self.index.deregister_rank(r));
+                self.reference.deregister_rank(r);
+                self.forget(r);
+                // Events for a missing rank are counted, then the rank comes back empty.
+                self.send(r, KvEventData::Cleared);
+                self.register(r);
+            }
+            Op::RemoveWorker { rank } => {
+                let w = RANKS[rank].worker;
+                let removed = self.index.remove_worker(w);
+                assert_eq!(removed, RANKS.iter().filter(|k| k.worker == w).count());
+                self.reference.remove_worker(w);
+                for r in RANKS.iter().filter(|k| k.worker == w) {
+                    self.forget(*r);
+                    self.register(*r);
+                }
+            }
+            Op::Stale { rank } => {
+                let r = RANKS[rank];
+                let id = self.next_id.get(&r).copied().unwrap_or(0);
+                let event = KvEvent { rank: r, event_id: id, data: KvEventData::Cleared };
+                self.index.apply(&event);
+                self.reference.apply(&event);
+            }
+            Op::Probe { rank, pick, cut } => {
+                if let Some(p) = self.probes.get(pick % self.probes.len().max(1)) {
+                    let mut q = p.clone();
+                    q.truncate(q.len().saturating_sub(cut % 3));
+                    q.push(BlockHash(rank as u64 + 100));
+                    self.probes.push(q);
+                }
+            }
+        }
+    }
+
+    fn check(&self) {
+        for q in &self.probes {
+            assert_eq!(self.index.find_matches(q).sorted(), self.reference.find_matches(q), "request {q:?}");
+        }
+        assert_eq!(&self.index.counters(), self.reference.counters());
+        let stats = self.index.stats();
+        assert_eq!(stats.distinct_blocks, self.reference.distinct_blocks());
+        assert_eq!(stats.held_pairs, self.reference.held_pairs());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn index_equals_reference(ops in prop::collection::vec(op(), 1..60)) {
+        let mut h = Harness::new();
+        for op in &ops {
+            h.run(op);
+            h.check();
+        }
+        // Dropping every rank leaves nothing but the root: no leaked nodes.
+        for r in RANKS {
+            h.index.deregister_rank(r);
+        }
+        prop_assert_eq!(h.index.stats().nodes, 0);
+    }
+}
+
+#[test]
+fn empty_and_unknown_requests() {
+    let index = KvIndex::new();
+    assert!(index.find_matches(&[]).is_empty());
+    assert!(index.find_matches(&[BlockHash(1)]).is_empty());
+    let r = RankKey::new(3, 1);
+    index.register_rank(r).unwrap();
+    let stored = StoredBlock { engine_hash: EngineHash(9), content_hash: BlockHash(1) };
+    index.apply(&KvEvent { rank: r, event_id: 1, data: KvEventData::Stored { parent: None, blocks: vec![stored] } });
+    assert_eq!(index.find_matches(&[BlockHash(1), BlockHash(2)]).sorted(), vec![(r, 1)]);
+    assert!(index.find_matches(&[BlockHash(2)]).is_empty());
+}
+
+#[test]
+fn rank_limit_is_an_error() {
+    let index = KvIndex::new();
+    for i in 0..MAX_RANKS as u64 {
+        index.register_rank(RankKey::new(i, 0)).unwrap();
+    }
+    assert_eq!(index.register_rank(RankKey::new(u64::MAX, 0)), Err(IndexError::TooManyRanks));
+    // Re-registering an existing rank is idempotent.
+    assert_eq!(index.register_rank(RankKey::new(5, 0)), Ok(RankId(5)));
+}

@@ -1,0 +1,434 @@
+//! Everything that changes the tree, run under the index's writer lock.
+//!
+//! Each rank keeps `engine hash -> Loc`, where a `Loc` is the node a block was placed in
+//! and its offset there *at that time*. Nodes only shrink (a split moves the tail of a
+//! node into a new child) and never merge, so a stale `Loc` is resolved by following the
+//! continuation child (`resolve`), and rewritten when convenient.
+//!
+//! Holder sets are uniform per node, so changing which ranks hold part of a node first
+//! *isolates* that part into a node of its own (at most two splits). Stores set holder
+//! bits bottom-up along the path and a new chain is published with its holder already
+//! set, so a lookup walking top-down never credits a rank with a deeper position than it
+//! had either before or after the event. A node with no holders and no children is
+//! unlinked and retired, then its parent is checked the same way: the tree holds only
+//! what some rank holds, plus path nodes above held nodes.
+//!
+//! A rank may hold one position through several engine hashes (copies); the extra ones
+//! are counted in `copies`, keyed by (rank, node, offset), and re-keyed when a split
+//! moves them.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use super::child_table::ChildTable;
+use super::node::{empty_holders, Node, Shape};
+use super::prehashed::PrehashedMap;
+use super::reclaim::Guard;
+use super::EventCounters;
+use crate::event::{KvEvent, KvEventData, StoredBlock};
+use crate::ids::{EngineHash, RankKey};
+
+/// A node pointer owned by the tree. Raw because nodes are shared with lock-free readers
+/// and freed through the reclamation scheme.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(crate) struct NodePtr(pub(crate) *mut Node);
+
+// SAFETY: a NodePtr is only dereferenced under the writer lock (which serialises all
+// mutation) or by pinned readers, and nodes are only freed through the reclamation scheme.
+unsafe impl Send for NodePtr {}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Loc {
+    node: NodePtr,
+    offset: u32,
+}
+
+pub(crate) struct RankState {
+    pub(crate) key: RankKey,
+    entries: PrehashedMap<EngineHash, Loc>,
+    last_event_id: Option<u64>,
+}
+
+pub(crate) struct WriterState {
+    pub(crate) root: NodePtr,
+    pub(crate) rank_ids: HashMap<RankKey, u32>,
+    pub(crate) ranks: Vec<Option<RankState>>,
+    pub(crate) free_ids: Arc<Mutex<Vec<u32>>>,
+    /// Holder words every new shape gets (covers every rank id handed out).
+    pub(crate) words: usize,
+    copies: HashMap<(u32, NodePtr, u32), u32>,
+    pub(crate) counters: EventCounters,
+    pub(crate) nodes: usize,
+    scratch: Vec<(NodePtr, u32)>,
+}
+
+#[inline(always)]
+fn shape<'a>(node: NodePtr) -> &'a Shape {
+    // SAFETY: the node is alive (reachable from the tree or held by a Loc, see the module
+    // docs) and only the writer lock holder swaps shapes; Relaxed suffices under the lock.
+    unsafe { &*(*node.0).shape.load(Ordering::Relaxed) }
+}
+
+#[inline(always)]
+fn node_ref<'a>(node: NodePtr) -> &'a Node {
+    // SAFETY: as for `shape`.
+    unsafe { &*node.0 }
+}
+
+fn table<'a>(shape: &Shape) -> Option<&'a ChildTable> {
+    let table = shape.children.load(Ordering::Relaxed);
+    // SAFETY: a non-null table pointer in a live shape is a live table (tables are
+    // retired only after being unlinked from the node's current shape).
+    (!table.is_null()).then(|| unsafe { &*table })
+}
+
+impl WriterState {
+    pub(crate) fn new(root: *mut Node) -> Self {
+        WriterState {
+            root: NodePtr(root),
+            rank_ids: HashMap::new(),
+            ranks: Vec::new(),
+            free_ids: Arc::new(Mutex::new(Vec::new())),
+            words: 1,
+            copies: HashMap::new(),
+            counters: EventCounters::default(),
+            nodes: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub(crate) fn new_rank(key: RankKey) -> RankState {
+        RankState { key, entries: PrehashedMap::default(), last_event_id: None }
+    }
+
+    /// Current (node, offset) of a block placed at `loc`. `None` only if the tree's
+    /// invariants were broken (never expected; the block is then treated as unknown).
+    fn resolve(&self, loc: Loc) -> Option<(NodePtr, u32)> {
+        let (mut node, mut offset) = (loc.node, loc.offset);
+        loop {
+            let s = shape(node);
+            if offset < s.len {
+                return Some((node, offset));
+            }
+            let key = node_ref(node).hash_at(s.len);
+            node = NodePtr(table(s)?.get(key.0)?);
+            offset -= s.len;
+        }
+    }
+
+    /// Publishes `new` as `node`'s shape and retires the old one.
+    fn swap_shape(&self, guard: &Guard, node: NodePtr, new: Box<Shape>) {
+        let old = node_ref(node).shape.swap(Box::into_raw(new), Ordering::Release);
+        // SAFETY: `old` is no longer reachable from the node; retired once, here.
+        unsafe { guard.retire(old) };
+    }
+
+    /// Splits `node` at `at` (0 < at < len): the node keeps positions `..at`, a new child
+    /// takes `at..` with the same holders and all of the node's children. Returns the tail.
+    fn split(&mut self, guard: &Guard, node: NodePtr, at: u32) -> NodePtr {
+        let n = node_ref(node);
+        let old = shape(node);
+        debug_assert!(at > 0 && at < old.len);
+        let (run, start) = n.run();
+        let moved_children = old.children.load(Ordering::Relaxed);
+        let tail_shape = Shape::new(old.len - at, moved_children, old.copy_holders(self.words));
+        let tail = NodePtr(Box::into_raw(Node::new(run.clone(), start + at, tail_shape, node.0)));
+        if let Some(children) = table(old) {
+            for (_, child) in children.children() {
+                // Relaxed: writer-only field.
+                node_ref(NodePtr(child)).parent.store(tail.0, Ordering::Relaxed);
+            }
+        }
+        let head_table = ChildTable::with_capacity(2);
+        head_table.insert(n.hash_at(at).0, tail.0);
+        let head_shape = Shape::new(at, Box::into_raw(head_table), old.copy_holders(self.words));
+        // Release (in swap_shape): a reader that loads the new shape sees the new table,
+        // the tail node and its shape fully initialised.
+        self.swap_shape(guard, node, head_shape);
+        self.nodes += 1;
+        if !self.copies.is_empty() {
+            let moved: Vec<_> =
+                self.copies.keys().filter(|(_, n, off)| *n == node && *off >= at).copied().collect();
+            for key in moved {
+                if let Some(count) = self.copies.remove(&key) {
+                    self.copies.insert((key.0, tail, key.2 - at), count);
+                }
+            }
+        }
+        tail
+    }
+
+    /// Makes positions `offset..offset + count` of `node` a node of their own.
+    fn isolate(&mut self, guard: &Guard, node: NodePtr, offset: u32, count: u32) -> NodePtr {
+        let mut node = node;
+        if offset > 0 {
+            node = self.split(guard, node, offset);
+        }
+        if count < shape(node).len {
+            self.split(guard, node, count);
+        }
+        node
+    }
+
+    fn set_holder(&self, guard: &Guard, node: NodePtr, rank: u32) {
+        let (word, bit) = (rank as usize / 64, 1u64 << (rank % 64));
+        let s = shape(node);
+        if word >= s.holders.len() {
+            let wider = Shape::new(s.len, s.children.load(Ordering::Relaxed), s.copy_holders(self.words));
+            self.swap_shape(guard, node, wider);
+        }
+        // Release: a reader that sees this bit also sees bits set earlier (deeper nodes).
+        shape(node).holders[word].fetch_or(bit, Ordering::Release);
+    }
+
+    fn clear_holder(&self, node: NodePtr, rank: u32) {
+        let (word, bit) = (rank as usize / 64, 1u64 << (rank % 64));
+        if let Some(h) = shape(node).holders.get(word) {
+            // Release: orders this removal after the removals the same event made earlier.
+            h.fetch_and(!bit, Ordering::Release);
+        }
+    }
+
+    fn insert_child(&self, guard: &Guard, parent: NodePtr, key: u64, child: NodePtr) {
+        let s = shape(parent);
+        let current = s.children.load(Ordering::Relaxed);
+        match table(s) {
+            None => {
+                let t = ChildTable::with_capacity(2);
+                t.insert(key, child.0);
+                // Release: publishes the table and the child.
+                s.children.store(Box::into_raw(t), Ordering::Release);
+            }
+            Some(t) if t.needs_rebuild() => {
+                let rebuilt = t.rebuilt();
+                rebuilt.insert(key, child.0);
+                // Release: publishes the rebuilt table and the child.
+                s.children.store(Box::into_raw(rebuilt), Ordering::Release);
+                // SAFETY: the old table is unlinked from the current shape. Older shapes
+                // retired earlier may still name it, but only pinned readers hold those.
+                unsafe { guard.retire(current) };
+            }
+            Some(t) => t.insert(key, child.0),
+        }
+    }
+
+    /// Unlinks and retires nodes from `node` upwards while they hold nothing and have no
+    /// children.
+    fn prune(&mut self, guard: &Guard, mut node: NodePtr) {
+        while node != self.root && !node_ref(node).dead.load(Ordering::Relaxed) {
+            let s = shape(node);
+            if s.has_holders() || table(s).is_some_and(|t| t.live() > 0) {
+                return;
+            }
+            let n = node_ref(node);
+            let parent = NodePtr(n.parent.load(Ordering::Relaxed));
+            let ps = shape(parent);
+            if let Some(t) = table(ps) {
+                t.remove(n.hash_at(0).0);
+                if t.live() == 0 {
+                    let old = ps.children.swap(std::ptr::null_mut(), Ordering::Release);
+                    // SAFETY: unlinked from the parent's current shape; retired once.
+                    unsafe { guard.retire(old) };
+                }
+            }
+            n.dead.store(true, Ordering::Relaxed);
+            let own_table = s.children.load(Ordering::Relaxed);
+            // SAFETY: the node, its shape and its (empty) table are now unreachable for
+            // readers that pin from here on; each is retired exactly once.
+            unsafe {
+                if !own_table.is_null() {
+                    guard.retire(own_table);
+                }
+                guard.retire(n.shape.load(Ordering::Relaxed));
+                guard.retire(node.0);
+            }
+            self.nodes -= 1;
+            node = parent;
+        }
+    }
+
+    pub(crate) fn apply(&mut self, guard: &Guard, event: &KvEvent) {
+        let Some(&rank) = self.rank_ids.get(&event.rank) else {
+            self.counters.unknown_rank += 1;
+            return;
+        };
+        let Some(state) = self.ranks[rank as usize].as_mut() else {
+            self.counters.unknown_rank += 1;
+            return;
+        };
+        if state.last_event_id.is_some_and(|last| event.event_id <= last) {
+            self.counters.stale_event += 1;
+            return;
+        }
+        state.last_event_id = Some(event.event_id);
+        self.counters.events_applied += 1;
+        // The entries map is taken out for the event so the tree methods can borrow self.
+        let mut entries = std::mem::take(&mut state.entries);
+        match &event.data {
+            KvEventData::Stored { parent, blocks } => self.store(guard, rank, &mut entries, *parent, blocks),
+            KvEventData::Removed { blocks } => self.remove(guard, rank, &mut entries, blocks),
+            KvEventData::Cleared => self.clear(guard, rank, &mut entries),
+        }
+        if let Some(state) = self.ranks[rank as usize].as_mut() {
+            state.entries = entries;
+        }
+    }
+
+    fn store(
+        &mut self,
+        guard: &Guard,
+        rank: u32,
+        entries: &mut PrehashedMap<EngineHash, Loc>,
+        parent: Option<EngineHash>,
+        blocks: &[StoredBlock],
+    ) {
+        let (mut node, mut pos) = match parent {
+            None => (self.root, 0),
+            Some(p) => match entries.get(&p).and_then(|loc| self.resolve(*loc)) {
+                Some((node, offset)) => (node, offset + 1),
+                None => {
+                    self.counters.unknown_parent += 1;
+                    return;
+                }
+            },
+        };
+        let mut matched = std::mem::take(&mut self.scratch);
+        matched.clear();
+        let mut i = 0;
+        while i < blocks.len() {
+            let block = blocks[i];
+            if let Some(&loc) = entries.get(&block.engine_hash) {
+                self.counters.duplicate_store += 1;
+                if let Some((n, off)) = self.resolve(loc) {
+                    (node, pos) = (n, off + 1);
+                }
+                i += 1;
+                continue;
+            }
+            let s = shape(node);
+            if pos < s.len {
+                if node_ref(node).hash_at(pos) == block.content_hash {
+                    entries.insert(block.engine_hash, Loc { node, offset: pos });
+                    matched.push((node, pos));
+                    pos += 1;
+                    i += 1;
+                    continue;
+                }
+                // The chain leaves this node mid-run: cut it so the new branch can hang here.
+                self.split(guard, node, pos);
+            }
+            if let Some(child) = table(shape(node)).and_then(|t| t.get(block.content_hash.0)) {
+                (node, pos) = (NodePtr(child), 0);
+                continue;
+            }
+            // Nothing here yet: the rest of the chain (up to a block the rank already
+            // holds) becomes one new node, published with this rank as its holder.
+            let mut fresh = Node::new(
+                Arc::from(Vec::new()),
+                0,
+                Shape::new(0, std::ptr::null_mut(), empty_holders(self.words)),
+                node.0,
+            );
+            let fresh_ptr = NodePtr(&mut *fresh as *mut Node);
+            let mut contents = Vec::new();
+            let mut j = i;
+            while j < blocks.len() {
+                match entries.entry(blocks[j].engine_hash) {
+                    Entry::Occupied(_) => break,
+                    Entry::Vacant(v) => {
+                        v.insert(Loc { node: fresh_ptr, offset: contents.len() as u32 });
+                        contents.push(blocks[j].content_hash);
+                    }
+                }
+                j += 1;
+            }
+            let count = contents.len() as u32;
+            let holders = empty_holders(self.words);
+            holders[rank as usize / 64].store(1 << (rank % 64), Ordering::Relaxed);
+            fresh.init_run(Arc::from(contents), Shape::new(count, std::ptr::null_mut(), holders));
+            let first = fresh.hash_at(0).0;
+            let fresh = NodePtr(Box::into_raw(fresh));
+            debug_assert_eq!(fresh, fresh_ptr);
+            self.insert_child(guard, node, first, fresh);
+            self.nodes += 1;
+            self.counters.blocks_stored += count as u64;
+            (node, pos) = (fresh, count);
+            i = j;
+        }
+        // Existing positions the rank now holds: set its bit bottom-up, one isolated
+        // piece per stretch of consecutive positions in one node.
+        let mut k = matched.len();
+        while k > 0 {
+            k -= 1;
+            let Some((n, hi)) = self.resolve(Loc { node: matched[k].0, offset: matched[k].1 }) else {
+                continue;
+            };
+            self.counters.blocks_stored += 1;
+            if shape(n).holds(rank) {
+                *self.copies.entry((rank, n, hi)).or_insert(0) += 1;
+                continue;
+            }
+            let mut lo = hi;
+            while k > 0 {
+                match self.resolve(Loc { node: matched[k - 1].0, offset: matched[k - 1].1 }) {
+                    Some((n2, off2)) if n2 == n && off2 + 1 == lo => {
+                        lo = off2;
+                        k -= 1;
+                        self.counters.blocks_stored += 1;
+                    }
+                    _ => break,
+                }
+            }
+            let piece = self.isolate(guard, n, lo, hi - lo + 1);
+            self.set_holder(guard, piece, rank);
+        }
+        self.scratch = matched;
+    }
+
+    fn remove(&mut self, guard: &Guard, rank: u32, entries: &mut PrehashedMap<EngineHash, Loc>, blocks: &[EngineHash]) {
+        for hash in blocks {
+            let Some(loc) = entries.remove(hash) else {
+                self.counters.unknown_remove += 1;
+                continue;
+            };
+            self.counters.blocks_removed += 1;
+            let Some((node, offset)) = self.resolve(loc) else { continue };
+            if let Entry::Occupied(mut extra) = self.copies.entry((rank, node, offset)) {
+                *extra.get_mut() -= 1;
+                if *extra.get() == 0 {
+                    extra.remove();
+                }
+                continue;
+            }
+            let piece = if shape(node).len == 1 { node } else { self.isolate(guard, node, offset, 1) };
+            self.clear_holder(piece, rank);
+            self.prune(guard, piece);
+        }
+    }
+
+    fn clear(&mut self, guard: &Guard, rank: u32, entries: &mut PrehashedMap<EngineHash, Loc>) {
+        let mut nodes = HashSet::new();
+        for (_, loc) in entries.drain() {
+            if let Some((node, _)) = self.resolve(loc) {
+                nodes.insert(node);
+            }
+        }
+        // Every position the rank holds has an entry, so its bit can go from whole nodes.
+        for &node in &nodes {
+            self.clear_holder(node, rank);
+        }
+        for node in nodes {
+            self.prune(guard, node);
+        }
+        self.copies.retain(|(r, _, _), _| *r != rank);
+    }
+
+    /// Drops every block of `rank` (bits cleared, dead nodes retired) and forgets it.
+    pub(crate) fn release_rank(&mut self, guard: &Guard, rank: u32) {
+        if let Some(mut state) = self.ranks[rank as usize].take() {
+            self.clear(guard, rank, &mut state.entries);
+        }
+    }
+}
