@@ -304,3 +304,5 @@ impl Drop for KvIndex {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod concurrency_tests;
