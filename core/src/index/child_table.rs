@@ -20,7 +20,8 @@ use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use super::node::Node;
 
 /// Marks a slot whose child was removed.
-const TOMBSTONE: *mut Node = 1 as *mut Node;
+/// (A dangling, aligned address: never the address of a live allocation.)
+const TOMBSTONE: *mut Node = std::ptr::dangling_mut();
 
 struct Slot {
     key: AtomicU64,

@@ -155,6 +155,7 @@ impl KvIndex {
             root: NodePtr(root),
             ranks: AtomicPtr::new(Box::into_raw(RankTable::new(Box::new([])))),
             writer: Mutex::new(WriterState::new(root)),
+            #[allow(clippy::default_constructed_unit_structs)] // a unit struct only without `seize`
             domain: Domain::default(),
         }
     }

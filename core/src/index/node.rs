@@ -114,7 +114,8 @@ impl Node {
     pub(crate) fn init_run(&mut self, run: Arc<[BlockHash]>, shape: Box<Shape>) {
         self.run = run;
         self.start = 0;
-        let placeholder = std::mem::replace(self.shape.get_mut(), Box::into_raw(shape));
+        // Relaxed: the node is not shared yet.
+        let placeholder = self.shape.swap(Box::into_raw(shape), Ordering::Relaxed);
         // SAFETY: the node is not published yet, so its placeholder shape (from
         // `Box::into_raw` in `Node::new`) is owned exclusively here.
         drop(unsafe { Box::from_raw(placeholder) });

@@ -1,1 +1,0 @@
-//! Engine-cache simulator: being written.
