@@ -107,6 +107,8 @@ pub struct IndexStats {
     pub nodes: usize,
     /// Nodes that hold nothing but lead to held nodes.
     pub path_nodes: usize,
+    /// Nodes that hold nothing and lead nowhere: always 0 unless something leaked.
+    pub empty_leaves: usize,
     pub ranks: usize,
 }
 
@@ -256,7 +258,7 @@ impl KvIndex {
             let shape = unsafe { &*(*node).shape.load(Ordering::Relaxed) };
             if node != self.root.0 {
                 stats.nodes += 1;
-                let holders = shape.holder_count() as usize;
+                let holders = holders_of(shape);
                 if holders > 0 {
                     stats.distinct_blocks += shape.len as usize;
                     stats.held_pairs += shape.len as usize * holders;
@@ -265,6 +267,11 @@ impl KvIndex {
                 }
             }
             let table = shape.children.load(Ordering::Relaxed);
+            // SAFETY: as above.
+            let children = if table.is_null() { 0 } else { unsafe { &*table }.live() };
+            if node != self.root.0 && holders_of(shape) == 0 && children == 0 {
+                stats.empty_leaves += 1;
+            }
             if !table.is_null() {
                 // SAFETY: as above.
                 stack.extend(unsafe { &*table }.children().map(|(_, c)| c));
@@ -279,6 +286,10 @@ impl KvIndex {
         let guard = self.domain.pin();
         guard.flush();
     }
+}
+
+fn holders_of(shape: &Shape) -> usize {
+    shape.holder_count() as usize
 }
 
 impl Drop for KvIndex {

@@ -200,6 +200,7 @@ impl Harness {
         let stats = self.index.stats();
         assert_eq!(stats.distinct_blocks, self.reference.distinct_blocks());
         assert_eq!(stats.held_pairs, self.reference.held_pairs());
+        assert_eq!(stats.empty_leaves, 0);
     }
 }
 
