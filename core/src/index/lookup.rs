@@ -48,6 +48,7 @@ fn child_of(guard: &Guard, shape: &Shape, key: BlockHash) -> Option<*mut Node> {
 }
 
 fn emit(out: &mut OverlapScores, ranks: &RankTable, word: usize, mut bits: u64, depth: u32) {
+    out.entries.reserve(bits.count_ones() as usize);
     while bits != 0 {
         let id = word * 64 + bits.trailing_zeros() as usize;
         bits &= bits - 1;

@@ -388,6 +388,8 @@ impl WriterState {
     }
 
     fn remove(&mut self, guard: &Guard, rank: u32, entries: &mut PrehashedMap<EngineHash, Loc>, blocks: &[EngineHash]) {
+        let mut targets = std::mem::take(&mut self.scratch);
+        targets.clear();
         for hash in blocks {
             let Some(loc) = entries.remove(hash) else {
                 self.counters.unknown_remove += 1;
@@ -402,10 +404,39 @@ impl WriterState {
                 }
                 continue;
             }
-            let piece = if shape(node).len == 1 { node } else { self.isolate(guard, node, offset, 1) };
-            self.clear_holder(piece, rank);
-            self.prune(guard, piece);
+            targets.push((node, offset));
         }
+        // One cut per stretch of consecutive positions in a node (an evicted chain is
+        // usually one stretch), highest offsets first so the node keeps its lower part.
+        targets.sort_unstable_by(|a, b| (a.0 .0 as usize, b.1).cmp(&(b.0 .0 as usize, a.1)));
+        let mut i = 0;
+        while i < targets.len() {
+            let (node, hi) = targets[i];
+            let mut lo = hi;
+            while i + 1 < targets.len() && targets[i + 1].0 == node && targets[i + 1].1 + 1 == lo {
+                i += 1;
+                lo -= 1;
+            }
+            i += 1;
+            self.drop_positions(guard, rank, node, lo, hi - lo + 1);
+        }
+        self.scratch = targets;
+    }
+
+    /// `rank` stops holding positions `offset..offset + count` of `node`.
+    fn drop_positions(&mut self, guard: &Guard, rank: u32, node: NodePtr, offset: u32, count: u32) {
+        let s = shape(node);
+        let sole_holder = s.holder_count() == 1 && s.holds(rank);
+        let childless = table(s).is_none_or(|t| t.live() == 0);
+        if sole_holder && childless && offset > 0 && offset + count == s.len {
+            // The only holder evicts the node's tail: shorten the node, no new piece.
+            let shorter = Shape::new(offset, s.children.load(Ordering::Relaxed), s.copy_holders(self.words));
+            self.swap_shape(guard, node, shorter);
+            return;
+        }
+        let piece = self.isolate(guard, node, offset, count);
+        self.clear_holder(piece, rank);
+        self.prune(guard, piece);
     }
 
     fn clear(&mut self, guard: &Guard, rank: u32, entries: &mut PrehashedMap<EngineHash, Loc>) {
