@@ -1,1 +1,0 @@
-//! Block hashing: being written.
