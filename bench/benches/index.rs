@@ -16,7 +16,13 @@ const SHARED: usize = 32;
 
 fn chain(i: u64) -> Vec<BlockHash> {
     (0..CHAIN as u64)
-        .map(|j| if (j as usize) < SHARED { BlockHash(j + 1) } else { BlockHash((i << 20 | j).wrapping_mul(0x9E37_79B9_7F4A_7C15)) })
+        .map(|j| {
+            if (j as usize) < SHARED {
+                BlockHash(j + 1)
+            } else {
+                BlockHash((i << 20 | j).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            }
+        })
         .collect()
 }
 
@@ -60,9 +66,11 @@ fn find_matches(c: &mut Criterion) {
             let index = build(ranks, blocks / CHAIN as u64);
             let hit = chain(3);
             group.throughput(Throughput::Elements(CHAIN as u64));
-            group.bench_with_input(BenchmarkId::new(format!("ranks={ranks}"), format!("blocks={blocks}")), &hit, |b, q| {
-                b.iter(|| black_box(index.find_matches(black_box(q))))
-            });
+            group.bench_with_input(
+                BenchmarkId::new(format!("ranks={ranks}"), format!("blocks={blocks}")),
+                &hit,
+                |b, q| b.iter(|| black_box(index.find_matches(black_box(q)))),
+            );
             if blocks == 100_000 {
                 let miss = chain(u64::MAX >> 24);
                 group.bench_with_input(BenchmarkId::new(format!("miss/ranks={ranks}"), blocks), &miss, |b, q| {
@@ -89,7 +97,11 @@ fn apply(c: &mut Criterion) {
                 id += 2;
                 let data = KvEventData::Stored { parent: None, blocks: blocks.clone() };
                 index.apply(&KvEvent { rank, event_id: id, data });
-                index.apply(&KvEvent { rank, event_id: id + 1, data: KvEventData::Removed { blocks: removed.clone() } });
+                index.apply(&KvEvent {
+                    rank,
+                    event_id: id + 1,
+                    data: KvEventData::Removed { blocks: removed.clone() },
+                });
             })
         });
     }

@@ -7,14 +7,15 @@
 //!   largest overlap (ties to the rank with the fewest active requests), and the events
 //!   its engine publishes are applied to the index;
 //! - **round-robin**: request `i` goes to rank `i mod ranks`.
+//!
 //! A request is *active* on its rank from its arrival for `output_length x
 //! --ms-per-output-token` of trace time. Reported: prefix-cache hit rate (blocks the
 //! engine reused / blocks requested), per-rank load spread (requests and blocks
 //! computed), the index's lookup latency, and whether every overlap the index predicted
 //! for the chosen rank equals what the engine then reused (exactness, live).
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io::BufReader;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -274,10 +275,7 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
         percentile(&lookups, 0.999),
         lookups.len()
     );
-    println!(
-        "index predictions equal to the engine's reuse: {}/{}",
-        aware.exact_predictions, aware.predictions
-    );
+    println!("index predictions equal to the engine's reuse: {}/{}", aware.exact_predictions, aware.predictions);
     if spread_ratio(&aware.requests_per_rank) > 4.0 {
         println!(
             "note: largest-overlap routing ignores load, so requests pile onto the ranks that hold the shared \

@@ -201,7 +201,11 @@ fn rank_churn_while_looking_up() {
         chain.iter().map(|c| StoredBlock { engine_hash: EngineHash(c.0 + 1), content_hash: *c }).collect();
     let stable = RankKey::new(1, 0);
     index.register_rank(stable).unwrap();
-    index.apply(&KvEvent { rank: stable, event_id: 1, data: KvEventData::Stored { parent: None, blocks: blocks.clone() } });
+    index.apply(&KvEvent {
+        rank: stable,
+        event_id: 1,
+        data: KvEventData::Stored { parent: None, blocks: blocks.clone() },
+    });
     let reader = {
         let (index, done, chain) = (index.clone(), done.clone(), chain.clone());
         std::thread::spawn(move || {
@@ -218,7 +222,11 @@ fn rank_churn_while_looking_up() {
     for round in 0..300u64 {
         let key = RankKey::new(100 + round % 7, (round % 3) as u32);
         index.register_rank(key).unwrap();
-        index.apply(&KvEvent { rank: key, event_id: 1, data: KvEventData::Stored { parent: None, blocks: blocks.clone() } });
+        index.apply(&KvEvent {
+            rank: key,
+            event_id: 1,
+            data: KvEventData::Stored { parent: None, blocks: blocks.clone() },
+        });
         if round % 2 == 0 {
             index.remove_worker(key.worker);
         } else {

@@ -315,6 +315,6 @@ impl Drop for KvIndex {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod concurrency_tests;
+#[cfg(test)]
+mod tests;

@@ -47,9 +47,7 @@ impl Shape {
     /// A copy of the holder words, widened to at least `words`.
     pub(crate) fn copy_holders(&self, words: usize) -> Box<[AtomicU64]> {
         let n = words.max(self.holders.len());
-        (0..n)
-            .map(|w| AtomicU64::new(self.holders.get(w).map_or(0, |h| h.load(Ordering::Relaxed))))
-            .collect()
+        (0..n).map(|w| AtomicU64::new(self.holders.get(w).map_or(0, |h| h.load(Ordering::Relaxed)))).collect()
     }
 
     pub(crate) fn holds(&self, rank: u32) -> bool {

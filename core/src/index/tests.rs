@@ -16,13 +16,34 @@ const RANKS: [RankKey; 4] = [RankKey::new(1, 0), RankKey::new(1, 1), RankKey::ne
 #[derive(Clone, Debug)]
 enum Op {
     /// Store a chain of `contents` under a parent picked by `parent` (0 = root).
-    Store { rank: usize, parent: usize, contents: Vec<u8>, odd_engine: u8 },
-    Remove { rank: usize, picks: Vec<usize>, unknown: bool },
-    Clear { rank: usize },
-    Deregister { rank: usize },
-    RemoveWorker { rank: usize },
-    Stale { rank: usize },
-    Probe { rank: usize, pick: usize, cut: usize },
+    Store {
+        rank: usize,
+        parent: usize,
+        contents: Vec<u8>,
+        odd_engine: u8,
+    },
+    Remove {
+        rank: usize,
+        picks: Vec<usize>,
+        unknown: bool,
+    },
+    Clear {
+        rank: usize,
+    },
+    Deregister {
+        rank: usize,
+    },
+    RemoveWorker {
+        rank: usize,
+    },
+    Stale {
+        rank: usize,
+    },
+    Probe {
+        rank: usize,
+        pick: usize,
+        cut: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {

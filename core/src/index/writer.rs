@@ -149,8 +149,7 @@ impl WriterState {
         self.swap_shape(guard, node, head_shape);
         self.nodes += 1;
         if !self.copies.is_empty() {
-            let moved: Vec<_> =
-                self.copies.keys().filter(|(_, n, off)| *n == node && *off >= at).copied().collect();
+            let moved: Vec<_> = self.copies.keys().filter(|(_, n, off)| *n == node && *off >= at).copied().collect();
             for key in moved {
                 if let Some(count) = self.copies.remove(&key) {
                     self.copies.insert((key.0, tail, key.2 - at), count);
