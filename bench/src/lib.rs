@@ -1,1 +1,26 @@
-//! kvroute-bench: replay harness and peers (being written).
+//! kvroute-bench: the open-loop replay benchmark that runs our index beside the peers'
+//! published indexers, in one process, on the same schedule (REFERENCE.md section 6).
+//!
+//! Pipeline:
+//! - [`schedule`]: a Mooncake trace plus the engine-cache simulator become, once, an
+//!   ordered schedule of lookups and KV events, with the reference index's answer to every
+//!   lookup and a dependency plan that keeps those answers exact under concurrency;
+//! - [`backend`] and [`backends`]: the interface an index implements to be replayed, and the
+//!   adapters for ours (`kvroute`), Dynamo's (`dynamo-crtc`, `dynamo-positional`) and the
+//!   SGLang gateway's (`sglang-chain`);
+//! - [`replay`]: one open-loop trial at an offered rate: query threads and rank-sharded
+//!   event lanes, deadlines, latency histogram, exactness check, memory reading;
+//! - [`sweep`]: calibration, the search for each backend's highest sustained rate, and the
+//!   common-rate trials;
+//! - [`report`]: the JSON record and the table;
+//! - [`memory`]: the counting allocator the `replay` binary wraps around mimalloc.
+//!
+//! The `replay` binary (`src/bin/replay.rs`) is the command-line front end.
+
+pub mod backend;
+pub mod backends;
+pub mod memory;
+pub mod replay;
+pub mod report;
+pub mod schedule;
+pub mod sweep;
