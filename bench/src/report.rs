@@ -30,6 +30,9 @@ pub struct Workload {
     pub event_threads: usize,
     pub total_order: bool,
     pub routing: Routing,
+    /// Memory reclamation scheme our index was built with (seize, or crossbeam-epoch with the
+    /// `crossbeam` feature).
+    pub kvroute_reclamation: &'static str,
     pub pacing: Pacing,
     pub positional_hashes: PositionalHashes,
     #[serde(flatten)]

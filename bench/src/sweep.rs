@@ -487,6 +487,7 @@ pub fn run_bench(config: &BenchConfig) -> Result<Report, String> {
             event_threads: config.event_threads,
             total_order: config.total_order,
             routing: config.routing,
+            kvroute_reclamation: if cfg!(feature = "crossbeam") { "crossbeam-epoch" } else { "seize" },
             pacing: config.pacing,
             positional_hashes: config.positional_hashes,
             totals: totals.clone(),

@@ -27,8 +27,8 @@
 //!
 //! # Memory
 //! Unlinked nodes, replaced shapes, rebuilt child tables and recycled rank ids go
-//! through epoch-based reclamation ([`reclaim`]: crossbeam-epoch by default, seize with
-//! the `seize` feature): freed once no pinned reader can hold them. A node with no holders
+//! through epoch-based reclamation ([`reclaim`]: seize by default, crossbeam-epoch with
+//! the `crossbeam` feature): freed once no pinned reader can hold them. A node with no holders
 //! and no children is unlinked at once, so the tree holds what the ranks hold, plus the
 //! path nodes above it.
 
@@ -157,7 +157,7 @@ impl KvIndex {
             root: NodePtr(root),
             ranks: AtomicPtr::new(Box::into_raw(RankTable::new(Box::new([])))),
             writer: Mutex::new(WriterState::new(root)),
-            #[allow(clippy::default_constructed_unit_structs)] // a unit struct only without `seize`
+            #[allow(clippy::default_constructed_unit_structs)] // a unit struct with `crossbeam`
             domain: Domain::default(),
         }
     }

@@ -89,6 +89,17 @@ impl Node {
         })
     }
 
+    /// A node to be filled in by [`Node::init_run`] before it is published.
+    pub(crate) fn unpublished(parent: *mut Node) -> Box<Node> {
+        Box::new(Node {
+            run: Arc::from(Vec::new()),
+            start: 0,
+            shape: AtomicPtr::new(std::ptr::null_mut()),
+            parent: AtomicPtr::new(parent),
+            dead: AtomicBool::new(false),
+        })
+    }
+
     /// Content hashes of the node's first `len` positions (`len` from a shape of this node).
     #[inline(always)]
     pub(crate) fn hashes(&self, len: u32) -> &[BlockHash] {
@@ -114,8 +125,10 @@ impl Node {
         self.start = 0;
         // Relaxed: the node is not shared yet.
         let placeholder = self.shape.swap(Box::into_raw(shape), Ordering::Relaxed);
-        // SAFETY: the node is not published yet, so its placeholder shape (from
-        // `Box::into_raw` in `Node::new`) is owned exclusively here.
-        drop(unsafe { Box::from_raw(placeholder) });
+        if !placeholder.is_null() {
+            // SAFETY: the node is not published yet, so a placeholder shape (from
+            // `Box::into_raw` in `Node::new`) is owned exclusively here.
+            drop(unsafe { Box::from_raw(placeholder) });
+        }
     }
 }

@@ -18,7 +18,7 @@
 //! moves them.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -53,12 +53,12 @@ pub(crate) struct RankState {
 
 pub(crate) struct WriterState {
     pub(crate) root: NodePtr,
-    pub(crate) rank_ids: HashMap<RankKey, u32>,
+    pub(crate) rank_ids: PrehashedMap<RankKey, u32>,
     pub(crate) ranks: Vec<Option<RankState>>,
     pub(crate) free_ids: Arc<Mutex<Vec<u32>>>,
     /// Holder words every new shape gets (covers every rank id handed out).
     pub(crate) words: usize,
-    copies: HashMap<(u32, NodePtr, u32), u32>,
+    copies: PrehashedMap<(u32, NodePtr, u32), u32>,
     pub(crate) counters: EventCounters,
     pub(crate) nodes: usize,
     scratch: Vec<(NodePtr, u32)>,
@@ -88,11 +88,11 @@ impl WriterState {
     pub(crate) fn new(root: *mut Node) -> Self {
         WriterState {
             root: NodePtr(root),
-            rank_ids: HashMap::new(),
+            rank_ids: PrehashedMap::default(),
             ranks: Vec::new(),
             free_ids: Arc::new(Mutex::new(Vec::new())),
             words: 1,
-            copies: HashMap::new(),
+            copies: PrehashedMap::default(),
             counters: EventCounters::default(),
             nodes: 0,
             scratch: Vec::new(),
@@ -324,12 +324,7 @@ impl WriterState {
             }
             // Nothing here yet: the rest of the chain (up to a block the rank already
             // holds) becomes one new node, published with this rank as its holder.
-            let mut fresh = Node::new(
-                Arc::from(Vec::new()),
-                0,
-                Shape::new(0, std::ptr::null_mut(), empty_holders(self.words)),
-                node.0,
-            );
+            let mut fresh = Node::unpublished(node.0);
             let fresh_ptr = NodePtr(&mut *fresh as *mut Node);
             let mut contents = Vec::new();
             let mut j = i;
@@ -439,7 +434,7 @@ impl WriterState {
     }
 
     fn clear(&mut self, guard: &Guard, rank: u32, entries: &mut PrehashedMap<EngineHash, Loc>) {
-        let mut nodes = HashSet::new();
+        let mut nodes: HashSet<NodePtr, super::prehashed::Prehashed> = HashSet::default();
         for (_, loc) in entries.drain() {
             if let Some((node, _)) = self.resolve(loc) {
                 nodes.insert(node);
