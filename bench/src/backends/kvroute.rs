@@ -60,7 +60,8 @@ impl Backend for KvrouteBackend {
 
     fn find(&self, hashes: &[BlockHash], out: &mut Vec<(RankKey, u32)>) {
         let scores = self.index.find_matches(hashes);
-        out.extend(scores.entries.into_iter().filter(|&(_, overlap)| overlap > 0));
+        // The index reports only non-zero overlaps.
+        out.extend(scores.entries);
     }
 
     fn settle(&self) -> bool {

@@ -256,25 +256,22 @@ impl KvIndex {
         while let Some(node) = stack.pop() {
             // SAFETY: under the writer lock nothing is unlinked or freed concurrently.
             let shape = unsafe { &*(*node).shape.load(Ordering::Relaxed) };
-            if node != self.root.0 {
-                stats.nodes += 1;
-                let holders = holders_of(shape);
-                if holders > 0 {
-                    stats.distinct_blocks += shape.len as usize;
-                    stats.held_pairs += shape.len as usize * holders;
-                } else {
-                    stats.path_nodes += 1;
-                }
-            }
             let table = shape.children.load(Ordering::Relaxed);
             // SAFETY: as above.
-            let children = if table.is_null() { 0 } else { unsafe { &*table }.live() };
-            if node != self.root.0 && holders_of(shape) == 0 && children == 0 {
-                stats.empty_leaves += 1;
+            let table = (!table.is_null()).then(|| unsafe { &*table });
+            if node != self.root.0 {
+                stats.nodes += 1;
+                let holders = shape.holder_count() as usize;
+                stats.distinct_blocks += if holders > 0 { shape.len as usize } else { 0 };
+                stats.held_pairs += shape.len as usize * holders;
+                match (holders, table.map_or(0, |t| t.live())) {
+                    (0, 0) => stats.empty_leaves += 1,
+                    (0, _) => stats.path_nodes += 1,
+                    _ => {}
+                }
             }
-            if !table.is_null() {
-                // SAFETY: as above.
-                stack.extend(unsafe { &*table }.children().map(|(_, c)| c));
+            if let Some(table) = table {
+                stack.extend(table.children().map(|(_, c)| c));
             }
         }
         debug_assert_eq!(stats.nodes, w.nodes);
@@ -286,10 +283,6 @@ impl KvIndex {
         let guard = self.domain.pin();
         guard.flush();
     }
-}
-
-fn holders_of(shape: &Shape) -> usize {
-    shape.holder_count() as usize
 }
 
 impl Drop for KvIndex {

@@ -119,16 +119,11 @@ impl Node {
         (&self.run, self.start)
     }
 
-    /// Fills in a node built by `Node::new` with an empty run, before it is published.
+    /// Fills in a node from [`Node::unpublished`], before it is published.
     pub(crate) fn init_run(&mut self, run: Arc<[BlockHash]>, shape: Box<Shape>) {
+        debug_assert!(self.shape.get_mut().is_null(), "init_run on a node that has a shape");
         self.run = run;
         self.start = 0;
-        // Relaxed: the node is not shared yet.
-        let placeholder = self.shape.swap(Box::into_raw(shape), Ordering::Relaxed);
-        if !placeholder.is_null() {
-            // SAFETY: the node is not published yet, so a placeholder shape (from
-            // `Box::into_raw` in `Node::new`) is owned exclusively here.
-            drop(unsafe { Box::from_raw(placeholder) });
-        }
+        *self.shape.get_mut() = Box::into_raw(shape);
     }
 }

@@ -39,7 +39,7 @@ pub(crate) struct NodePtr(pub(crate) *mut Node);
 // mutation) or by pinned readers, and nodes are only freed through the reclamation scheme.
 unsafe impl Send for NodePtr {}
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Loc {
     node: NodePtr,
     offset: u32,
@@ -61,7 +61,8 @@ pub(crate) struct WriterState {
     copies: PrehashedMap<(u32, NodePtr, u32), u32>,
     pub(crate) counters: EventCounters,
     pub(crate) nodes: usize,
-    scratch: Vec<(NodePtr, u32)>,
+    /// Reused per event: positions matched by a store, or positions a removal drops.
+    scratch: Vec<Loc>,
 }
 
 #[inline(always)]
@@ -298,36 +299,44 @@ impl WriterState {
         let mut i = 0;
         while i < blocks.len() {
             let block = blocks[i];
-            if let Some(&loc) = entries.get(&block.engine_hash) {
-                self.counters.duplicate_store += 1;
-                if let Some((n, off)) = self.resolve(loc) {
-                    (node, pos) = (n, off + 1);
-                }
-                i += 1;
-                continue;
-            }
-            let s = shape(node);
-            if pos < s.len {
-                if node_ref(node).hash_at(pos) == block.content_hash {
-                    entries.insert(block.engine_hash, Loc { node, offset: pos });
-                    matched.push((node, pos));
-                    pos += 1;
+            // One map probe per block: a held engine hash is a duplicate, a vacant slot is
+            // filled below once the block's place in the tree is known.
+            let slot = match entries.entry(block.engine_hash) {
+                Entry::Occupied(held) => {
+                    self.counters.duplicate_store += 1;
+                    if let Some((n, off)) = self.resolve(*held.get()) {
+                        (node, pos) = (n, off + 1);
+                    }
                     i += 1;
                     continue;
                 }
+                Entry::Vacant(slot) => slot,
+            };
+            if pos < shape(node).len && node_ref(node).hash_at(pos) != block.content_hash {
                 // The chain leaves this node mid-run: cut it so the new branch can hang here.
                 self.split(guard, node, pos);
             }
-            if let Some(child) = table(shape(node)).and_then(|t| t.get(block.content_hash.0)) {
-                (node, pos) = (NodePtr(child), 0);
+            if pos == shape(node).len {
+                if let Some(child) = table(shape(node)).and_then(|t| t.get(block.content_hash.0)) {
+                    (node, pos) = (NodePtr(child), 0);
+                }
+            }
+            if pos < shape(node).len {
+                // The position exists (its hash matched, or it is a child's first one).
+                let loc = Loc { node, offset: pos };
+                slot.insert(loc);
+                matched.push(loc);
+                pos += 1;
+                i += 1;
                 continue;
             }
             // Nothing here yet: the rest of the chain (up to a block the rank already
             // holds) becomes one new node, published with this rank as its holder.
             let mut fresh = Node::unpublished(node.0);
             let fresh_ptr = NodePtr(&mut *fresh as *mut Node);
-            let mut contents = Vec::new();
-            let mut j = i;
+            slot.insert(Loc { node: fresh_ptr, offset: 0 });
+            let mut contents = vec![block.content_hash];
+            let mut j = i + 1;
             while j < blocks.len() {
                 match entries.entry(blocks[j].engine_hash) {
                     Entry::Occupied(_) => break,
@@ -342,7 +351,7 @@ impl WriterState {
             let holders = empty_holders(self.words);
             holders[rank as usize / 64].store(1 << (rank % 64), Ordering::Relaxed);
             fresh.init_run(Arc::from(contents), Shape::new(count, std::ptr::null_mut(), holders));
-            let first = fresh.hash_at(0).0;
+            let first = block.content_hash.0;
             let fresh = NodePtr(Box::into_raw(fresh));
             debug_assert_eq!(fresh, fresh_ptr);
             self.insert_child(guard, node, first, fresh);
@@ -356,7 +365,7 @@ impl WriterState {
         let mut k = matched.len();
         while k > 0 {
             k -= 1;
-            let Some((n, hi)) = self.resolve(Loc { node: matched[k].0, offset: matched[k].1 }) else {
+            let Some((n, hi)) = self.resolve(matched[k]) else {
                 continue;
             };
             self.counters.blocks_stored += 1;
@@ -366,7 +375,7 @@ impl WriterState {
             }
             let mut lo = hi;
             while k > 0 {
-                match self.resolve(Loc { node: matched[k - 1].0, offset: matched[k - 1].1 }) {
+                match self.resolve(matched[k - 1]) {
                     Some((n2, off2)) if n2 == n && off2 + 1 == lo => {
                         lo = off2;
                         k -= 1;
@@ -398,16 +407,16 @@ impl WriterState {
                 }
                 continue;
             }
-            targets.push((node, offset));
+            targets.push(Loc { node, offset });
         }
         // One cut per stretch of consecutive positions in a node (an evicted chain is
         // usually one stretch), highest offsets first so the node keeps its lower part.
-        targets.sort_unstable_by(|a, b| (a.0 .0 as usize, b.1).cmp(&(b.0 .0 as usize, a.1)));
+        targets.sort_unstable_by_key(|t| (t.node.0 as usize, std::cmp::Reverse(t.offset)));
         let mut i = 0;
         while i < targets.len() {
-            let (node, hi) = targets[i];
+            let Loc { node, offset: hi } = targets[i];
             let mut lo = hi;
-            while i + 1 < targets.len() && targets[i + 1].0 == node && targets[i + 1].1 + 1 == lo {
+            while i + 1 < targets.len() && targets[i + 1].node == node && targets[i + 1].offset + 1 == lo {
                 i += 1;
                 lo -= 1;
             }
