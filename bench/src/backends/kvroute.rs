@@ -59,9 +59,8 @@ impl Backend for KvrouteBackend {
     }
 
     fn find(&self, hashes: &[BlockHash], out: &mut Vec<(RankKey, u32)>) {
-        let scores = self.index.find_matches(hashes);
-        // The index reports only non-zero overlaps.
-        out.extend(scores.entries);
+        // The index reports only non-zero overlaps, into the query thread's reused buffer.
+        self.index.find_matches_into(hashes, out);
     }
 
     fn settle(&self) -> bool {

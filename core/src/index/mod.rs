@@ -155,7 +155,7 @@ impl KvIndex {
         let root = Box::into_raw(Node::new(std::sync::Arc::from(Vec::new()), 0, root_shape, std::ptr::null_mut()));
         KvIndex {
             root: NodePtr(root),
-            ranks: AtomicPtr::new(Box::into_raw(RankTable::new(Box::new([])))),
+            ranks: AtomicPtr::new(Box::into_raw(RankTable::new(&[]))),
             writer: Mutex::new(WriterState::new(root)),
             #[allow(clippy::default_constructed_unit_structs)] // a unit struct with `crossbeam`
             domain: Domain::default(),
@@ -169,8 +169,8 @@ impl KvIndex {
     }
 
     fn publish_ranks(&self, w: &WriterState, guard: &reclaim::Guard) {
-        let keys: Box<[Option<RankKey>]> = w.ranks.iter().map(|r| r.as_ref().map(|s| s.key)).collect();
-        let old = self.ranks.swap(Box::into_raw(RankTable::new(keys)), Ordering::Release);
+        let keys: Vec<Option<RankKey>> = w.ranks.iter().map(|r| r.as_ref().map(|s| s.key)).collect();
+        let old = self.ranks.swap(Box::into_raw(RankTable::new(&keys)), Ordering::Release);
         // SAFETY: the old table is unlinked; retired once.
         unsafe { guard.retire(old) };
     }
@@ -237,11 +237,20 @@ impl KvIndex {
 
     /// Overlap of every rank holding a non-empty prefix of `request`. Lock-free.
     pub fn find_matches(&self, request: &[BlockHash]) -> OverlapScores {
+        let mut out = OverlapScores::default();
+        self.find_matches_into(request, &mut out.entries);
+        out
+    }
+
+    /// [`KvIndex::find_matches`] appending `(rank, overlap)` pairs (unordered, non-zero
+    /// overlaps only) to a caller's buffer: a frontend that keeps one buffer per thread
+    /// looks up without allocating.
+    pub fn find_matches_into(&self, request: &[BlockHash], out: &mut Vec<(RankKey, u32)>) {
         let guard = self.domain.pin();
         // SAFETY: the root lives as long as the index; the rank table is loaded under
         // the guard and retired only through the reclamation scheme.
         let (root, ranks) = unsafe { (&*self.root.0, &*guard.load(&self.ranks)) };
-        lookup::find_matches(&guard, root, ranks, request)
+        lookup::find_matches_into(&guard, root, ranks, request, out);
     }
 
     pub fn counters(&self) -> EventCounters {

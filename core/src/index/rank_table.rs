@@ -17,15 +17,32 @@ pub const MAX_RANKS: usize = 4096;
 pub(crate) const MAX_WORDS: usize = MAX_RANKS / 64;
 
 pub(crate) struct RankTable {
-    pub(crate) keys: Box<[Option<RankKey>]>,
-    /// Holder words needed to cover every id in `keys`.
+    /// The key of each id; an unregistered id holds a placeholder that `live` masks out.
+    pub(crate) keys: Box<[RankKey]>,
+    /// Bit `id` set iff `keys[id]` is registered. A lookup starts from this mask, so an id
+    /// that is not registered in this table is never reported.
+    pub(crate) live: Box<[u64]>,
+    /// Holder words needed to cover every id in `keys` (`live.len()`).
     pub(crate) words: usize,
 }
 
 impl RankTable {
-    pub(crate) fn new(keys: Box<[Option<RankKey>]>) -> Box<RankTable> {
-        let words = keys.len().div_ceil(64);
-        Box::new(RankTable { keys, words })
+    pub(crate) fn new(slots: &[Option<RankKey>]) -> Box<RankTable> {
+        let words = slots.len().div_ceil(64);
+        let mut live = vec![0u64; words].into_boxed_slice();
+        let placeholder = RankKey::new(0, 0);
+        let keys = slots
+            .iter()
+            .enumerate()
+            .map(|(id, slot)| match slot {
+                Some(key) => {
+                    live[id / 64] |= 1 << (id % 64);
+                    *key
+                }
+                None => placeholder,
+            })
+            .collect();
+        Box::new(RankTable { keys, live, words })
     }
 }
 
