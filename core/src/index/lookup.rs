@@ -17,7 +17,7 @@ use super::child_table::ChildTable;
 use super::node::{Node, Shape};
 use super::rank_table::{RankTable, MAX_WORDS};
 use super::reclaim::Guard;
-use crate::ids::{BlockHash, RankKey};
+use crate::ids::{BlockHash, RankId, RankKey};
 
 /// Number of leading equal hashes of `run` and `request`.
 #[inline(always)]
@@ -62,22 +62,51 @@ fn child_of(guard: &Guard, shape: &Shape, key: BlockHash) -> Option<*mut Node> {
     unsafe { &*(table as *const ChildTable) }.get(key.0)
 }
 
-/// Appends `(rank, depth)` for every rank id set in `bits` (word `word` of the bitset).
-/// Every id in `bits` is live in `ranks` (the walk starts from its live mask).
-#[inline(always)]
-fn emit(out: &mut Vec<(RankKey, u32)>, ranks: &RankTable, word: usize, bits: u64, depth: u32) {
-    let keys = &ranks.keys[word * 64..ranks.keys.len().min(word * 64 + 64)];
-    if bits == u64::MAX {
-        // The common case with hundreds of ranks sharing a prefix: a straight copy.
-        out.extend(keys.iter().map(|&key| (key, depth)));
-        return;
+/// Where a walk writes its scores: `(RankKey, overlap)` pairs for callers, or
+/// `(RankId, overlap)` pairs for the router, which indexes dense arrays by id.
+pub(crate) trait ScoreSink {
+    fn reserve(&mut self, additional: usize);
+    /// Appends `(rank, depth)` for every rank id set in `bits` (word `word` of the
+    /// bitset). Every id in `bits` is live in `ranks` (the walk starts from its live mask).
+    fn emit(&mut self, ranks: &RankTable, word: usize, bits: u64, depth: u32);
+}
+
+impl ScoreSink for Vec<(RankKey, u32)> {
+    fn reserve(&mut self, additional: usize) {
+        Vec::reserve(self, additional);
     }
-    let mut rest = bits;
-    while rest != 0 {
-        let bit = rest.trailing_zeros() as usize;
-        rest &= rest - 1;
-        if let Some(&key) = keys.get(bit) {
-            out.push((key, depth));
+
+    #[inline(always)]
+    fn emit(&mut self, ranks: &RankTable, word: usize, bits: u64, depth: u32) {
+        let keys = &ranks.keys[word * 64..ranks.keys.len().min(word * 64 + 64)];
+        if bits == u64::MAX {
+            // The common case with hundreds of ranks sharing a prefix: a straight copy.
+            self.extend(keys.iter().map(|&key| (key, depth)));
+            return;
+        }
+        let mut rest = bits;
+        while rest != 0 {
+            let bit = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            if let Some(&key) = keys.get(bit) {
+                self.push((key, depth));
+            }
+        }
+    }
+}
+
+impl ScoreSink for Vec<(RankId, u32)> {
+    fn reserve(&mut self, additional: usize) {
+        Vec::reserve(self, additional);
+    }
+
+    #[inline(always)]
+    fn emit(&mut self, _ranks: &RankTable, word: usize, bits: u64, depth: u32) {
+        let mut rest = bits;
+        while rest != 0 {
+            let id = word * 64 + rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            self.push((RankId(id as u32), depth));
         }
     }
 }
@@ -85,12 +114,12 @@ fn emit(out: &mut Vec<(RankKey, u32)>, ranks: &RankTable, word: usize, bits: u64
 /// Appends to `out` the overlap of every rank with a non-zero one (see [`KvIndex::find_matches`]).
 ///
 /// [`KvIndex::find_matches`]: super::KvIndex::find_matches
-pub(crate) fn find_matches_into(
+pub(crate) fn find_matches_into<S: ScoreSink>(
     guard: &Guard,
     root: &Node,
     ranks: &RankTable,
     request: &[BlockHash],
-    out: &mut Vec<(RankKey, u32)>,
+    out: &mut S,
 ) {
     let Some(&first) = request.first() else { return };
     let words = ranks.words.min(MAX_WORDS);
@@ -119,7 +148,7 @@ pub(crate) fn find_matches_into(
             let holders = shape.holders.get(w).map_or(0, |h| h.load(Ordering::Acquire));
             let dropped = *alive_word & !holders;
             if dropped != 0 && matched > 0 {
-                emit(out, ranks, w, dropped, matched as u32);
+                out.emit(ranks, w, dropped, matched as u32);
             }
             *alive_word &= holders;
             any |= *alive_word;
@@ -137,7 +166,7 @@ pub(crate) fn find_matches_into(
     }
     if matched > 0 {
         for (w, &bits) in alive.iter().enumerate().take(words) {
-            emit(out, ranks, w, bits, matched as u32);
+            out.emit(ranks, w, bits, matched as u32);
         }
     }
 }

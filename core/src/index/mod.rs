@@ -253,6 +253,17 @@ impl KvIndex {
         lookup::find_matches_into(&guard, root, ranks, request, out);
     }
 
+    /// [`KvIndex::find_matches_into`] reporting dense [`RankId`]s (as returned by
+    /// [`KvIndex::register_rank`]) instead of keys: for callers that keep per-rank state
+    /// in arrays indexed by id. An id names the rank registered under it when the lookup
+    /// started.
+    pub fn find_matches_by_id_into(&self, request: &[BlockHash], out: &mut Vec<(RankId, u32)>) {
+        let guard = self.domain.pin();
+        // SAFETY: as in `find_matches_into`.
+        let (root, ranks) = unsafe { (&*self.root.0, &*guard.load(&self.ranks)) };
+        lookup::find_matches_into(&guard, root, ranks, request, out);
+    }
+
     pub fn counters(&self) -> EventCounters {
         self.writer().counters.clone()
     }

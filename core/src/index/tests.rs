@@ -215,7 +215,21 @@ impl Harness {
 
     fn check(&self) {
         for q in &self.probes {
-            assert_eq!(self.index.find_matches(q).sorted(), self.reference.find_matches(q), "request {q:?}");
+            let by_key = self.index.find_matches(q).sorted();
+            assert_eq!(by_key, self.reference.find_matches(q), "request {q:?}");
+            // The by-id form names the same ranks (register_rank is idempotent: it returns
+            // the id of a rank that is registered, which every scored rank is).
+            let mut by_id = Vec::new();
+            self.index.find_matches_by_id_into(q, &mut by_id);
+            let mut translated: Vec<(RankKey, u32)> = by_id
+                .iter()
+                .map(|&(id, depth)| {
+                    let key = by_key.iter().map(|e| e.0).find(|&k| self.index.register_rank(k) == Ok(id));
+                    (key.expect("every id scored by id is scored by key"), depth)
+                })
+                .collect();
+            translated.sort_unstable();
+            assert_eq!(translated, by_key, "by-id request {q:?}");
         }
         assert_eq!(&self.index.counters(), self.reference.counters());
         let stats = self.index.stats();
