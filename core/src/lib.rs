@@ -6,6 +6,8 @@
 //!   compatible with Dynamo and the SGLang gateway).
 //! - [`index`]: the lock-free, epoch-reclaimed radix tree answering "how many leading
 //!   blocks of this request does each (worker, dp_rank) hold".
+//! - [`route`]: routing decisions: best (worker, dp_rank) by overlap and load, request
+//!   load tracking, prefill/decode disaggregation with SGLang bootstrap rooms.
 //! - [`sim`] and [`trace`]: an engine-cache simulator and the Mooncake trace reader that
 //!   turn a trace into the KV events an engine fleet would publish.
 //! - `reference` (feature `reference`, and in tests): the simple oracle for exactness.
@@ -16,6 +18,7 @@ pub mod ids;
 pub mod index;
 #[cfg(any(test, feature = "reference"))]
 pub mod reference;
+pub mod route;
 pub mod sim;
 pub mod trace;
 

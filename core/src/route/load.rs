@@ -1,0 +1,159 @@
+//! Load per rank, from the requests the router itself sent.
+//!
+//! A request's life: routed (its loads are charged) -> prefill done (its prefill tokens
+//! are released) -> finished or cancelled (everything else is released). A request the
+//! router never hears the end of expires after a TTL and is released then.
+//!
+//! Shape: per rank a [`RankLoad`] of three atomic counters, charged and released with
+//! `fetch_add`/`fetch_sub`; per request an [`ActiveRequest`] in a lock-free map (papaya)
+//! that remembers exactly what it charged where. Exactly-once release is what keeps the
+//! counters exact under concurrent callers: `finish` and expiry both *remove* the entry
+//! and only the caller whose remove returned it releases; the prefill part is released by
+//! whoever flips its `prefill_open` flag first (prefill-done, finish or expiry).
+//!
+//! A rank's `RankLoad` is shared (`Arc`) by the registry and by the requests charged to
+//! it, so a request finishing after its worker left releases harmlessly.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// A router-assigned request id (unique per router).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct RequestId(pub u64);
+
+/// The load of one rank. Counters are Relaxed by design: each is an independent sum;
+/// a reader wants a recent value, not an ordering with other memory.
+#[derive(Debug, Default)]
+pub struct RankLoad {
+    prefill_tokens: AtomicU64,
+    decode_blocks: AtomicU64,
+    requests: AtomicU64,
+}
+
+/// A reading of a [`RankLoad`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LoadSnapshot {
+    /// Prompt tokens routed here whose prefill is not done, minus their cached overlap.
+    pub prefill_tokens: u64,
+    /// KV blocks of requests running here.
+    pub decode_blocks: u64,
+    /// Requests active here.
+    pub requests: u64,
+}
+
+impl RankLoad {
+    pub fn snapshot(&self) -> LoadSnapshot {
+        LoadSnapshot {
+            prefill_tokens: self.prefill_tokens.load(Ordering::Relaxed),
+            decode_blocks: self.decode_blocks.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What one side of a request charged to one rank.
+pub(crate) struct Charge {
+    pub(crate) load: Arc<RankLoad>,
+    pub(crate) prefill_tokens: u64,
+    pub(crate) decode_blocks: u64,
+    /// Counts in the rank's active requests until the part it belongs to ends.
+    pub(crate) counts_request: bool,
+}
+
+/// A routed request: a prefill part (released at prefill done) and a decode part
+/// (released at finish); aggregated requests have both on one rank.
+pub(crate) struct ActiveRequest {
+    pub(crate) prefill: Charge,
+    pub(crate) decode: Charge,
+    prefill_open: AtomicBool,
+    pub(crate) expires_at_ms: u64,
+}
+
+impl ActiveRequest {
+    pub(crate) fn new(prefill: Charge, decode: Charge, expires_at_ms: u64) -> ActiveRequest {
+        ActiveRequest { prefill, decode, prefill_open: AtomicBool::new(true), expires_at_ms }
+    }
+
+    fn charge(&self) {
+        let p = &self.prefill;
+        p.load.prefill_tokens.fetch_add(p.prefill_tokens, Ordering::Relaxed);
+        p.load.requests.fetch_add(u64::from(p.counts_request), Ordering::Relaxed);
+        let d = &self.decode;
+        d.load.decode_blocks.fetch_add(d.decode_blocks, Ordering::Relaxed);
+        d.load.requests.fetch_add(u64::from(d.counts_request), Ordering::Relaxed);
+    }
+
+    /// Releases the prefill part once, whoever calls first.
+    fn release_prefill(&self) -> bool {
+        // Relaxed by design: the swap's atomicity alone makes the release happen once.
+        if !self.prefill_open.swap(false, Ordering::Relaxed) {
+            return false;
+        }
+        let p = &self.prefill;
+        p.load.prefill_tokens.fetch_sub(p.prefill_tokens, Ordering::Relaxed);
+        p.load.requests.fetch_sub(u64::from(p.counts_request), Ordering::Relaxed);
+        true
+    }
+
+    /// Releases the decode part; the caller removed the request from the book, so this
+    /// runs once.
+    fn release_decode(&self) {
+        let d = &self.decode;
+        d.load.decode_blocks.fetch_sub(d.decode_blocks, Ordering::Relaxed);
+        d.load.requests.fetch_sub(u64::from(d.counts_request), Ordering::Relaxed);
+    }
+}
+
+/// Every active request, by id.
+pub(crate) struct LoadBook {
+    requests: papaya::HashMap<u64, ActiveRequest>,
+    next_id: AtomicU64,
+}
+
+impl LoadBook {
+    pub(crate) fn new(first_id: u64) -> LoadBook {
+        LoadBook { requests: papaya::HashMap::new(), next_id: AtomicU64::new(first_id) }
+    }
+
+    /// Charges the request's loads and records it.
+    pub(crate) fn open(&self, request: ActiveRequest) -> RequestId {
+        // Relaxed by design: ids need uniqueness only.
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        request.charge();
+        self.requests.pin().insert(id, request);
+        RequestId(id)
+    }
+
+    /// Prefill of `id` is done. False if the request is unknown (finished, expired, never
+    /// routed) or its prefill was already released.
+    pub(crate) fn prefill_done(&self, id: RequestId) -> bool {
+        let map = self.requests.pin();
+        map.get(&id.0).is_some_and(ActiveRequest::release_prefill)
+    }
+
+    /// Request `id` finished or was cancelled. False if it is unknown (already finished,
+    /// expired, never routed).
+    pub(crate) fn finish(&self, id: RequestId) -> bool {
+        let map = self.requests.pin();
+        match map.remove(&id.0) {
+            Some(request) => {
+                request.release_prefill();
+                request.release_decode();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Releases every request whose deadline is at or before `now_ms`; returns how many.
+    pub(crate) fn expire(&self, now_ms: u64) -> usize {
+        let map = self.requests.pin();
+        let stale: Vec<u64> = map.iter().filter(|(_, r)| r.expires_at_ms <= now_ms).map(|(&id, _)| id).collect();
+        stale.into_iter().filter(|&id| self.finish(RequestId(id))).count()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.requests.len()
+    }
+}

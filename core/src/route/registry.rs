@@ -1,0 +1,160 @@
+//! Who the router can send requests to: workers, their DP ranks, roles and bootstrap
+//! endpoints.
+//!
+//! Readers (every decision) load an immutable [`Fleet`] snapshot through one `ArcSwap`
+//! load, lock-free; a join, leave or mode switch builds a new snapshot under the
+//! registry lock and swaps it in, so a leaving worker's ranks vanish from every decision
+//! that starts after the swap. Each rank's [`RankLoad`] is carried over from snapshot to
+//! snapshot (it is an `Arc`), so rebuilding never loses load.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::load::RankLoad;
+use super::RouteError;
+use crate::ids::{DpRank, RankId, RankKey, WorkerId};
+
+/// What a worker does in prefill/decode disaggregation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Prefill only: chosen by cache overlap and prefill load in disaggregated routing.
+    Prefill,
+    /// Decode only: chosen by decode load in disaggregated routing.
+    Decode,
+    /// Aggregated serving: prefill and decode in one place ([`Router::best_worker`]).
+    ///
+    /// [`Router::best_worker`]: super::Router::best_worker
+    Both,
+}
+
+/// Where the decode side fetches a prefill worker's KV (SGLang's bootstrap server).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BootstrapEndpoint {
+    pub host: String,
+    /// `None` is sent as null, as SGLang allows.
+    pub port: Option<u16>,
+}
+
+/// A worker's registration.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerSpec {
+    pub worker: WorkerId,
+    /// First DP rank this worker owns (a multi-node DP server splits its ranks).
+    #[serde(default)]
+    pub dp_start: u32,
+    /// Ranks this worker owns: `dp_start..dp_start + dp_size`.
+    pub dp_size: u32,
+    /// The DP size of the whole server, which SGLang's `room % dp_size` uses; defaults to
+    /// `dp_start + dp_size`.
+    #[serde(default)]
+    pub dp_world_size: Option<u32>,
+    /// Tokens per KV block; must equal the router's.
+    pub block_size: u32,
+    pub role: Role,
+    /// Required for prefill workers.
+    #[serde(default)]
+    pub bootstrap: Option<BootstrapEndpoint>,
+}
+
+impl WorkerSpec {
+    /// An aggregated worker owning ranks `0..dp_size`.
+    pub fn new(worker: WorkerId, dp_size: u32, block_size: u32) -> WorkerSpec {
+        WorkerSpec { worker, dp_start: 0, dp_size, dp_world_size: None, block_size, role: Role::Both, bootstrap: None }
+    }
+
+    /// A prefill worker with its bootstrap endpoint.
+    pub fn prefill(worker: WorkerId, dp_size: u32, block_size: u32, host: &str, port: Option<u16>) -> WorkerSpec {
+        WorkerSpec {
+            role: Role::Prefill,
+            bootstrap: Some(BootstrapEndpoint { host: host.to_owned(), port }),
+            ..WorkerSpec::new(worker, dp_size, block_size)
+        }
+    }
+
+    /// A decode worker.
+    pub fn decode(worker: WorkerId, dp_size: u32, block_size: u32) -> WorkerSpec {
+        WorkerSpec { role: Role::Decode, ..WorkerSpec::new(worker, dp_size, block_size) }
+    }
+
+    /// The server's DP size (for rooms).
+    pub fn dp_world(&self) -> u32 {
+        self.dp_world_size.unwrap_or(self.dp_start.saturating_add(self.dp_size))
+    }
+
+    /// Whether `rank` is one of this worker's.
+    pub fn owns(&self, rank: DpRank) -> bool {
+        rank.0 >= self.dp_start && u64::from(rank.0) < u64::from(self.dp_start) + u64::from(self.dp_size)
+    }
+
+    pub(crate) fn check(&self, router_block_size: u32) -> Result<(), RouteError> {
+        let worker = self.worker;
+        if self.dp_size == 0 {
+            return Err(RouteError::ZeroDpSize(worker));
+        }
+        let needed = u64::from(self.dp_start) + u64::from(self.dp_size);
+        if needed > u64::from(u32::MAX) {
+            return Err(RouteError::DpWorldTooSmall { worker, world: u32::MAX, needed: u32::MAX });
+        }
+        if u64::from(self.dp_world()) < needed {
+            return Err(RouteError::DpWorldTooSmall { worker, world: self.dp_world(), needed: needed as u32 });
+        }
+        if self.block_size != router_block_size {
+            return Err(RouteError::BlockSizeMismatch {
+                worker,
+                router: router_block_size,
+                worker_block_size: self.block_size,
+            });
+        }
+        if self.role == Role::Prefill && self.bootstrap.is_none() {
+            return Err(RouteError::MissingBootstrap(worker));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn rank_error(&self, dp_rank: DpRank) -> RouteError {
+        RouteError::RankOutOfRange { worker: self.worker, dp_rank, start: self.dp_start, size: self.dp_size }
+    }
+}
+
+/// A registered worker as the snapshot sees it.
+#[derive(Debug)]
+pub(crate) struct WorkerEntry {
+    pub(crate) spec: WorkerSpec,
+    /// The worker publishes KV events (exact mode); until its first event the router
+    /// records what it routes there itself (approximate mode).
+    pub(crate) exact: bool,
+}
+
+/// One routable rank.
+#[derive(Clone, Debug)]
+pub(crate) struct RankSlot {
+    pub(crate) key: RankKey,
+    /// Dense id of this rank in each tier's index (device, host, disk).
+    pub(crate) ids: [RankId; 3],
+    pub(crate) load: Arc<RankLoad>,
+    pub(crate) worker: Arc<WorkerEntry>,
+}
+
+/// An immutable registry snapshot.
+#[derive(Debug, Default)]
+pub(crate) struct Fleet {
+    pub(crate) workers: HashMap<WorkerId, Arc<WorkerEntry>>,
+    /// Every rank, ordered by key.
+    pub(crate) ranks: Vec<RankSlot>,
+    /// One past the largest id of any rank, per tier (sizes the decision's scratch arrays).
+    pub(crate) id_bound: [usize; 3],
+}
+
+impl Fleet {
+    pub(crate) fn build(workers: HashMap<WorkerId, Arc<WorkerEntry>>, mut ranks: Vec<RankSlot>) -> Fleet {
+        ranks.sort_by_key(|slot| slot.key);
+        let mut id_bound = [0; 3];
+        for slot in &ranks {
+            for (bound, id) in id_bound.iter_mut().zip(slot.ids) {
+                *bound = (*bound).max(id.0 as usize + 1);
+            }
+        }
+        Fleet { workers, ranks, id_bound }
+    }
+}

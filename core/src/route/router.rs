@@ -1,0 +1,584 @@
+//! [`Router`]: registry operations, event ingestion, and aggregated decisions.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+
+use super::approx::ApproxBook;
+use super::cost::{choose, CostBreakdown, CostWeights, Rng};
+use super::load::{ActiveRequest, Charge, LoadBook, LoadSnapshot, RequestId};
+use super::registry::{Fleet, RankSlot, Role, WorkerEntry, WorkerSpec};
+use super::room::RoomAllocator;
+use super::RouteError;
+use crate::event::KvEvent;
+use crate::hashing::{BlockHasher, HashScheme};
+use crate::ids::{BlockHash, DpRank, RankId, RankKey, WorkerId};
+use crate::index::{IndexError, KvIndex};
+
+/// The router's only source of time: milliseconds on any monotonic scale.
+pub trait Clock: Send + Sync {
+    fn now_ms(&self) -> u64;
+}
+
+impl<F: Fn() -> u64 + Send + Sync> Clock for F {
+    fn now_ms(&self) -> u64 {
+        self()
+    }
+}
+
+/// Where a KV event's blocks live; lower tiers earn less overlap credit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageTier {
+    Device,
+    Host,
+    Disk,
+}
+
+impl StorageTier {
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Router settings. `RouterConfig::default()` is a working configuration.
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
+    /// Tokens per KV block (every worker must use the same). Default 16.
+    pub block_size: u32,
+    /// How prompts given as tokens are hashed. Default [`HashScheme::Kv64`].
+    pub hash_scheme: HashScheme,
+    pub weights: CostWeights,
+    /// A routed request never finished is released after this long. Default 300 s.
+    pub request_ttl_ms: u64,
+    /// Approximate-mode blocks are forgotten this long after last routed. Default 120 s.
+    pub approx_ttl_ms: u64,
+    /// Start of the bootstrap-room counter; give each router lifetime a random one.
+    pub room_seed: u64,
+    /// Seed of the tie-break / sampling generator.
+    pub rng_seed: u64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            block_size: 16,
+            hash_scheme: HashScheme::Kv64,
+            weights: CostWeights::default(),
+            request_ttl_ms: 300_000,
+            approx_ttl_ms: 120_000,
+            room_seed: 0x5eed_0f_b007_5700,
+            rng_seed: 0x0dd_c0ffee,
+        }
+    }
+}
+
+/// A prompt, as token ids or as block content hashes already computed by the caller.
+#[derive(Clone, Copy, Debug)]
+pub enum Prompt<'a> {
+    Tokens(&'a [u32]),
+    Blocks(&'a [BlockHash]),
+}
+
+/// Options of [`Router::best_worker`]; `RouteOptions::default()` routes over every
+/// aggregated worker and charges the chosen rank.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RouteOptions<'a> {
+    /// Only these workers are candidates.
+    pub workers: Option<&'a [WorkerId]>,
+    /// Only this rank is a candidate (the decision still reports its overlap and cost).
+    pub rank: Option<RankKey>,
+    /// Decide without charging any load or recording anything (a "what if" query).
+    pub dry_run: bool,
+    /// Expected output tokens, charged as decode blocks until finish. Default 0.
+    pub output_tokens: u32,
+}
+
+/// Where a request goes and why.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Decision {
+    pub worker: WorkerId,
+    pub dp_rank: DpRank,
+    /// Leading prompt blocks the rank holds in device memory.
+    pub overlap_blocks: u32,
+    pub cost: CostBreakdown,
+    /// The id to report prefill-done and finish under; `None` for a dry run.
+    pub request: Option<RequestId>,
+}
+
+/// Which cost terms a decision uses and which role its candidates have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    Aggregated,
+    Prefill,
+    Decode,
+}
+
+impl Side {
+    fn role(self) -> Role {
+        match self {
+            Side::Aggregated => Role::Both,
+            Side::Prefill => Role::Prefill,
+            Side::Decode => Role::Decode,
+        }
+    }
+}
+
+/// The outcome of scoring: the chosen rank and what to charge it.
+pub(crate) struct Scored {
+    pub(crate) slot: usize,
+    pub(crate) overlap_blocks: u32,
+    pub(crate) cost: CostBreakdown,
+    pub(crate) prefill_tokens: u64,
+    pub(crate) decode_blocks: u64,
+}
+
+/// Per-thread buffers of a decision, reused so that deciding allocates nothing.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    pub(crate) hashes: Vec<BlockHash>,
+    hits: [Vec<(RankId, u32)>; 3],
+    depth: [Vec<u32>; 3],
+    costs: Vec<f64>,
+    candidates: Vec<(usize, u32, CostBreakdown, u64, u64)>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+pub(crate) fn with_scratch<T>(f: impl FnOnce(&mut Scratch) -> T) -> T {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => f(&mut scratch),
+        // Re-entered (a clock calling back into the router): use fresh buffers.
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
+
+/// Routes requests to (worker, dp_rank); see the module docs.
+pub struct Router {
+    pub(crate) config: RouterConfig,
+    hasher: BlockHasher,
+    pub(crate) indexes: [KvIndex; 3],
+    tier_used: [AtomicBool; 3],
+    pub(crate) fleet: ArcSwap<Fleet>,
+    registry: Mutex<()>,
+    pub(crate) loads: LoadBook,
+    approx: Mutex<ApproxBook>,
+    pub(crate) rooms: RoomAllocator,
+    pub(crate) rng: Rng,
+    clock: Arc<dyn Clock>,
+    next_sweep_ms: AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these leaves consistent data (every update is
+    // completed before anything that can panic), so poisoning is ignored.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Router {
+    /// A router with no workers. Errors if the configuration is out of range.
+    pub fn new(config: RouterConfig, clock: Arc<dyn Clock>) -> Result<Router, RouteError> {
+        config.weights.validate()?;
+        if config.request_ttl_ms == 0 || config.approx_ttl_ms == 0 {
+            return Err(RouteError::InvalidConfig("request_ttl_ms and approx_ttl_ms must be above 0".into()));
+        }
+        let hasher = BlockHasher::with_scheme(config.block_size as usize, config.hash_scheme)
+            .map_err(|e| RouteError::InvalidConfig(e.to_string()))?;
+        Ok(Router {
+            hasher,
+            indexes: [KvIndex::new(), KvIndex::new(), KvIndex::new()],
+            tier_used: [AtomicBool::new(true), AtomicBool::new(false), AtomicBool::new(false)],
+            fleet: ArcSwap::from_pointee(Fleet::default()),
+            registry: Mutex::new(()),
+            loads: LoadBook::new(config.room_seed.rotate_left(17) & ((1 << 62) - 1)),
+            approx: Mutex::new(ApproxBook::new(config.approx_ttl_ms)),
+            rooms: RoomAllocator::new(config.room_seed),
+            rng: Rng::new(config.rng_seed),
+            next_sweep_ms: AtomicU64::new(0),
+            clock,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &RouterConfig {
+        &self.config
+    }
+
+    /// The index of one storage tier (device is where engines' events usually go).
+    pub fn index(&self, tier: StorageTier) -> &KvIndex {
+        &self.indexes[tier.index()]
+    }
+
+    /// Registers a worker and its ranks. It starts in approximate mode and switches to
+    /// exact mode at its first KV event.
+    pub fn add_worker(&self, spec: WorkerSpec) -> Result<(), RouteError> {
+        spec.check(self.config.block_size)?;
+        let _registry = lock(&self.registry);
+        let fleet = self.fleet.load_full();
+        if fleet.workers.contains_key(&spec.worker) {
+            return Err(RouteError::WorkerExists(spec.worker));
+        }
+        let entry = Arc::new(WorkerEntry { spec: spec.clone(), exact: false });
+        let mut new_slots = Vec::with_capacity(spec.dp_size as usize);
+        for dp in spec.dp_start..spec.dp_start + spec.dp_size {
+            let key = RankKey { worker: spec.worker, dp_rank: DpRank(dp) };
+            match self.register_everywhere(key) {
+                Ok(ids) => new_slots.push(RankSlot { key, ids, load: Arc::default(), worker: entry.clone() }),
+                Err(e) => {
+                    for index in &self.indexes {
+                        index.remove_worker(spec.worker);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let mut workers = fleet.workers.clone();
+        workers.insert(spec.worker, entry);
+        let mut ranks = fleet.ranks.clone();
+        ranks.extend(new_slots);
+        self.fleet.store(Arc::new(Fleet::build(workers, ranks)));
+        Ok(())
+    }
+
+    fn register_everywhere(&self, key: RankKey) -> Result<[RankId; 3], RouteError> {
+        let mut ids = [RankId(0); 3];
+        for (id, index) in ids.iter_mut().zip(&self.indexes) {
+            *id = index.register_rank(key).map_err(|e| match e {
+                IndexError::TooManyRanks => RouteError::TooManyRanks,
+            })?;
+        }
+        Ok(ids)
+    }
+
+    /// Removes a worker: its ranks leave every decision that starts after this returns,
+    /// and the index. Requests already routed there are released as they finish.
+    pub fn remove_worker(&self, worker: WorkerId) -> Result<(), RouteError> {
+        let _registry = lock(&self.registry);
+        let fleet = self.fleet.load_full();
+        if !fleet.workers.contains_key(&worker) {
+            return Err(RouteError::UnknownWorker(worker));
+        }
+        let mut workers = fleet.workers.clone();
+        workers.remove(&worker);
+        let ranks = fleet.ranks.iter().filter(|s| s.key.worker != worker).cloned().collect();
+        self.fleet.store(Arc::new(Fleet::build(workers, ranks)));
+        {
+            let mut approx = lock(&self.approx);
+            for slot in fleet.ranks.iter().filter(|s| s.key.worker == worker) {
+                approx.forget(slot.key);
+            }
+        }
+        for index in &self.indexes {
+            index.remove_worker(worker);
+        }
+        Ok(())
+    }
+
+    /// The registered workers, by id.
+    pub fn workers(&self) -> Vec<WorkerSpec> {
+        let fleet = self.fleet.load();
+        let mut specs: Vec<WorkerSpec> = fleet.workers.values().map(|w| w.spec.clone()).collect();
+        specs.sort_by_key(|s| s.worker);
+        specs
+    }
+
+    /// Whether the worker publishes events (exact mode); `None` if it is not registered.
+    pub fn is_exact(&self, worker: WorkerId) -> Option<bool> {
+        self.fleet.load().workers.get(&worker).map(|w| w.exact)
+    }
+
+    /// Every rank's current load, ordered by rank.
+    pub fn rank_loads(&self) -> Vec<(RankKey, LoadSnapshot)> {
+        self.fleet.load().ranks.iter().map(|s| (s.key, s.load.snapshot())).collect()
+    }
+
+    /// Requests routed and not yet finished or expired.
+    pub fn active_requests(&self) -> usize {
+        self.loads.len()
+    }
+
+    /// Applies an engine's KV event to the device tier.
+    pub fn apply_event(&self, event: &KvEvent) {
+        self.apply_event_in(StorageTier::Device, event);
+    }
+
+    /// Applies a KV event to a tier's index. A worker's first event switches it to exact
+    /// mode (dropping what approximate mode recorded). Events of unregistered ranks are
+    /// counted by the index (`unknown_rank`) and otherwise ignored.
+    pub fn apply_event_in(&self, tier: StorageTier, event: &KvEvent) {
+        if tier != StorageTier::Device {
+            // Relaxed by design: a lookup that misses the flag just skips an index that
+            // held nothing a moment ago.
+            self.tier_used[tier.index()].store(true, Ordering::Relaxed);
+        }
+        let worker = event.rank.worker;
+        if self.fleet.load().workers.get(&worker).is_some_and(|w| !w.exact) {
+            self.switch_to_exact(worker);
+        }
+        self.indexes[tier.index()].apply(event);
+    }
+
+    fn switch_to_exact(&self, worker: WorkerId) {
+        let _registry = lock(&self.registry);
+        // Held across the re-registration and the publish, so that an approximate record
+        // (which re-checks the mode under this lock) never writes into an exact rank.
+        let mut approx = lock(&self.approx);
+        let fleet = self.fleet.load_full();
+        let Some(entry) = fleet.workers.get(&worker) else { return };
+        if entry.exact {
+            return;
+        }
+        let exact = Arc::new(WorkerEntry { spec: entry.spec.clone(), exact: true });
+        let mut ranks = fleet.ranks.clone();
+        for slot in ranks.iter_mut().filter(|s| s.key.worker == worker) {
+            approx.forget(slot.key);
+            let device = &self.indexes[StorageTier::Device.index()];
+            device.deregister_rank(slot.key);
+            // Re-registering a rank that was registered a moment ago cannot exceed the
+            // rank limit; were it to, the rank keeps routing with no cached blocks.
+            if let Ok(id) = device.register_rank(slot.key) {
+                slot.ids[StorageTier::Device.index()] = id;
+            }
+            slot.worker = exact.clone();
+        }
+        let mut workers = fleet.workers.clone();
+        workers.insert(worker, exact);
+        self.fleet.store(Arc::new(Fleet::build(workers, ranks)));
+    }
+
+    /// Picks the (worker, dp_rank) for an aggregated request; see the module docs.
+    pub fn best_worker(&self, prompt: Prompt<'_>, options: &RouteOptions<'_>) -> Result<Decision, RouteError> {
+        let fleet = self.fleet.load();
+        check_workers(&fleet, options.workers)?;
+        if let Some(rank) = options.rank {
+            check_rank(&fleet, rank)?;
+        }
+        with_scratch(|scratch| {
+            let mut buf = std::mem::take(&mut scratch.hashes);
+            let result = self.prompt_blocks(prompt, &mut buf).and_then(|(hashes, tokens)| {
+                let accepts = |slot: &RankSlot| {
+                    options.workers.is_none_or(|ws| ws.contains(&slot.key.worker))
+                        && options.rank.is_none_or(|r| r == slot.key)
+                };
+                let scored =
+                    self.score(&fleet, scratch, hashes, tokens, options.output_tokens, Side::Aggregated, accepts)?;
+                let slot = &fleet.ranks[scored.slot];
+                let request = (!options.dry_run).then(|| {
+                    let now = self.clock.now_ms();
+                    self.maybe_sweep(now);
+                    if !slot.worker.exact {
+                        self.record_approx(slot.key, hashes, now);
+                    }
+                    let prefill = Charge {
+                        load: slot.load.clone(),
+                        prefill_tokens: scored.prefill_tokens,
+                        decode_blocks: 0,
+                        counts_request: false,
+                    };
+                    let decode = Charge {
+                        load: slot.load.clone(),
+                        prefill_tokens: 0,
+                        decode_blocks: scored.decode_blocks,
+                        counts_request: true,
+                    };
+                    let expires = now.saturating_add(self.config.request_ttl_ms);
+                    self.loads.open(ActiveRequest::new(prefill, decode, expires))
+                });
+                Ok(Decision {
+                    worker: slot.key.worker,
+                    dp_rank: slot.key.dp_rank,
+                    overlap_blocks: scored.overlap_blocks,
+                    cost: scored.cost,
+                    request,
+                })
+            });
+            scratch.hashes = buf;
+            result
+        })
+    }
+
+    /// Prefill of a routed request is done: its prefill tokens leave the rank's load.
+    /// False if the request is unknown (finished, expired or never routed) or was
+    /// already marked.
+    pub fn prefill_done(&self, request: RequestId) -> bool {
+        self.loads.prefill_done(request)
+    }
+
+    /// A routed request finished or was cancelled: all its load is released (both ranks
+    /// of a disaggregated request). False if it is unknown (already finished, expired or
+    /// never routed).
+    pub fn finish(&self, request: RequestId) -> bool {
+        self.loads.finish(request)
+    }
+
+    /// Releases requests older than the TTL and forgets expired approximate blocks now;
+    /// returns how many requests expired. Routing also does this about every
+    /// `min(ttl) / 8` (at most every second), so calling it is optional.
+    pub fn expire(&self) -> usize {
+        let now = self.clock.now_ms();
+        lock(&self.approx).expire(&self.indexes[StorageTier::Device.index()], now);
+        self.loads.expire(now)
+    }
+
+    pub(crate) fn maybe_sweep(&self, now: u64) {
+        // Relaxed by design: the CAS alone elects one sweeper per interval.
+        let due = self.next_sweep_ms.load(Ordering::Relaxed);
+        if now < due {
+            return;
+        }
+        let interval = (self.config.request_ttl_ms.min(self.config.approx_ttl_ms) / 8).clamp(1, 1000);
+        if self.next_sweep_ms.compare_exchange(due, now + interval, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            self.expire();
+        }
+    }
+
+    pub(crate) fn record_approx(&self, rank: RankKey, hashes: &[BlockHash], now: u64) {
+        let mut approx = lock(&self.approx);
+        // Re-checked under the approx lock: a switch to exact mode publishes under it.
+        if self.fleet.load().workers.get(&rank.worker).is_some_and(|w| !w.exact) {
+            approx.record(&self.indexes[StorageTier::Device.index()], rank, hashes, now);
+        }
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// The prompt's block hashes (hashing tokens into `buf`) and its token count.
+    pub(crate) fn prompt_blocks<'p>(
+        &self,
+        prompt: Prompt<'p>,
+        buf: &'p mut Vec<BlockHash>,
+    ) -> Result<(&'p [BlockHash], u64), RouteError> {
+        match prompt {
+            Prompt::Tokens([]) | Prompt::Blocks([]) => Err(RouteError::EmptyPrompt),
+            Prompt::Tokens(tokens) => {
+                buf.clear();
+                self.hasher.hash_blocks_into(tokens, buf);
+                Ok((buf.as_slice(), tokens.len() as u64))
+            }
+            Prompt::Blocks(blocks) => Ok((blocks, blocks.len() as u64 * u64::from(self.config.block_size))),
+        }
+    }
+
+    /// Scores every candidate of `side` that `accepts` and picks one.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn score(
+        &self,
+        fleet: &Fleet,
+        scratch: &mut Scratch,
+        hashes: &[BlockHash],
+        tokens: u64,
+        output_tokens: u32,
+        side: Side,
+        accepts: impl Fn(&RankSlot) -> bool,
+    ) -> Result<Scored, RouteError> {
+        let weights = &self.config.weights;
+        let block_size = u64::from(self.config.block_size);
+        let bs = block_size as f64;
+        let Scratch { hits, depth, costs, candidates, .. } = scratch;
+        if side != Side::Decode {
+            for tier in 0..3 {
+                // Relaxed by design; see `apply_event_in`.
+                if tier > 0 && !self.tier_used[tier].load(Ordering::Relaxed) {
+                    continue;
+                }
+                hits[tier].clear();
+                self.indexes[tier].find_matches_by_id_into(hashes, &mut hits[tier]);
+                if depth[tier].len() < fleet.id_bound[tier] {
+                    depth[tier].resize(fleet.id_bound[tier], 0);
+                }
+                for &(id, d) in &hits[tier] {
+                    // An id past the snapshot's bound names a rank registered since.
+                    if let Some(slot) = depth[tier].get_mut(id.0 as usize) {
+                        *slot = d;
+                    }
+                }
+            }
+        }
+        let request_blocks = (tokens / block_size) as u32;
+        let charged_blocks = (tokens + u64::from(output_tokens)).div_ceil(block_size);
+        costs.clear();
+        candidates.clear();
+        let role = side.role();
+        for (i, slot) in fleet.ranks.iter().enumerate() {
+            if slot.worker.spec.role != role || !accepts(slot) {
+                continue;
+            }
+            let load = slot.load.snapshot();
+            let mut depths = [0u32; 3];
+            if side != Side::Decode {
+                for (tier, d) in depths.iter_mut().enumerate() {
+                    *d = depth[tier].get(slot.ids[tier].0 as usize).copied().unwrap_or(0);
+                }
+            }
+            let credit = weights.overlap_credit(depths);
+            let new_prefill_tokens = (tokens as f64 - credit * bs).max(0.0);
+            let prefill_blocks = (load.prefill_tokens as f64 + new_prefill_tokens) / bs;
+            let decode_blocks = (load.decode_blocks + charged_blocks) as f64;
+            let requests = weights.request_weight * load.requests as f64;
+            let (prefill_blocks, decode_blocks, total) = match side {
+                Side::Aggregated => (
+                    prefill_blocks,
+                    decode_blocks,
+                    weights.prefill_scale * prefill_blocks + weights.decode_weight * decode_blocks + requests,
+                ),
+                Side::Prefill => (prefill_blocks, 0.0, weights.prefill_scale * prefill_blocks + requests),
+                Side::Decode => (0.0, decode_blocks, weights.decode_weight * decode_blocks + requests),
+            };
+            costs.push(total);
+            let cost = CostBreakdown {
+                request_blocks,
+                overlap_credit: credit,
+                prefill_blocks,
+                decode_blocks,
+                active_requests: load.requests,
+                total,
+            };
+            candidates.push((i, depths[0], cost, new_prefill_tokens.round() as u64, charged_blocks));
+        }
+        // Reset only the entries this lookup set, for the next decision on this thread.
+        for tier in 0..3 {
+            for &(id, _) in &hits[tier] {
+                if let Some(slot) = depth[tier].get_mut(id.0 as usize) {
+                    *slot = 0;
+                }
+            }
+            hits[tier].clear();
+        }
+        if candidates.is_empty() {
+            return Err(RouteError::NoCandidates);
+        }
+        let pick = choose(costs, weights.temperature, &self.rng);
+        let (slot, overlap_blocks, cost, prefill_tokens, decode_blocks) = candidates.swap_remove(pick);
+        let (prefill_tokens, decode_blocks) = match side {
+            Side::Aggregated => (prefill_tokens, decode_blocks),
+            Side::Prefill => (prefill_tokens, 0),
+            Side::Decode => (0, decode_blocks),
+        };
+        Ok(Scored { slot, overlap_blocks, cost, prefill_tokens, decode_blocks })
+    }
+}
+
+/// Every worker of a subset must be registered.
+pub(crate) fn check_workers(fleet: &Fleet, workers: Option<&[WorkerId]>) -> Result<(), RouteError> {
+    for &worker in workers.unwrap_or(&[]) {
+        if !fleet.workers.contains_key(&worker) {
+            return Err(RouteError::UnknownWorker(worker));
+        }
+    }
+    Ok(())
+}
+
+/// A fixed rank must belong to a registered worker's range.
+pub(crate) fn check_rank(fleet: &Fleet, rank: RankKey) -> Result<(), RouteError> {
+    let entry = fleet.workers.get(&rank.worker).ok_or(RouteError::UnknownWorker(rank.worker))?;
+    if !entry.spec.owns(rank.dp_rank) {
+        return Err(entry.spec.rank_error(rank.dp_rank));
+    }
+    Ok(())
+}
