@@ -69,8 +69,8 @@ impl Default for RouterConfig {
             weights: CostWeights::default(),
             request_ttl_ms: 300_000,
             approx_ttl_ms: 120_000,
-            room_seed: 0x5eed_0f_b007_5700,
-            rng_seed: 0x0dd_c0ffee,
+            room_seed: 0x005e_ed0f_b007_5700,
+            rng_seed: 0x0ddc_0ffe,
         }
     }
 }
@@ -209,7 +209,7 @@ impl Router {
     }
 
     /// The index of one storage tier (device is where engines' events usually go).
-    pub fn index(&self, tier: StorageTier) -> &KvIndex {
+    pub fn tier_index(&self, tier: StorageTier) -> &KvIndex {
         &self.indexes[tier.index()]
     }
 
