@@ -145,19 +145,19 @@ pub(crate) fn choose(costs: &[f64], temperature: f64, rng: &Rng) -> usize {
     debug_assert!(!costs.is_empty());
     let (min, max) = costs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &c| (lo.min(c), hi.max(c)));
     if temperature <= 0.0 || max <= min {
-        // Cheapest; ties (within rounding) broken uniformly by reservoir sampling.
+        // Cheapest; ties (within rounding) broken uniformly with one random draw.
         let tolerance = 1e-9 * min.abs().max(1.0);
-        let mut chosen = 0;
-        let mut ties = 0;
+        let ties = costs.iter().filter(|&&c| c - min <= tolerance).count();
+        let mut nth = rng.below(ties);
         for (i, &c) in costs.iter().enumerate() {
             if c - min <= tolerance {
-                ties += 1;
-                if rng.below(ties) == 0 {
-                    chosen = i;
+                if nth == 0 {
+                    return i;
                 }
+                nth -= 1;
             }
         }
-        return chosen;
+        return 0;
     }
     let span = max - min;
     let weight = |c: f64| (-((c - min) / span) / temperature).exp();

@@ -104,12 +104,8 @@ impl Router {
         let prefill_ok = |slot: &RankSlot| options.prefill_workers.is_none_or(|ws| ws.contains(&slot.key.worker));
         // Same-rank mode: the rank indexes the decode pool has (sorted, for a binary search).
         let decode_ranks: Vec<DpRank> = if options.same_rank {
-            let mut ranks: Vec<DpRank> = fleet
-                .ranks
-                .iter()
-                .filter(|s| s.worker.spec.role == Role::Decode && decode_ok(s))
-                .map(|s| s.key.dp_rank)
-                .collect();
+            let mut ranks: Vec<DpRank> =
+                fleet.ranks.iter().filter(|s| s.role == Role::Decode && decode_ok(s)).map(|s| s.key.dp_rank).collect();
             ranks.sort_unstable();
             ranks.dedup();
             ranks
@@ -118,11 +114,9 @@ impl Router {
         };
         let decode_has = |rank: DpRank| decode_ranks.binary_search(&rank).is_ok();
         if options.same_rank {
-            let prefill_any = fleet.ranks.iter().any(|s| s.worker.spec.role == Role::Prefill && prefill_ok(s));
-            let shared = fleet
-                .ranks
-                .iter()
-                .any(|s| s.worker.spec.role == Role::Prefill && prefill_ok(s) && decode_has(s.key.dp_rank));
+            let prefill_any = fleet.ranks.iter().any(|s| s.role == Role::Prefill && prefill_ok(s));
+            let shared =
+                fleet.ranks.iter().any(|s| s.role == Role::Prefill && prefill_ok(s) && decode_has(s.key.dp_rank));
             if prefill_any && !shared {
                 return Err(RouteError::NoSharedRanks);
             }

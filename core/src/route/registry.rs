@@ -130,6 +130,8 @@ pub(crate) struct WorkerEntry {
 #[derive(Clone, Debug)]
 pub(crate) struct RankSlot {
     pub(crate) key: RankKey,
+    /// The worker's role (copied here: scoring reads it for every rank).
+    pub(crate) role: Role,
     /// Dense id of this rank in each tier's index (device, host, disk).
     pub(crate) ids: [RankId; 3],
     pub(crate) load: Arc<RankLoad>,

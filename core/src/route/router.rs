@@ -142,7 +142,15 @@ pub(crate) struct Scratch {
     hits: [Vec<(RankId, u32)>; 3],
     depth: [Vec<u32>; 3],
     costs: Vec<f64>,
-    candidates: Vec<(usize, u32, CostBreakdown, u64, u64)>,
+    candidates: Vec<Candidate>,
+}
+
+/// What scoring keeps per candidate; the winner's breakdown is rebuilt from it.
+#[derive(Clone, Copy)]
+struct Candidate {
+    slot: usize,
+    depths: [u32; 3],
+    load: LoadSnapshot,
 }
 
 thread_local! {
@@ -227,7 +235,9 @@ impl Router {
         for dp in spec.dp_start..spec.dp_start + spec.dp_size {
             let key = RankKey { worker: spec.worker, dp_rank: DpRank(dp) };
             match self.register_everywhere(key) {
-                Ok(ids) => new_slots.push(RankSlot { key, ids, load: Arc::default(), worker: entry.clone() }),
+                Ok(ids) => {
+                    new_slots.push(RankSlot { key, role: spec.role, ids, load: Arc::default(), worker: entry.clone() })
+                }
                 Err(e) => {
                     for index in &self.indexes {
                         index.remove_worker(spec.worker);
@@ -502,25 +512,13 @@ impl Router {
         }
         let request_blocks = (tokens / block_size) as u32;
         let charged_blocks = (tokens + u64::from(output_tokens)).div_ceil(block_size);
-        costs.clear();
-        candidates.clear();
-        let role = side.role();
-        for (i, slot) in fleet.ranks.iter().enumerate() {
-            if slot.worker.spec.role != role || !accepts(slot) {
-                continue;
-            }
-            let load = slot.load.snapshot();
-            let mut depths = [0u32; 3];
-            if side != Side::Decode {
-                for (tier, d) in depths.iter_mut().enumerate() {
-                    *d = depth[tier].get(slot.ids[tier].0 as usize).copied().unwrap_or(0);
-                }
-            }
-            let credit = weights.overlap_credit(depths);
+        // The cost of a candidate, and the load it would be charged.
+        let cost_of = |c: &Candidate| {
+            let credit = weights.overlap_credit(c.depths);
             let new_prefill_tokens = (tokens as f64 - credit * bs).max(0.0);
-            let prefill_blocks = (load.prefill_tokens as f64 + new_prefill_tokens) / bs;
-            let decode_blocks = (load.decode_blocks + charged_blocks) as f64;
-            let requests = weights.request_weight * load.requests as f64;
+            let prefill_blocks = (c.load.prefill_tokens as f64 + new_prefill_tokens) / bs;
+            let decode_blocks = (c.load.decode_blocks + charged_blocks) as f64;
+            let requests = weights.request_weight * c.load.requests as f64;
             let (prefill_blocks, decode_blocks, total) = match side {
                 Side::Aggregated => (
                     prefill_blocks,
@@ -530,16 +528,32 @@ impl Router {
                 Side::Prefill => (prefill_blocks, 0.0, weights.prefill_scale * prefill_blocks + requests),
                 Side::Decode => (0.0, decode_blocks, weights.decode_weight * decode_blocks + requests),
             };
-            costs.push(total);
-            let cost = CostBreakdown {
+            let breakdown = CostBreakdown {
                 request_blocks,
                 overlap_credit: credit,
                 prefill_blocks,
                 decode_blocks,
-                active_requests: load.requests,
+                active_requests: c.load.requests,
                 total,
             };
-            candidates.push((i, depths[0], cost, new_prefill_tokens.round() as u64, charged_blocks));
+            (breakdown, new_prefill_tokens.round() as u64)
+        };
+        costs.clear();
+        candidates.clear();
+        let role = side.role();
+        for (i, slot) in fleet.ranks.iter().enumerate() {
+            if slot.role != role || !accepts(slot) {
+                continue;
+            }
+            let mut depths = [0u32; 3];
+            if side != Side::Decode {
+                for (tier, d) in depths.iter_mut().enumerate() {
+                    *d = depth[tier].get(slot.ids[tier].0 as usize).copied().unwrap_or(0);
+                }
+            }
+            let candidate = Candidate { slot: i, depths, load: slot.load.snapshot() };
+            costs.push(cost_of(&candidate).0.total);
+            candidates.push(candidate);
         }
         // Reset only the entries this lookup set, for the next decision on this thread.
         for tier in 0..3 {
@@ -553,14 +567,14 @@ impl Router {
         if candidates.is_empty() {
             return Err(RouteError::NoCandidates);
         }
-        let pick = choose(costs, weights.temperature, &self.rng);
-        let (slot, overlap_blocks, cost, prefill_tokens, decode_blocks) = candidates.swap_remove(pick);
+        let chosen = candidates[choose(costs, weights.temperature, &self.rng)];
+        let (cost, prefill_tokens) = cost_of(&chosen);
         let (prefill_tokens, decode_blocks) = match side {
-            Side::Aggregated => (prefill_tokens, decode_blocks),
+            Side::Aggregated => (prefill_tokens, charged_blocks),
             Side::Prefill => (prefill_tokens, 0),
-            Side::Decode => (0, decode_blocks),
+            Side::Decode => (0, charged_blocks),
         };
-        Ok(Scored { slot, overlap_blocks, cost, prefill_tokens, decode_blocks })
+        Ok(Scored { slot: chosen.slot, overlap_blocks: chosen.depths[0], cost, prefill_tokens, decode_blocks })
     }
 }
 
