@@ -23,6 +23,41 @@
 //! the request fields SGLang reads. In same-rank mode the decode rank has the prefill
 //! rank's index.
 //!
+//! # Example
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Instant;
+//! use kvroute_core::route::{PdOptions, Prompt, RouteOptions, Router, RouterConfig, WorkerSpec};
+//! use kvroute_core::WorkerId;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let start = Instant::now();
+//! // Give each router lifetime its own room seed (random) so rooms never repeat.
+//! let config = RouterConfig { room_seed: 0x1234_5678, ..RouterConfig::default() };
+//! let router = Router::new(config, Arc::new(move || start.elapsed().as_millis() as u64))?;
+//! let token_ids: Vec<u32> = (0..2048).collect();
+//!
+//! // Aggregated serving: a worker with 4 dp ranks, block size 16.
+//! router.add_worker(WorkerSpec::new(WorkerId(7), 4, 16))?;
+//! let d = router.best_worker(Prompt::Tokens(&token_ids), &RouteOptions::default())?;
+//! println!("send to worker {} rank {} ({} blocks cached)", d.worker.0, d.dp_rank.0, d.overlap_blocks);
+//! let id = d.request.expect("not a dry run");
+//! router.prefill_done(id); // first token out
+//! router.finish(id); // done or cancelled
+//!
+//! // Disaggregated: prefill DP 4, decode DP 2 (independent sizes).
+//! router.add_worker(WorkerSpec::prefill(WorkerId(1), 4, 16, "10.0.0.1", Some(8998)))?;
+//! router.add_worker(WorkerSpec::decode(WorkerId(2), 2, 16))?;
+//! let pd = router.route_disaggregated(Prompt::Tokens(&token_ids), &PdOptions::default())?;
+//! let to_prefill = serde_json::to_value(pd.prefill_fields())?; // merge into the prefill request
+//! let to_decode = serde_json::to_value(pd.decode_fields())?; // merge into the decode request
+//! assert_eq!(to_decode["bootstrap_room"].as_u64().unwrap() % 4, u64::from(pd.prefill.dp_rank.0));
+//! assert_eq!(to_prefill["routed_dp_rank"], to_decode["disagg_prefill_dp_rank"]);
+//! router.finish(pd.request.expect("not a dry run"));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Time and randomness
 //! Sans-IO: the router reads time only from the [`Clock`] it is handed (request and
 //! approximate-block expiry) and draws tie-breaks from a seeded lock-free generator.
