@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion};
 use hdrhistogram::Histogram;
+use kvroute_bench::synthetic_chain::stored_chain;
 use kvroute_core::hashing::BlockHasher;
 use kvroute_core::route::{PdOptions, Prompt, RouteOptions, Router, RouterConfig, WorkerSpec};
 use kvroute_core::{EngineHash, KvEvent, KvEventData, RankKey, StoredBlock, WorkerId};
@@ -42,17 +43,6 @@ fn prompt(family: u32, variant: u32) -> Vec<u32> {
             } else {
                 (family << 24 ^ variant << 12 ^ i).wrapping_mul(2_246_822_519)
             }
-        })
-        .collect()
-}
-
-fn stored_chain(hashes: &[kvroute_core::BlockHash], salt: u64) -> Vec<StoredBlock> {
-    let mut prev = salt;
-    hashes
-        .iter()
-        .map(|c| {
-            prev = (prev ^ c.0).wrapping_mul(0xff51_afd7_ed55_8ccd).rotate_left(29);
-            StoredBlock { engine_hash: EngineHash(prev), content_hash: *c }
         })
         .collect()
 }
@@ -171,7 +161,7 @@ fn bench_decision(c: &mut Criterion) {
         b.iter(|| {
             i += 1;
             let d = pd.route_disaggregated(Prompt::Tokens(&prompts[i % prompts.len()]), &PdOptions::default());
-            pd.finish(d.expect("route").request.expect("charged"))
+            pd.finish(d.expect("route").request().expect("charged"))
         })
     });
     group.finish();

@@ -9,7 +9,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use kvroute_core::{BlockHash, EngineHash, KvEvent, KvEventData, KvIndex, RankKey, StoredBlock};
+use kvroute_bench::synthetic_chain::stored_chain;
+use kvroute_core::{BlockHash, EngineHash, KvEvent, KvEventData, KvIndex, RankKey};
 
 const CHAIN: usize = 128;
 const SHARED: usize = 32;
@@ -26,17 +27,6 @@ fn chain(i: u64) -> Vec<BlockHash> {
         .collect()
 }
 
-fn stored(chain: &[BlockHash], salt: u64) -> Vec<StoredBlock> {
-    let mut prev = salt;
-    chain
-        .iter()
-        .map(|c| {
-            prev = (prev ^ c.0).wrapping_mul(0xff51_afd7_ed55_8ccd).rotate_left(29);
-            StoredBlock { engine_hash: EngineHash(prev), content_hash: *c }
-        })
-        .collect()
-}
-
 /// An index holding `chains` chains round-robin over `ranks` ranks (each chain on
 /// `ranks.min(4)` consecutive ranks, as a popular prompt is on several).
 fn build(ranks: u64, chains: u64) -> KvIndex {
@@ -47,7 +37,7 @@ fn build(ranks: u64, chains: u64) -> KvIndex {
     }
     let mut ids = vec![0u64; keys.len()];
     for c in 0..chains {
-        let blocks = stored(&chain(c), 7);
+        let blocks = stored_chain(&chain(c), 7);
         for copy in 0..ranks.min(4) {
             let r = ((c + copy) % ranks) as usize;
             ids[r] += 1;
@@ -88,7 +78,7 @@ fn apply(c: &mut Criterion) {
     for ranks in [16u64, 256] {
         let index = build(ranks, 2000);
         let rank = RankKey::new(0, 0);
-        let blocks = stored(&chain(1 << 30), 99);
+        let blocks = stored_chain(&chain(1 << 30), 99);
         let removed: Vec<EngineHash> = blocks.iter().rev().map(|b| b.engine_hash).collect();
         let mut id = 1u64 << 40;
         group.throughput(Throughput::Elements(2 * CHAIN as u64));

@@ -13,7 +13,8 @@
 //! - [`sweep`]: calibration, the search for each backend's highest sustained rate, and the
 //!   common-rate trials;
 //! - [`report`]: the JSON record and the table;
-//! - [`memory`]: the counting allocator the `replay` binary wraps around mimalloc.
+//! - [`memory`]: the counting allocator the `replay` binary wraps around mimalloc;
+//! - [`synthetic_chain`]: stored chains for the criterion benches.
 //!
 //! The `replay` binary (`src/bin/replay.rs`) is the command-line front end.
 
@@ -24,3 +25,4 @@ pub mod replay;
 pub mod report;
 pub mod schedule;
 pub mod sweep;
+pub mod synthetic_chain;

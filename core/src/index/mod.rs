@@ -246,11 +246,7 @@ impl KvIndex {
     /// overlaps only) to a caller's buffer: a frontend that keeps one buffer per thread
     /// looks up without allocating.
     pub fn find_matches_into(&self, request: &[BlockHash], out: &mut Vec<(RankKey, u32)>) {
-        let guard = self.domain.pin();
-        // SAFETY: the root lives as long as the index; the rank table is loaded under
-        // the guard and retired only through the reclamation scheme.
-        let (root, ranks) = unsafe { (&*self.root.0, &*guard.load(&self.ranks)) };
-        lookup::find_matches_into(&guard, root, ranks, request, out);
+        self.walk(request, out);
     }
 
     /// [`KvIndex::find_matches_into`] reporting dense [`RankId`]s (as returned by
@@ -258,8 +254,13 @@ impl KvIndex {
     /// in arrays indexed by id. An id names the rank registered under it when the lookup
     /// started.
     pub fn find_matches_by_id_into(&self, request: &[BlockHash], out: &mut Vec<(RankId, u32)>) {
+        self.walk(request, out);
+    }
+
+    fn walk<S: lookup::ScoreSink>(&self, request: &[BlockHash], out: &mut S) {
         let guard = self.domain.pin();
-        // SAFETY: as in `find_matches_into`.
+        // SAFETY: the root lives as long as the index; the rank table is loaded under
+        // the guard and retired only through the reclamation scheme.
         let (root, ranks) = unsafe { (&*self.root.0, &*guard.load(&self.ranks)) };
         lookup::find_matches_into(&guard, root, ranks, request, out);
     }

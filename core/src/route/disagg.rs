@@ -2,12 +2,10 @@
 //! rank by decode load, independently (the pools' DP sizes may differ), tied together by
 //! a bootstrap room that names the prefill rank (`room % prefill_dp_size == p`).
 
-use std::sync::Arc;
-
-use super::load::{ActiveRequest, Charge, RequestId};
+use super::load::{Charge, RequestId};
 use super::registry::{RankSlot, Role};
 use super::room::BootstrapRoom;
-use super::router::{check_workers, with_scratch, Decision, Prompt, Router, Side};
+use super::router::{check_workers, Decision, Prompt, Router, Side};
 use super::RouteError;
 use crate::ids::{DpRank, WorkerId};
 
@@ -44,8 +42,6 @@ pub struct PdDecision {
     pub prefill: Decision,
     pub decode: Decision,
     pub bootstrap: Bootstrap,
-    /// The id to report prefill-done and finish under (both sides); `None` for a dry run.
-    pub request: Option<RequestId>,
 }
 
 /// Fields to set on the request sent to the prefill server (serialises to SGLang's names).
@@ -71,6 +67,12 @@ pub struct SglangDecodeFields {
 }
 
 impl PdDecision {
+    /// The id to report prefill-done and finish under (one id for both sides; the same as
+    /// `prefill.request` and `decode.request`); `None` for a dry run.
+    pub fn request(&self) -> Option<RequestId> {
+        self.prefill.request
+    }
+
     pub fn prefill_fields(&self) -> SglangPrefillFields {
         SglangPrefillFields {
             routed_dp_rank: self.prefill.dp_rank.0,
@@ -121,64 +123,42 @@ impl Router {
                 return Err(RouteError::NoSharedRanks);
             }
         }
-        with_scratch(|scratch| {
-            let mut buf = std::mem::take(&mut scratch.hashes);
-            let result = self.prompt_blocks(prompt, &mut buf).and_then(|(hashes, tokens)| {
-                let prefill = self.score(&fleet, scratch, hashes, tokens, 0, Side::Prefill, |s| {
-                    prefill_ok(s) && (!options.same_rank || decode_has(s.key.dp_rank))
-                })?;
-                let p_slot = &fleet.ranks[prefill.slot];
-                let p_rank = p_slot.key.dp_rank;
-                let decode = self.score(&fleet, scratch, hashes, tokens, options.output_tokens, Side::Decode, |s| {
-                    decode_ok(s) && (!options.same_rank || s.key.dp_rank == p_rank)
-                })?;
-                let d_slot = &fleet.ranks[decode.slot];
-                let spec = &p_slot.worker.spec;
-                let endpoint = spec.bootstrap.clone().ok_or(RouteError::MissingBootstrap(spec.worker))?;
-                let prefill_dp_size = spec.dp_world();
-                let room = self.rooms.allocate(p_rank.0, prefill_dp_size)?;
-                let request = (!options.dry_run).then(|| {
-                    let now = self.now_ms();
-                    self.maybe_sweep(now);
-                    if !p_slot.worker.exact {
-                        self.record_approx(p_slot.key, hashes, now);
-                    }
-                    let prefill_charge = Charge {
-                        load: Arc::clone(&p_slot.load),
-                        prefill_tokens: prefill.prefill_tokens,
-                        decode_blocks: 0,
-                        counts_request: true,
-                    };
-                    let decode_charge = Charge {
-                        load: Arc::clone(&d_slot.load),
-                        prefill_tokens: 0,
-                        decode_blocks: decode.decode_blocks,
-                        counts_request: true,
-                    };
-                    let expires = now.saturating_add(self.config.request_ttl_ms);
-                    self.loads.open(ActiveRequest::new(prefill_charge, decode_charge, expires))
-                });
-                Ok(PdDecision {
-                    prefill: Decision {
-                        worker: p_slot.key.worker,
-                        dp_rank: p_rank,
-                        overlap_blocks: prefill.overlap_blocks,
-                        cost: prefill.cost,
-                        request,
-                    },
-                    decode: Decision {
-                        worker: d_slot.key.worker,
-                        dp_rank: d_slot.key.dp_rank,
-                        overlap_blocks: 0,
-                        cost: decode.cost,
-                        request,
-                    },
-                    bootstrap: Bootstrap { host: endpoint.host, port: endpoint.port, room, prefill_dp_size },
-                    request,
-                })
+        self.with_prompt(prompt, |scratch, hashes, tokens| {
+            let prefill = self.score(&fleet, scratch, hashes, tokens, 0, Side::Prefill, |s| {
+                prefill_ok(s) && (!options.same_rank || decode_has(s.key.dp_rank))
+            })?;
+            let p_slot = &fleet.ranks[prefill.slot];
+            let p_rank = p_slot.key.dp_rank;
+            let decode = self.score(&fleet, scratch, hashes, tokens, options.output_tokens, Side::Decode, |s| {
+                decode_ok(s) && (!options.same_rank || s.key.dp_rank == p_rank)
+            })?;
+            let d_slot = &fleet.ranks[decode.slot];
+            let spec = &p_slot.worker.spec;
+            let endpoint = spec.bootstrap.clone().ok_or(RouteError::MissingBootstrap(spec.worker))?;
+            let prefill_dp_size = spec.dp_world();
+            let room = self.rooms.allocate(p_rank.0, prefill_dp_size)?;
+            let request = (!options.dry_run).then(|| {
+                let prefill_charge = Charge::prefill(p_slot, prefill.prefill_tokens, true);
+                let decode_charge = Charge::decode(d_slot, decode.decode_blocks);
+                self.open_request(p_slot, hashes, prefill_charge, decode_charge)
             });
-            scratch.hashes = buf;
-            result
+            Ok(PdDecision {
+                prefill: Decision {
+                    worker: p_slot.key.worker,
+                    dp_rank: p_rank,
+                    overlap_blocks: prefill.overlap_blocks,
+                    cost: prefill.cost,
+                    request,
+                },
+                decode: Decision {
+                    worker: d_slot.key.worker,
+                    dp_rank: d_slot.key.dp_rank,
+                    overlap_blocks: 0,
+                    cost: decode.cost,
+                    request,
+                },
+                bootstrap: Bootstrap { host: endpoint.host, port: endpoint.port, room, prefill_dp_size },
+            })
         })
     }
 }

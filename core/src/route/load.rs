@@ -17,7 +17,11 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// A router-assigned request id (unique per router).
+use super::registry::RankSlot;
+
+/// A router-assigned request id. Ids start from a value derived from the room seed, so
+/// that a late `finish` for a request of an earlier router lifetime does not release a
+/// request of this one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub struct RequestId(pub u64);
@@ -59,6 +63,19 @@ pub(crate) struct Charge {
     pub(crate) decode_blocks: u64,
     /// Counts in the rank's active requests until the part it belongs to ends.
     pub(crate) counts_request: bool,
+}
+
+impl Charge {
+    /// The prefill part on `rank`; `counts_request` when it is the request's only
+    /// presence there (disaggregated prefill).
+    pub(crate) fn prefill(rank: &RankSlot, tokens: u64, counts_request: bool) -> Charge {
+        Charge { load: Arc::clone(&rank.load), prefill_tokens: tokens, decode_blocks: 0, counts_request }
+    }
+
+    /// The decode part on `rank`, which counts as an active request until finish.
+    pub(crate) fn decode(rank: &RankSlot, blocks: u64) -> Charge {
+        Charge { load: Arc::clone(&rank.load), prefill_tokens: 0, decode_blocks: blocks, counts_request: true }
+    }
 }
 
 /// A routed request: a prefill part (released at prefill done) and a decode part

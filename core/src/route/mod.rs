@@ -53,7 +53,7 @@
 //! let to_decode = serde_json::to_value(pd.decode_fields())?; // merge into the decode request
 //! assert_eq!(to_decode["bootstrap_room"].as_u64().unwrap() % 4, u64::from(pd.prefill.dp_rank.0));
 //! assert_eq!(to_prefill["routed_dp_rank"], to_decode["disagg_prefill_dp_rank"]);
-//! router.finish(pd.request.expect("not a dry run"));
+//! router.finish(pd.request().expect("not a dry run"));
 //! # Ok(())
 //! # }
 //! ```

@@ -367,48 +367,62 @@ impl Router {
         if let Some(rank) = options.rank {
             check_rank(&fleet, rank)?;
         }
+        self.with_prompt(prompt, |scratch, hashes, tokens| {
+            let accepts = |slot: &RankSlot| {
+                options.workers.is_none_or(|ws| ws.contains(&slot.key.worker))
+                    && options.rank.is_none_or(|r| r == slot.key)
+            };
+            let scored =
+                self.score(&fleet, scratch, hashes, tokens, options.output_tokens, Side::Aggregated, accepts)?;
+            let slot = &fleet.ranks[scored.slot];
+            let request = (!options.dry_run).then(|| {
+                // Aggregated: both parts on one rank, counted there as one request.
+                let prefill = Charge::prefill(slot, scored.prefill_tokens, false);
+                let decode = Charge::decode(slot, scored.decode_blocks);
+                self.open_request(slot, hashes, prefill, decode)
+            });
+            Ok(Decision {
+                worker: slot.key.worker,
+                dp_rank: slot.key.dp_rank,
+                overlap_blocks: scored.overlap_blocks,
+                cost: scored.cost,
+                request,
+            })
+        })
+    }
+
+    /// Runs `decide` with this thread's scratch buffers and the prompt's block hashes
+    /// (hashed into a reused buffer when given as tokens) and token count.
+    pub(crate) fn with_prompt<T>(
+        &self,
+        prompt: Prompt<'_>,
+        decide: impl FnOnce(&mut Scratch, &[BlockHash], u64) -> Result<T, RouteError>,
+    ) -> Result<T, RouteError> {
         with_scratch(|scratch| {
             let mut buf = std::mem::take(&mut scratch.hashes);
-            let result = self.prompt_blocks(prompt, &mut buf).and_then(|(hashes, tokens)| {
-                let accepts = |slot: &RankSlot| {
-                    options.workers.is_none_or(|ws| ws.contains(&slot.key.worker))
-                        && options.rank.is_none_or(|r| r == slot.key)
-                };
-                let scored =
-                    self.score(&fleet, scratch, hashes, tokens, options.output_tokens, Side::Aggregated, accepts)?;
-                let slot = &fleet.ranks[scored.slot];
-                let request = (!options.dry_run).then(|| {
-                    let now = self.clock.now_ms();
-                    self.maybe_sweep(now);
-                    if !slot.worker.exact {
-                        self.record_approx(slot.key, hashes, now);
-                    }
-                    let prefill = Charge {
-                        load: slot.load.clone(),
-                        prefill_tokens: scored.prefill_tokens,
-                        decode_blocks: 0,
-                        counts_request: false,
-                    };
-                    let decode = Charge {
-                        load: slot.load.clone(),
-                        prefill_tokens: 0,
-                        decode_blocks: scored.decode_blocks,
-                        counts_request: true,
-                    };
-                    let expires = now.saturating_add(self.config.request_ttl_ms);
-                    self.loads.open(ActiveRequest::new(prefill, decode, expires))
-                });
-                Ok(Decision {
-                    worker: slot.key.worker,
-                    dp_rank: slot.key.dp_rank,
-                    overlap_blocks: scored.overlap_blocks,
-                    cost: scored.cost,
-                    request,
-                })
-            });
+            let result =
+                self.prompt_blocks(prompt, &mut buf).and_then(|(hashes, tokens)| decide(scratch, hashes, tokens));
             scratch.hashes = buf;
             result
         })
+    }
+
+    /// Charges a routed request and returns its id: sweeps expired requests when due,
+    /// and records the prompt on `prefill_rank` if that rank is in approximate mode.
+    pub(crate) fn open_request(
+        &self,
+        prefill_rank: &RankSlot,
+        hashes: &[BlockHash],
+        prefill: Charge,
+        decode: Charge,
+    ) -> RequestId {
+        let now = self.clock.now_ms();
+        self.maybe_sweep(now);
+        if !prefill_rank.worker.exact {
+            self.record_approx(prefill_rank.key, hashes, now);
+        }
+        let expires = now.saturating_add(self.config.request_ttl_ms);
+        self.loads.open(ActiveRequest::new(prefill, decode, expires))
     }
 
     /// Prefill of a routed request is done: its prefill tokens leave the rank's load.
@@ -452,10 +466,6 @@ impl Router {
         if self.fleet.load().workers.get(&rank.worker).is_some_and(|w| !w.exact) {
             approx.record(&self.indexes[StorageTier::Device.index()], rank, hashes, now);
         }
-    }
-
-    pub(crate) fn now_ms(&self) -> u64 {
-        self.clock.now_ms()
     }
 
     /// The prompt's block hashes (hashing tokens into `buf`) and its token count.

@@ -158,7 +158,7 @@ fn seeds_scenario(prefill_dp: u32, decode_dp: u32) {
         assert!(d.decode.dp_rank.0 < decode_dp);
         decode_counts[d.decode.dp_rank.0 as usize] += 1;
         // Equal loads for the next request.
-        assert!(router.finish(d.request.unwrap()));
+        assert!(router.finish(d.request().unwrap()));
     }
     assert!(decode_counts.iter().all(|&c| c > 0), "every decode rank used: {decode_counts:?}");
     assert!(router.rank_loads().iter().all(|(_, l)| *l == LoadSnapshot::default()));
