@@ -21,7 +21,7 @@ use hdrhistogram::Histogram;
 use kvroute_bench::synthetic_chain::stored_chain;
 use kvroute_core::hashing::BlockHasher;
 use kvroute_core::route::{PdOptions, Prompt, RouteOptions, Router, RouterConfig, WorkerSpec};
-use kvroute_core::{EngineHash, KvEvent, KvEventData, RankKey, StoredBlock, WorkerId};
+use kvroute_core::{EngineHash, KvEvent, KvEventData, RankKey, WorkerId};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
