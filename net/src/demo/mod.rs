@@ -1,0 +1,194 @@
+//! `kvroute demo`: the main job on built-in defaults.
+//!
+//! The Mooncake conversation trace that ships inside the binary is expanded into blocks
+//! and replayed in arrival order against simulated engine caches (`kvroute_core::sim`)
+//! whose KV events feed the router, once per routing policy, on the same trace:
+//!
+//! - **aggregated** (default): every rank both prefills and decodes.
+//!   - `kvroute`: [`Router::best_worker`](kvroute_core::route::Router::best_worker),
+//!     the load-aware cost (uncached prefill work plus decode blocks already on the rank);
+//!   - `largest overlap`: the rank holding the longest prefix, ties to the least busy;
+//!   - `round-robin`: request `i` goes to rank `i mod ranks`.
+//! - **`--disagg`**: a prefill pool and a decode pool with different DP sizes.
+//!   - `kvroute`: [`Router::route_disaggregated`](kvroute_core::route::Router::route_disaggregated);
+//!     every decision's bootstrap room is checked: `room % prefill_dp_size` must name
+//!     the chosen prefill rank, the decode-side fields must agree, and rooms must be
+//!     unique;
+//!   - `round-robin` on both pools.
+//!
+//! Time ([`timeline`]): each rank is a serial prefill server (`--prefill-tokens-per-ms`),
+//! so a rank that attracts too much work makes its requests wait; the simulated time to
+//! first token (TTFT) shows it. A request decodes for `output_length x
+//! --ms-per-output-token` after its prefill; the router is told `prefill_done` and
+//! `finish` at those trace times, as a frontend would tell it.
+//!
+//! Reported: prefix-cache hit rate (blocks the engine reused / blocks requested),
+//! simulated TTFT, per-rank (per-pool) load spread, decision latency, and whether every
+//! overlap the router predicted equals what the engine then reused (exactness, live).
+//! Any failed check makes the command exit non-zero.
+
+mod aggregated;
+mod disagg;
+mod outcome;
+mod timeline;
+
+use std::io::BufReader;
+use std::path::PathBuf;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use kvroute_core::trace::{parse_trace, parse_trace_str, TraceRequest};
+
+/// The trace the demo replays when no `--trace` is given (Mooncake, Apache-2.0).
+const BUILT_IN_TRACE: &str = include_str!("../../../data/conversation_trace.jsonl");
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Mooncake-format JSONL trace (default: the conversation trace built into the binary).
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// Tokens per KV block (must divide 512, the trace's block size).
+    #[arg(long, default_value_t = 16)]
+    block_size: u32,
+    /// Aggregated mode: simulated workers.
+    #[arg(long, default_value_t = 16)]
+    workers: u32,
+    /// Aggregated mode: data-parallel ranks per worker (each has its own KV cache).
+    #[arg(long, default_value_t = 4)]
+    dp_size: u32,
+    /// Prefill/decode disaggregation: route each request to a prefill rank and a decode
+    /// rank, and check the SGLang bootstrap room of every decision.
+    #[arg(long)]
+    disagg: bool,
+    /// --disagg: prefill workers.
+    #[arg(long, default_value_t = 8)]
+    prefill_workers: u32,
+    /// --disagg: DP size of each prefill worker (the room's modulus).
+    #[arg(long, default_value_t = 4)]
+    prefill_dp: u32,
+    /// --disagg: decode workers.
+    #[arg(long, default_value_t = 8)]
+    decode_workers: u32,
+    /// --disagg: DP size of each decode worker (independent of --prefill-dp).
+    #[arg(long, default_value_t = 2)]
+    decode_dp: u32,
+    /// KV-cache capacity of each (prefill) rank, in tokens.
+    #[arg(long, default_value_t = 262_144)]
+    capacity_tokens: u64,
+    /// Prefill speed of one rank, in uncached prompt tokens per ms of trace time.
+    #[arg(long, default_value_t = 2)]
+    prefill_tokens_per_ms: u64,
+    /// Decode time per output token, in ms of trace time.
+    #[arg(long, default_value_t = 20)]
+    ms_per_output_token: u64,
+    /// Replay only the first N requests (default: all).
+    #[arg(long)]
+    requests: Option<usize>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Debug)]
+pub enum DemoError {
+    Trace(String),
+    Config(String),
+    /// The router failed (a bug: the demo's configuration is checked up front).
+    Route(kvroute_core::route::RouteError),
+    /// A check the demo makes on every request failed.
+    Check(String),
+}
+
+impl std::error::Error for DemoError {}
+
+impl std::fmt::Display for DemoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DemoError::Trace(e) => write!(f, "cannot read the trace: {e}"),
+            DemoError::Config(e) => write!(f, "invalid option: {e}"),
+            DemoError::Route(e) => write!(f, "routing failed: {e}"),
+            DemoError::Check(e) => write!(f, "check failed: {e}"),
+        }
+    }
+}
+
+impl From<kvroute_core::route::RouteError> for DemoError {
+    fn from(e: kvroute_core::route::RouteError) -> Self {
+        DemoError::Route(e)
+    }
+}
+
+fn load_trace(args: &DemoArgs) -> Result<Vec<TraceRequest>, DemoError> {
+    let mut requests = match &args.trace {
+        None => parse_trace_str(BUILT_IN_TRACE).map_err(|e| DemoError::Trace(e.to_string()))?,
+        Some(path) => {
+            let file = std::fs::File::open(path).map_err(|e| DemoError::Trace(format!("{}: {e}", path.display())))?;
+            parse_trace(BufReader::new(file)).map_err(|e| DemoError::Trace(format!("{}: {e}", path.display())))?
+        }
+    };
+    if let Some(n) = args.requests {
+        requests.truncate(n);
+    }
+    if requests.is_empty() {
+        return Err(DemoError::Trace("the trace has no requests".into()));
+    }
+    if requests.windows(2).any(|w| w[1].timestamp_ms < w[0].timestamp_ms) {
+        return Err(DemoError::Trace("timestamps must not decrease (the demo replays in arrival order)".into()));
+    }
+    Ok(requests)
+}
+
+fn progress(args: &DemoArgs, len: usize, label: &'static str) -> ProgressBar {
+    if args.quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64);
+    let style = ProgressStyle::with_template("{prefix:>16} [{bar:40}] {pos}/{len} requests ({per_sec}, eta {eta})")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(label);
+    bar
+}
+
+fn check_pool(name: &str, workers: u32, dp: u32) -> Result<u64, DemoError> {
+    if workers == 0 || dp == 0 {
+        return Err(DemoError::Config(format!("{name}: workers and DP size must be at least 1")));
+    }
+    let ranks = u64::from(workers) * u64::from(dp);
+    if ranks > kvroute_core::index::MAX_RANKS as u64 {
+        return Err(DemoError::Config(format!("{name}: {ranks} ranks; at most {}", kvroute_core::index::MAX_RANKS)));
+    }
+    Ok(ranks)
+}
+
+fn check_args(args: &DemoArgs) -> Result<(), DemoError> {
+    if args.block_size == 0 || 512 % args.block_size != 0 {
+        return Err(DemoError::Config(format!("--block-size {} must divide 512", args.block_size)));
+    }
+    if args.disagg {
+        check_pool("--prefill-workers x --prefill-dp", args.prefill_workers, args.prefill_dp)?;
+        let decode = check_pool("--decode-workers x --decode-dp", args.decode_workers, args.decode_dp)?;
+        if u64::from(args.prefill_workers) + decode > u64::from(u32::MAX) {
+            return Err(DemoError::Config("too many workers".into()));
+        }
+    } else {
+        check_pool("--workers x --dp-size", args.workers, args.dp_size)?;
+    }
+    if args.capacity_tokens < u64::from(args.block_size) {
+        return Err(DemoError::Config("--capacity-tokens must hold at least one block".into()));
+    }
+    if args.prefill_tokens_per_ms == 0 {
+        return Err(DemoError::Config("--prefill-tokens-per-ms must be at least 1".into()));
+    }
+    Ok(())
+}
+
+pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
+    check_args(args)?;
+    let requests = load_trace(args)?;
+    if args.disagg {
+        disagg::run(args, &requests)
+    } else {
+        aggregated::run(args, &requests)
+    }
+}
