@@ -36,8 +36,8 @@ impl Policy {
 /// How a policy picks a rank: returns the rank's slot, the overlap it predicted (if it
 /// looks at the index) and the router's request id (if the router tracks it).
 enum Picker {
-    Kvroute { router: Router, now_ms: Arc<AtomicU64>, slots: HashMap<RankKey, usize> },
-    LargestOverlap { index: KvIndex },
+    Kvroute { router: Box<Router>, now_ms: Arc<AtomicU64>, slots: HashMap<RankKey, usize> },
+    LargestOverlap { index: Box<KvIndex> },
     RoundRobin,
 }
 
@@ -55,14 +55,14 @@ fn picker(policy: Policy, args: &DemoArgs, ranks: &[RankKey]) -> Result<Picker, 
                 router.add_worker(WorkerSpec::new(WorkerId(u64::from(worker)), args.dp_size, args.block_size))?;
             }
             let slots = ranks.iter().enumerate().map(|(slot, rank)| (*rank, slot)).collect();
-            Picker::Kvroute { router, now_ms, slots }
+            Picker::Kvroute { router: Box::new(router), now_ms, slots }
         }
         Policy::LargestOverlap => {
             let index = KvIndex::new();
             for rank in ranks {
                 index.register_rank(*rank).map_err(|e| DemoError::Config(e.to_string()))?;
             }
-            Picker::LargestOverlap { index }
+            Picker::LargestOverlap { index: Box::new(index) }
         }
         Policy::RoundRobin => Picker::RoundRobin,
     })
