@@ -1,6 +1,7 @@
 //! The `kvroute` binary. Subcommands:
 //! - `demo`: replay the built-in Mooncake trace through simulated engines, routing with
-//!   the index beside round-robin, and print hit rate, load spread and lookup latency.
+//!   the router beside simpler policies, and print hit rate, load spread and latency.
+//! - `certs`: make a CA and certificates for a local test deployment (mutual TLS).
 
 use clap::{Parser, Subcommand};
 
@@ -20,12 +21,16 @@ struct Cli {
 enum Command {
     /// Replay a trace through simulated engines: cache-aware routing vs round-robin.
     Demo(demo::DemoArgs),
+    /// Make a CA, a router certificate and publisher certificates for a local test
+    /// deployment of the KV event transport (mutual TLS).
+    Certs(kvroute_net::tls::CertsArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Demo(args) => demo::run(&args),
+    let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
+        Command::Demo(args) => demo::run(&args).map_err(Into::into),
+        Command::Certs(args) => kvroute_net::tls::run_certs(&args).map_err(Into::into),
     };
     if let Err(error) = result {
         eprintln!("kvroute: {error}");
