@@ -10,17 +10,26 @@
 //!   load tracking, prefill/decode disaggregation with SGLang bootstrap rooms.
 //! - [`sim`] and [`trace`]: an engine-cache simulator and the Mooncake trace reader that
 //!   turn a trace into the KV events an engine fleet would publish.
+//! - [`wire`]: the versioned binary frame format of the KV event transport, with a
+//!   bounded streaming decoder.
+//! - [`publish`]: the publisher side of the transport: per-rank sequence numbers, a ring
+//!   of recent deltas for resuming subscribers, and block-set dumps for the others.
+//! - [`ingest`]: the router side: per-rank cursors that drop duplicates and detect gaps,
+//!   and the replay of dumps as events.
 //! - `reference` (feature `reference`, and in tests): the simple oracle for exactness.
 
 pub mod event;
 pub mod hashing;
 pub mod ids;
 pub mod index;
+pub mod ingest;
+pub mod publish;
 #[cfg(any(test, feature = "reference"))]
 pub mod reference;
 pub mod route;
 pub mod sim;
 pub mod trace;
+pub mod wire;
 
 pub use event::{KvEvent, KvEventData, StoredBlock};
 pub use ids::{BlockHash, DpRank, EngineHash, RankId, RankKey, WorkerId};
