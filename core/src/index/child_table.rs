@@ -15,7 +15,15 @@
 //!   a new table with the live entries only, publishes it in the node's shape and retires
 //!   the old one; a reader still probing the old table sees a consistent, older view.
 
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+
+// The table's atomics: loom's under `--cfg loom`, so that the loom tests (`loom_tests.rs`)
+// check this very code; std's otherwise. Only the child table switches: the rest of the
+// index stays on std atomics (seize, which loads the table pointer, cannot run under loom).
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicPtr, AtomicU64};
+#[cfg(not(loom))]
+use std::sync::atomic::{AtomicPtr, AtomicU64};
 
 use super::node::Node;
 
@@ -36,8 +44,10 @@ pub(crate) struct ChildTable {
     slots: Box<[Slot]>,
 }
 
+/// Home slot of `key` in a table of `2^(64 - shift)` slots (`pub(super)` for the loom
+/// tests, which pick colliding keys).
 #[inline(always)]
-fn home(key: u64, shift: u32) -> usize {
+pub(super) fn home(key: u64, shift: u32) -> usize {
     (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift) as usize
 }
 
@@ -102,14 +112,17 @@ impl ChildTable {
             let current = slot.child.load(Ordering::Relaxed);
             if current.is_null() {
                 slot.key.store(key, Ordering::Relaxed);
-                // Release: publishes the key (above) and the child's contents.
+                // Release: publishes the key (above) and the child's contents; pairs with the
+                // Acquire loads in `get` and `children`.
                 slot.child.store(child, Ordering::Release);
                 self.used.fetch_add(1, Ordering::Relaxed);
                 self.live.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             if current == TOMBSTONE && slot.key.load(Ordering::Relaxed) == key {
-                // Same key: reuse (see the module invariant).
+                // Same key: reuse (see the module invariant). Release, as above: it publishes
+                // the child's contents, and the key too to a reader that never saw the slot's
+                // first child (the loom tests catch a `Relaxed` here).
                 slot.child.store(child, Ordering::Release);
                 self.live.fetch_add(1, Ordering::Relaxed);
                 return;

@@ -26,6 +26,123 @@
 
 use std::sync::atomic::{AtomicPtr, Ordering};
 
+/// The seize scheme's graveyard stack, generic and on its own so that the loom tests
+/// (`loom_tests.rs`, built with `--cfg loom`) check this very code.
+#[cfg_attr(feature = "crossbeam", allow(dead_code))]
+pub(super) mod graveyard {
+    use std::ptr;
+    use std::sync::atomic::Ordering;
+
+    use sync::{AtomicPtr, UnsafeCell};
+
+    /// The graveyard's atomics and cells: loom's under `--cfg loom`, std's otherwise. Only
+    /// this module uses them; the rest of the index stays on std atomics (seize itself
+    /// cannot run under loom).
+    mod sync {
+        #[cfg(loom)]
+        pub(super) use loom::{cell::UnsafeCell, sync::atomic::AtomicPtr};
+        #[cfg(not(loom))]
+        pub(super) use std::sync::atomic::AtomicPtr;
+
+        /// std's `UnsafeCell` behind loom's closure API, so the same code compiles against
+        /// both and loom can check every access for a data race.
+        #[cfg(not(loom))]
+        pub(super) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+        #[cfg(not(loom))]
+        impl<T> UnsafeCell<T> {
+            pub(super) fn new(value: T) -> Self {
+                UnsafeCell(std::cell::UnsafeCell::new(value))
+            }
+
+            #[inline(always)]
+            pub(super) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+                f(self.0.get())
+            }
+
+            #[inline(always)]
+            pub(super) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+                f(self.0.get())
+            }
+        }
+    }
+
+    /// A value on its way through a [`Graveyard`]: the value and the stack's link.
+    pub(crate) struct Grave<T> {
+        pub(crate) value: T,
+        /// Written by the pusher before the CAS that publishes the grave, read by the
+        /// emptier after the swap that takes it.
+        next: UnsafeCell<*mut Grave<T>>,
+    }
+
+    impl<T> Grave<T> {
+        pub(crate) fn new(value: T) -> Box<Self> {
+            Box::new(Grave { value, next: UnsafeCell::new(ptr::null_mut()) })
+        }
+    }
+
+    /// Graves whose grace period is over, waiting to be dropped: a Treiber stack that any
+    /// thread pushes onto and that is only ever emptied as a whole (one `swap` to null).
+    /// Nothing pops a single entry, so there is no ABA problem, and emptiers may race each
+    /// other and the pushers.
+    pub(crate) struct Graveyard<T> {
+        head: AtomicPtr<Grave<T>>,
+    }
+
+    impl<T> Default for Graveyard<T> {
+        fn default() -> Self {
+            Graveyard { head: AtomicPtr::new(ptr::null_mut()) }
+        }
+    }
+
+    impl<T> Graveyard<T> {
+        /// Pushes `grave`; lock-free, from any thread.
+        ///
+        /// # Safety
+        /// `grave` came from `Box::into_raw`, is pushed once and not touched by the caller
+        /// afterwards, and its value may be dropped on whichever thread empties the stack.
+        pub(crate) unsafe fn push(&self, grave: *mut Grave<T>) {
+            // Relaxed: a first guess; the CAS below checks it.
+            let mut head = self.head.load(Ordering::Relaxed);
+            loop {
+                // SAFETY: `grave` is owned by this call until the CAS publishes it.
+                unsafe { (*grave).next.with_mut(|next| *next = head) };
+                // Release: pairs with the Acquire swap in `free_all`, publishing `next` and
+                // the value's contents to the emptier. A later push's CAS continues this
+                // release sequence, so taking the head synchronises with every push below it.
+                match self.head.compare_exchange_weak(head, grave, Ordering::Release, Ordering::Relaxed) {
+                    Ok(_) => return,
+                    Err(current) => head = current,
+                }
+            }
+        }
+
+        /// Drops every value pushed before this call, unless a racing call took it first; a
+        /// push racing with this call may be left for the next one (or the graveyard's drop).
+        pub(crate) fn free_all(&self) {
+            // Relaxed peek: most calls find nothing and skip the RMW.
+            if self.head.load(Ordering::Relaxed).is_null() {
+                return;
+            }
+            // Acquire: pairs with `push`'s Release CAS, so each grave is seen whole.
+            let mut next = self.head.swap(ptr::null_mut(), Ordering::Acquire);
+            while !next.is_null() {
+                // SAFETY: the swap made this list ours alone; every grave in it was leaked
+                // by its pusher and pushed once (the `push` contract).
+                let grave = unsafe { Box::from_raw(next) };
+                // SAFETY: the grave is ours (above); nothing else accesses its link.
+                next = grave.next.with(|next| unsafe { *next });
+            }
+        }
+    }
+
+    impl<T> Drop for Graveyard<T> {
+        fn drop(&mut self) {
+            self.free_all();
+        }
+    }
+}
+
 #[cfg(feature = "crossbeam")]
 mod scheme {
     use super::*;
@@ -78,6 +195,7 @@ mod scheme {
 mod scheme {
     use std::cell::RefCell;
 
+    use super::graveyard::{Grave, Graveyard};
     use super::*;
     use seize::Guard as _;
 
@@ -94,13 +212,12 @@ mod scheme {
         drop(unsafe { Box::from_raw(ptr.cast::<T>()) });
     }
 
-    /// Everything one writer guard retired, handed to seize as a single value.
+    /// Everything one writer guard retired, handed to seize as a single value (in a
+    /// [`Grave`], ready for the graveyard).
     struct Garbage {
         items: Vec<Retired>,
-        /// Link in the graveyard's stack.
-        next: *mut Garbage,
         /// The graveyard of the domain it was retired in (boxed, so its address is stable).
-        graveyard: *const Graveyard,
+        graveyard: *const Graveyard<Garbage>,
     }
 
     impl Drop for Garbage {
@@ -113,65 +230,24 @@ mod scheme {
         }
     }
 
-    /// Garbage whose grace period is over, waiting for a writer to free it: a Treiber
-    /// stack that any thread pushes onto and a writer empties as a whole.
-    ///
-    /// Why: seize frees a batch on the thread whose `leave` drops its last reference,
-    /// which is often a reader. A reader that ran the destructors of a batch of nodes
-    /// would pay for the writers' garbage inside its lookup; here it pays one push.
-    #[derive(Default)]
-    struct Graveyard {
-        head: AtomicPtr<Garbage>,
-    }
-
-    impl Graveyard {
-        fn push(&self, garbage: *mut Garbage) {
-            // Relaxed: a first guess; the CAS below checks it.
-            let mut head = self.head.load(Ordering::Relaxed);
-            loop {
-                // SAFETY: `garbage` is owned by this call until the CAS publishes it.
-                unsafe { (*garbage).next = head };
-                // Release: publishes `next` and the garbage's contents to the emptier.
-                match self.head.compare_exchange_weak(head, garbage, Ordering::Release, Ordering::Relaxed) {
-                    Ok(_) => return,
-                    Err(current) => head = current,
-                }
-            }
-        }
-
-        /// Frees everything pushed so far.
-        fn free_all(&self) {
-            // Relaxed peek: most calls find nothing and skip the RMW.
-            if self.head.load(Ordering::Relaxed).is_null() {
-                return;
-            }
-            // Acquire: pairs with `push`'s Release, so the garbage is seen whole.
-            let mut next = self.head.swap(std::ptr::null_mut(), Ordering::Acquire);
-            while !next.is_null() {
-                // SAFETY: the swap made this list ours alone; every element was boxed by
-                // `Guard::drop` and pushed once.
-                let garbage = unsafe { Box::from_raw(next) };
-                next = garbage.next;
-            }
-        }
-    }
-
-    impl Drop for Graveyard {
-        fn drop(&mut self) {
-            self.free_all();
-        }
-    }
-
     /// seize's reclaimer for [`Garbage`]: runs when the grace period is over, on
     /// whichever thread ends it, and only moves the garbage to its graveyard.
     ///
+    /// Why: seize frees a batch on the thread whose `leave` drops its last reference,
+    /// which is often a reader. A reader that ran the destructors of a batch of nodes
+    /// would pay for the writers' garbage inside its lookup; here it pays one push, and
+    /// writers free the graveyard.
+    ///
     /// # Safety
-    /// `garbage` came from `Box::into_raw` in `Guard::drop`, and its graveyard is alive
-    /// (the domain drops its collector, whose drop runs the last reclaimers, first).
-    unsafe fn bury(garbage: *mut Garbage, _: &seize::Collector) {
+    /// `grave` came from `Box::into_raw` in `Guard::seal`, seize calls this once per
+    /// retirement, and its graveyard is alive (the domain drops its collector, whose drop
+    /// runs the last reclaimers, first).
+    unsafe fn bury(grave: *mut Grave<Garbage>, _: &seize::Collector) {
         // SAFETY: see the function's contract.
-        let graveyard = unsafe { &*(*garbage).graveyard };
-        graveyard.push(garbage);
+        let graveyard = unsafe { &*(*grave).value.graveyard };
+        // SAFETY: a leaked box, pushed once (seize runs a reclaimer once); its grace period
+        // is over, so any thread may drop it, and `Garbage` holds nothing tied to a thread.
+        unsafe { graveyard.push(grave) };
     }
 
     /// Per-index seize collector and the graveyard its reclaimers fill.
@@ -179,7 +255,7 @@ mod scheme {
         // Field order matters: the collector is dropped first, and its drop buries
         // every batch still pending into the graveyard, which is dropped (freed) after.
         collector: seize::Collector,
-        graveyard: Box<Graveyard>,
+        graveyard: Box<Graveyard<Garbage>>,
     }
 
     /// A pinned section. A writer's guard also gathers what it retires and hands it to
@@ -187,7 +263,7 @@ mod scheme {
     /// from seize's own `leave`.
     pub(crate) struct Guard<'a> {
         inner: seize::LocalGuard<'a>,
-        graveyard: &'a Graveyard,
+        graveyard: &'a Graveyard<Garbage>,
         retired: RefCell<Vec<Retired>>,
     }
 
@@ -229,11 +305,10 @@ mod scheme {
             if items.is_empty() {
                 return;
             }
-            let garbage =
-                Box::into_raw(Box::new(Garbage { items, next: std::ptr::null_mut(), graveyard: self.graveyard }));
+            let grave = Box::into_raw(Grave::new(Garbage { items, graveyard: self.graveyard }));
             // SAFETY: every item is unlinked and retired once (the `retire` contract); the
-            // garbage box is fresh, and `bury` is its reclaimer.
-            unsafe { self.inner.defer_retire(garbage, bury) };
+            // grave is a fresh box, and `bury` is its reclaimer.
+            unsafe { self.inner.defer_retire(grave, bury) };
         }
 
         pub(crate) fn flush(&self) {
