@@ -40,7 +40,7 @@ mod rank_table;
 mod reclaim;
 mod writer;
 
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use child_table::ChildTable;
@@ -50,7 +50,7 @@ use rank_table::{IdReturn, RankTable};
 use reclaim::Domain;
 use writer::{NodePtr, WriterState};
 
-use crate::event::KvEvent;
+use crate::event::{KvEvent, KvEventData};
 use crate::ids::{BlockHash, RankId, RankKey, WorkerId};
 
 /// What the index did with the events it was given. Anything but `events_applied`,
@@ -129,6 +129,36 @@ impl std::fmt::Display for IndexError {
 
 impl std::error::Error for IndexError {}
 
+/// A replacement for one rank's blocks, built under an id that lookups do not report;
+/// see [`KvIndex::stage_rank`].
+#[derive(Debug)]
+#[must_use = "promote or discard a staged rank; a dropped one keeps its id and blocks until the index drops"]
+pub struct StagedRank {
+    key: RankKey,
+    id: u32,
+}
+
+impl StagedRank {
+    pub fn rank(&self) -> RankKey {
+        self.key
+    }
+
+    /// The id the rank will have once promoted (lookups report it only from then on).
+    pub fn id(&self) -> RankId {
+        RankId(self.id)
+    }
+}
+
+/// Raises its flag when dropped, which the reclamation scheme does after a grace period.
+struct GraceMarker(std::sync::Arc<AtomicBool>);
+
+impl Drop for GraceMarker {
+    fn drop(&mut self) {
+        // Release pairs with the Acquire in `release_retired`.
+        self.0.store(true, Ordering::Release);
+    }
+}
+
 /// The concurrent KV-block index. `Sync`: share it by reference or `Arc`.
 pub struct KvIndex {
     root: NodePtr,
@@ -169,7 +199,11 @@ impl KvIndex {
     }
 
     fn publish_ranks(&self, w: &WriterState, guard: &reclaim::Guard) {
-        let keys: Vec<Option<RankKey>> = w.ranks.iter().map(|r| r.as_ref().map(|s| s.key)).collect();
+        // Only ids their key maps to are live: a staged rank, and a replaced one waiting
+        // for its grace period, stay invisible.
+        let keys: Vec<Option<RankKey>> = (w.ranks.iter().enumerate())
+            .map(|(id, r)| r.as_ref().map(|s| s.key).filter(|key| w.rank_ids.get(key) == Some(&(id as u32))))
+            .collect();
         let old = self.ranks.swap(Box::into_raw(RankTable::new(&keys)), Ordering::Release);
         // SAFETY: the old table is unlinked; retired once.
         unsafe { guard.retire(old) };
@@ -182,6 +216,15 @@ impl KvIndex {
         if let Some(&id) = w.rank_ids.get(&rank) {
             return Ok(RankId(id));
         }
+        let id = Self::allocate_id(&mut w, rank)?;
+        w.rank_ids.insert(rank, id);
+        let guard = self.domain.pin();
+        self.publish_ranks(&w, &guard);
+        Ok(RankId(id))
+    }
+
+    /// A fresh (or recycled) id holding an empty state for `rank`; not yet live.
+    fn allocate_id(w: &mut WriterState, rank: RankKey) -> Result<u32, IndexError> {
         let recycled = w.free_ids.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let id = match recycled {
             Some(id) => id,
@@ -192,11 +235,79 @@ impl KvIndex {
             None => return Err(IndexError::TooManyRanks),
         };
         w.ranks[id as usize] = Some(WriterState::new_rank(rank));
-        w.rank_ids.insert(rank, id);
         w.words = w.words.max(w.ranks.len().div_ceil(64));
+        Ok(id)
+    }
+
+    /// Starts a replacement of `rank`'s blocks (say, from a publisher's full dump): an
+    /// empty state under a hidden id that lookups never report. Fill it with
+    /// [`apply_staged`](Self::apply_staged), then [`promote_staged`](Self::promote_staged)
+    /// swaps it in for every lookup at once, or [`discard_staged`](Self::discard_staged).
+    pub fn stage_rank(&self, rank: RankKey) -> Result<StagedRank, IndexError> {
+        let mut w = self.writer();
         let guard = self.domain.pin();
+        self.release_retired(&mut w, &guard);
+        let id = Self::allocate_id(&mut w, rank)?;
+        Ok(StagedRank { key: rank, id })
+    }
+
+    /// Applies events, in order, to a staged rank (no event-id checks: a dump has none).
+    pub fn apply_staged<'a>(&self, staged: &StagedRank, events: impl IntoIterator<Item = &'a KvEventData>) {
+        let mut w = self.writer();
+        let guard = self.domain.pin();
+        for data in events {
+            w.apply_to(&guard, staged.id, data);
+        }
+    }
+
+    /// Makes the staged blocks `rank`'s blocks, atomically for lookups: one table
+    /// publication makes the staged id live and the previous id dead, so a lookup reports
+    /// the old state or the new one, never a mix. The previous id's blocks are released
+    /// only after the grace period (lookups that loaded the older table may still walk
+    /// them). Registers the rank if it was not; returns its new id. The rank's event ids
+    /// start afresh (its next event is accepted whatever its id).
+    pub fn promote_staged(&self, staged: StagedRank) -> RankId {
+        let mut w = self.writer();
+        let guard = self.domain.pin();
+        let previous = w.rank_ids.insert(staged.key, staged.id);
         self.publish_ranks(&w, &guard);
-        Ok(RankId(id))
+        if let Some(previous) = previous {
+            let elapsed = std::sync::Arc::new(AtomicBool::new(false));
+            let marker = Box::new(GraceMarker(elapsed.clone()));
+            // SAFETY: a fresh box, retired once; its drop only raises the flag.
+            unsafe { guard.retire(Box::into_raw(marker)) };
+            w.retiring.push((previous, elapsed));
+        }
+        RankId(staged.id)
+    }
+
+    /// Drops a staged rank that will not be promoted.
+    pub fn discard_staged(&self, staged: StagedRank) {
+        let mut w = self.writer();
+        let guard = self.domain.pin();
+        self.release_id(&mut w, &guard, staged.id);
+    }
+
+    /// Releases replaced rank ids whose grace period is over.
+    fn release_retired(&self, w: &mut WriterState, guard: &reclaim::Guard) {
+        if w.retiring.is_empty() {
+            return;
+        }
+        // Acquire pairs with the marker's Release store: the grace period is over.
+        let (due, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut w.retiring).into_iter().partition(|(_, elapsed)| elapsed.load(Ordering::Acquire));
+        w.retiring = waiting;
+        for (id, _) in due {
+            self.release_id(w, guard, id);
+        }
+    }
+
+    /// Clears an unpublished id's bits and returns it to the pool after a grace period.
+    fn release_id(&self, w: &mut WriterState, guard: &reclaim::Guard, id: u32) {
+        w.release_rank(guard, id);
+        let pool = w.free_ids.clone();
+        // SAFETY: a fresh box, retired once; its Drop returns the id after the grace period.
+        unsafe { guard.retire(Box::into_raw(Box::new(IdReturn { pool, id }))) };
     }
 
     /// Removes a rank and every block it holds. Returns whether it was registered.
@@ -223,6 +334,7 @@ impl KvIndex {
     pub fn apply(&self, event: &KvEvent) {
         let mut w = self.writer();
         let guard = self.domain.pin();
+        self.release_retired(&mut w, &guard);
         w.apply(&guard, event);
     }
 
@@ -230,6 +342,7 @@ impl KvIndex {
     pub fn apply_batch<'a>(&self, events: impl IntoIterator<Item = &'a KvEvent>) {
         let mut w = self.writer();
         let guard = self.domain.pin();
+        self.release_retired(&mut w, &guard);
         for event in events {
             w.apply(&guard, event);
         }
@@ -301,6 +414,11 @@ impl KvIndex {
 
     /// Pushes deferred frees towards collection (for memory reports and tests).
     pub fn flush_reclamation(&self) {
+        {
+            let mut w = self.writer();
+            let guard = self.domain.pin();
+            self.release_retired(&mut w, &guard);
+        }
         let guard = self.domain.pin();
         guard.flush();
     }
@@ -330,5 +448,9 @@ impl Drop for KvIndex {
 
 #[cfg(test)]
 mod concurrency_tests;
+#[cfg(all(test, loom))]
+mod loom_tests;
+#[cfg(test)]
+mod staging_tests;
 #[cfg(test)]
 mod tests;

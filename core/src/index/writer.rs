@@ -19,7 +19,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::child_table::ChildTable;
@@ -47,7 +47,7 @@ pub(crate) struct Loc {
 
 pub(crate) struct RankState {
     pub(crate) key: RankKey,
-    entries: PrehashedMap<EngineHash, Loc>,
+    pub(crate) entries: PrehashedMap<EngineHash, Loc>,
     last_event_id: Option<u64>,
 }
 
@@ -63,6 +63,11 @@ pub(crate) struct WriterState {
     pub(crate) nodes: usize,
     /// Reused per event: positions matched by a store, or positions a removal drops.
     scratch: Vec<Loc>,
+    /// Rank ids replaced by a promoted staged rank: no longer live in the published
+    /// table, but lookups that loaded the previous table may still walk their bits, so
+    /// they are released only once the flag (set by a retired marker's drop, i.e. after
+    /// the grace period) is up.
+    pub(crate) retiring: Vec<(u32, Arc<AtomicBool>)>,
 }
 
 #[inline(always)]
@@ -97,6 +102,7 @@ impl WriterState {
             counters: EventCounters::default(),
             nodes: 0,
             scratch: Vec::new(),
+            retiring: Vec::new(),
         }
     }
 
@@ -106,7 +112,7 @@ impl WriterState {
 
     /// Current (node, offset) of a block placed at `loc`. `None` only if the tree's
     /// invariants were broken (never expected; the block is then treated as unknown).
-    fn resolve(&self, loc: Loc) -> Option<(NodePtr, u32)> {
+    pub(crate) fn resolve(&self, loc: Loc) -> Option<(NodePtr, u32)> {
         let (mut node, mut offset) = (loc.node, loc.offset);
         loop {
             let s = shape(node);
@@ -263,10 +269,19 @@ impl WriterState {
             return;
         }
         state.last_event_id = Some(event.event_id);
+        self.apply_to(guard, rank, &event.data);
+    }
+
+    /// Applies `data` to rank id `rank` (registered or staged), with no event-id check.
+    pub(crate) fn apply_to(&mut self, guard: &Guard, rank: u32, data: &KvEventData) {
+        let Some(state) = self.ranks.get_mut(rank as usize).and_then(Option::as_mut) else {
+            self.counters.unknown_rank += 1;
+            return;
+        };
         self.counters.events_applied += 1;
         // The entries map is taken out for the event so the tree methods can borrow self.
         let mut entries = std::mem::take(&mut state.entries);
-        match &event.data {
+        match data {
             KvEventData::Stored { parent, blocks } => self.store(guard, rank, &mut entries, *parent, blocks),
             KvEventData::Removed { blocks } => self.remove(guard, rank, &mut entries, blocks),
             KvEventData::Cleared => self.clear(guard, rank, &mut entries),

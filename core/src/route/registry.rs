@@ -138,25 +138,46 @@ pub(crate) struct RankSlot {
     pub(crate) worker: Arc<WorkerEntry>,
 }
 
+/// `slot_of_id` entry of an id no slot has.
+pub(crate) const NO_SLOT: u32 = u32::MAX;
+
 /// An immutable registry snapshot.
 #[derive(Debug, Default)]
 pub(crate) struct Fleet {
     pub(crate) workers: HashMap<WorkerId, Arc<WorkerEntry>>,
     /// Every rank, ordered by key.
     pub(crate) ranks: Vec<RankSlot>,
-    /// One past the largest id of any rank, per tier (sizes the decision's scratch arrays).
-    pub(crate) id_bound: [usize; 3],
+    /// Per tier, the position in `ranks` of each index rank id ([`NO_SLOT`] if none), so
+    /// that a lookup's `(id, overlap)` hits land in arrays ordered like `ranks`.
+    pub(crate) slot_of_id: [Box<[u32]>; 3],
 }
 
 impl Fleet {
-    pub(crate) fn build(workers: HashMap<WorkerId, Arc<WorkerEntry>>, mut ranks: Vec<RankSlot>) -> Fleet {
+    pub(crate) fn build(workers: HashMap<WorkerId, Arc<WorkerEntry>>, ranks: Vec<RankSlot>) -> Fleet {
+        Fleet::build_with_alias(workers, ranks, None)
+    }
+
+    /// As `build`, and index id `alias.1` of tier `alias.0` also names the slot of rank
+    /// `alias.2`: the state of a rank whose replacement is about to be swapped in (see
+    /// `Router::replace_rank`).
+    pub(crate) fn build_with_alias(
+        workers: HashMap<WorkerId, Arc<WorkerEntry>>,
+        mut ranks: Vec<RankSlot>,
+        alias: Option<(usize, RankId, RankKey)>,
+    ) -> Fleet {
         ranks.sort_by_key(|slot| slot.key);
-        let mut id_bound = [0; 3];
-        for slot in &ranks {
-            for (bound, id) in id_bound.iter_mut().zip(slot.ids) {
-                *bound = (*bound).max(id.0 as usize + 1);
+        let slot_of_id = std::array::from_fn(|tier| {
+            let alias = alias.filter(|a| a.0 == tier);
+            let bound = ranks.iter().map(|s| s.ids[tier].0 as usize + 1).chain(alias.map(|a| a.1 .0 as usize + 1));
+            let mut slots = vec![NO_SLOT; bound.max().unwrap_or(0)];
+            for (i, slot) in ranks.iter().enumerate() {
+                slots[slot.ids[tier].0 as usize] = i as u32;
+                if alias.is_some_and(|a| a.2 == slot.key) {
+                    slots[alias.map_or(0, |a| a.1 .0 as usize)] = i as u32;
+                }
             }
-        }
-        Fleet { workers, ranks, id_bound }
+            slots.into_boxed_slice()
+        });
+        Fleet { workers, ranks, slot_of_id }
     }
 }

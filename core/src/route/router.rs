@@ -9,10 +9,10 @@ use arc_swap::ArcSwap;
 use super::approx::ApproxBook;
 use super::cost::{choose, CostBreakdown, CostWeights, Rng};
 use super::load::{ActiveRequest, Charge, LoadBook, LoadSnapshot, RequestId};
-use super::registry::{Fleet, RankSlot, Role, WorkerEntry, WorkerSpec};
+use super::registry::{Fleet, RankSlot, Role, WorkerEntry, WorkerSpec, NO_SLOT};
 use super::room::RoomAllocator;
 use super::RouteError;
-use crate::event::KvEvent;
+use crate::event::{KvEvent, KvEventData};
 use crate::hashing::{BlockHasher, HashScheme};
 use crate::ids::{BlockHash, DpRank, RankId, RankKey, WorkerId};
 use crate::index::{IndexError, KvIndex};
@@ -139,7 +139,8 @@ pub(crate) struct Scored {
 #[derive(Default)]
 pub(crate) struct Scratch {
     pub(crate) hashes: Vec<BlockHash>,
-    hits: [Vec<(RankId, u32)>; 3],
+    hits: Vec<(RankId, u32)>,
+    /// Per tier, the overlap of each slot of the fleet snapshot.
     depth: [Vec<u32>; 3],
     costs: Vec<f64>,
     candidates: Vec<Candidate>,
@@ -360,6 +361,59 @@ impl Router {
         self.fleet.store(Arc::new(Fleet::build(workers, ranks)));
     }
 
+    /// Replaces `rank`'s blocks in `tier` with those `events` build from nothing (a
+    /// publisher's full dump), atomically for decisions and lookups: a decision sees the
+    /// rank's old blocks or its new ones, never a mix and never neither.
+    ///
+    /// How: the dump is applied to a staged (hidden) index rank; a registry snapshot
+    /// that maps both the old and the staged id to the rank is published, and the
+    /// previous snapshot drained (decisions that loaded it have finished); the index then
+    /// swaps the staged rank in with one table publication; finally a snapshot naming
+    /// only the new id is published and drained, so the old id cannot be recycled under
+    /// a decision that still maps it. Writers wait; decisions never do.
+    ///
+    /// Like a KV event, a dump switches its worker to exact mode. The rank must belong
+    /// to a registered worker.
+    pub fn replace_rank(&self, tier: StorageTier, rank: RankKey, events: &[KvEventData]) -> Result<(), RouteError> {
+        let fleet = self.fleet.load_full();
+        check_rank(&fleet, rank)?;
+        if fleet.workers.get(&rank.worker).is_some_and(|w| !w.exact) {
+            self.switch_to_exact(rank.worker);
+        }
+        drop(fleet);
+        if tier != StorageTier::Device {
+            // Relaxed by design; see `apply_event_in`.
+            self.tier_used[tier.index()].store(true, Ordering::Relaxed);
+        }
+        let index = &self.indexes[tier.index()];
+        let staged = index.stage_rank(rank).map_err(|e| match e {
+            IndexError::TooManyRanks => RouteError::TooManyRanks,
+        })?;
+        index.apply_staged(&staged, events);
+        let _registry = lock(&self.registry);
+        let fleet = self.fleet.load_full();
+        if let Err(e) = check_rank(&fleet, rank) {
+            // The worker left while the dump was being built.
+            index.discard_staged(staged);
+            return Err(e);
+        }
+        let aliased = Fleet::build_with_alias(
+            fleet.workers.clone(),
+            fleet.ranks.clone(),
+            Some((tier.index(), staged.id(), rank)),
+        );
+        let mut ranks = fleet.ranks.clone();
+        let workers = fleet.workers.clone();
+        drop(fleet);
+        drain(self.fleet.swap(Arc::new(aliased)));
+        let id = index.promote_staged(staged);
+        for slot in ranks.iter_mut().filter(|s| s.key == rank) {
+            slot.ids[tier.index()] = id;
+        }
+        drain(self.fleet.swap(Arc::new(Fleet::build(workers, ranks))));
+        Ok(())
+    }
+
     /// Picks the (worker, dp_rank) for an aggregated request; see the module docs.
     pub fn best_worker(&self, prompt: Prompt<'_>, options: &RouteOptions<'_>) -> Result<Decision, RouteError> {
         let fleet = self.fleet.load();
@@ -486,6 +540,11 @@ impl Router {
     }
 
     /// Scores every candidate of `side` that `accepts` and picks one.
+    ///
+    /// Each used tier's lookup hits `(rank id, overlap)` land, through the snapshot's
+    /// `slot_of_id`, in a per-slot array ordered like `fleet.ranks`; the candidate loop
+    /// then reads overlaps, loads and roles in slot order and computes only each
+    /// candidate's total (the winner's breakdown is rebuilt once).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn score(
         &self,
@@ -501,52 +560,47 @@ impl Router {
         let block_size = u64::from(self.config.block_size);
         let bs = block_size as f64;
         let Scratch { hits, depth, costs, candidates, .. } = scratch;
+        let slots = fleet.ranks.len();
+        let mut tier_looked_up = [false; 3];
         if side != Side::Decode {
             for tier in 0..3 {
                 // Relaxed by design; see `apply_event_in`.
                 if tier > 0 && !self.tier_used[tier].load(Ordering::Relaxed) {
                     continue;
                 }
-                hits[tier].clear();
-                self.indexes[tier].find_matches_by_id_into(hashes, &mut hits[tier]);
-                if depth[tier].len() < fleet.id_bound[tier] {
-                    depth[tier].resize(fleet.id_bound[tier], 0);
-                }
-                for &(id, d) in &hits[tier] {
-                    // An id past the snapshot's bound names a rank registered since.
-                    if let Some(slot) = depth[tier].get_mut(id.0 as usize) {
-                        *slot = d;
+                tier_looked_up[tier] = true;
+                let depth = &mut depth[tier];
+                depth.clear();
+                depth.resize(slots, 0);
+                hits.clear();
+                self.indexes[tier].find_matches_by_id_into(hashes, hits);
+                let slot_of_id = &fleet.slot_of_id[tier];
+                for &(id, overlap) in hits.iter() {
+                    // An id the snapshot does not know names a rank registered since.
+                    match slot_of_id.get(id.0 as usize) {
+                        Some(&slot) if slot != NO_SLOT => depth[slot as usize] = overlap,
+                        _ => {}
                     }
                 }
             }
         }
         let request_blocks = (tokens / block_size) as u32;
         let charged_blocks = (tokens + u64::from(output_tokens)).div_ceil(block_size);
-        // The cost of a candidate, and the load it would be charged.
-        let cost_of = |c: &Candidate| {
-            let credit = weights.overlap_credit(c.depths);
+        let requests_term = |load: &LoadSnapshot| weights.request_weight * load.requests as f64;
+        // Prefill blocks (queued plus this request's uncached ones) and decode blocks.
+        let blocks_of = |depths: [u32; 3], load: &LoadSnapshot| {
+            let credit = weights.overlap_credit(depths);
             let new_prefill_tokens = (tokens as f64 - credit * bs).max(0.0);
-            let prefill_blocks = (c.load.prefill_tokens as f64 + new_prefill_tokens) / bs;
-            let decode_blocks = (c.load.decode_blocks + charged_blocks) as f64;
-            let requests = weights.request_weight * c.load.requests as f64;
-            let (prefill_blocks, decode_blocks, total) = match side {
-                Side::Aggregated => (
-                    prefill_blocks,
-                    decode_blocks,
-                    weights.prefill_scale * prefill_blocks + weights.decode_weight * decode_blocks + requests,
-                ),
-                Side::Prefill => (prefill_blocks, 0.0, weights.prefill_scale * prefill_blocks + requests),
-                Side::Decode => (0.0, decode_blocks, weights.decode_weight * decode_blocks + requests),
-            };
-            let breakdown = CostBreakdown {
-                request_blocks,
-                overlap_credit: credit,
-                prefill_blocks,
-                decode_blocks,
-                active_requests: c.load.requests,
-                total,
-            };
-            (breakdown, new_prefill_tokens.round() as u64)
+            let prefill_blocks = (load.prefill_tokens as f64 + new_prefill_tokens) / bs;
+            let decode_blocks = (load.decode_blocks + charged_blocks) as f64;
+            (credit, new_prefill_tokens, prefill_blocks, decode_blocks)
+        };
+        let total_of = |prefill_blocks: f64, decode_blocks: f64, load: &LoadSnapshot| match side {
+            Side::Aggregated => {
+                weights.prefill_scale * prefill_blocks + weights.decode_weight * decode_blocks + requests_term(load)
+            }
+            Side::Prefill => weights.prefill_scale * prefill_blocks + requests_term(load),
+            Side::Decode => weights.decode_weight * decode_blocks + requests_term(load),
         };
         costs.clear();
         candidates.clear();
@@ -556,35 +610,50 @@ impl Router {
                 continue;
             }
             let mut depths = [0u32; 3];
-            if side != Side::Decode {
-                for (tier, d) in depths.iter_mut().enumerate() {
-                    *d = depth[tier].get(slot.ids[tier].0 as usize).copied().unwrap_or(0);
+            for tier in 0..3 {
+                if tier_looked_up[tier] {
+                    depths[tier] = depth[tier][i];
                 }
             }
-            let candidate = Candidate { slot: i, depths, load: slot.load.snapshot() };
-            costs.push(cost_of(&candidate).0.total);
-            candidates.push(candidate);
-        }
-        // Reset only the entries this lookup set, for the next decision on this thread.
-        for tier in 0..3 {
-            for &(id, _) in &hits[tier] {
-                if let Some(slot) = depth[tier].get_mut(id.0 as usize) {
-                    *slot = 0;
-                }
-            }
-            hits[tier].clear();
+            let load = slot.load.snapshot();
+            let (_, _, prefill_blocks, decode_blocks) = blocks_of(depths, &load);
+            costs.push(total_of(prefill_blocks, decode_blocks, &load));
+            candidates.push(Candidate { slot: i, depths, load });
         }
         if candidates.is_empty() {
             return Err(RouteError::NoCandidates);
         }
         let chosen = candidates[choose(costs, weights.temperature, &self.rng)];
-        let (cost, prefill_tokens) = cost_of(&chosen);
+        let (credit, new_prefill_tokens, prefill_blocks, decode_blocks) = blocks_of(chosen.depths, &chosen.load);
+        let total = total_of(prefill_blocks, decode_blocks, &chosen.load);
+        let (prefill_blocks, decode_blocks) = match side {
+            Side::Aggregated => (prefill_blocks, decode_blocks),
+            Side::Prefill => (prefill_blocks, 0.0),
+            Side::Decode => (0.0, decode_blocks),
+        };
+        let cost = CostBreakdown {
+            request_blocks,
+            overlap_credit: credit,
+            prefill_blocks,
+            decode_blocks,
+            active_requests: chosen.load.requests,
+            total,
+        };
+        let new_prefill_tokens = new_prefill_tokens.round() as u64;
         let (prefill_tokens, decode_blocks) = match side {
-            Side::Aggregated => (prefill_tokens, charged_blocks),
-            Side::Prefill => (prefill_tokens, 0),
+            Side::Aggregated => (new_prefill_tokens, charged_blocks),
+            Side::Prefill => (new_prefill_tokens, 0),
             Side::Decode => (0, charged_blocks),
         };
         Ok(Scored { slot: chosen.slot, overlap_blocks: chosen.depths[0], cost, prefill_tokens, decode_blocks })
+    }
+}
+
+/// Waits until no decision holds `snapshot` (arc-swap converts every reader's borrow of
+/// a swapped-out value into a counted reference before `swap` returns).
+fn drain(snapshot: Arc<Fleet>) {
+    while Arc::strong_count(&snapshot) > 1 {
+        std::thread::yield_now();
     }
 }
 

@@ -517,3 +517,94 @@ fn bad_input_is_a_typed_error() {
         Err(RouteError::InvalidConfig(_))
     ));
 }
+
+// ---------------------------------------------------------------- dump replacement
+
+fn stored_from_root(hashes: &[BlockHash], salt: u64) -> KvEventData {
+    let blocks = hashes
+        .iter()
+        .enumerate()
+        .map(|(i, &h)| StoredBlock { engine_hash: EngineHash(salt << 40 | i as u64), content_hash: h })
+        .collect();
+    KvEventData::Stored { parent: None, blocks }
+}
+
+#[test]
+fn replace_rank_swaps_in_a_dump_and_switches_the_worker_to_exact() {
+    let (router, _) = router();
+    router.add_worker(WorkerSpec::new(WorkerId(1), 2, 16)).expect("add");
+    let rank = key(1, 1);
+    let prompt = prompt_blocks(3, 40);
+    let mut event_id = 0;
+    hold_prefix(&router, rank, &prompt, 30, &mut event_id);
+    let fixed = RouteOptions { rank: Some(rank), dry_run: true, ..RouteOptions::default() };
+    assert_eq!(router.best_worker(Prompt::Blocks(&prompt), &fixed).expect("route").overlap_blocks, 30);
+
+    router.replace_rank(StorageTier::Device, rank, &[stored_from_root(&prompt[..12], 9)]).expect("replace");
+    assert_eq!(router.best_worker(Prompt::Blocks(&prompt), &fixed).expect("route").overlap_blocks, 12);
+    // The rank keeps taking events after the dump, whatever their ids.
+    router.apply_event(&KvEvent { rank, event_id: 1, data: KvEventData::Cleared });
+    assert_eq!(router.best_worker(Prompt::Blocks(&prompt), &fixed).expect("route").overlap_blocks, 0);
+
+    // A dump is a sign of life: an approximate worker becomes exact.
+    router.add_worker(WorkerSpec::new(WorkerId(2), 1, 16)).expect("add");
+    assert_eq!(router.is_exact(WorkerId(2)), Some(false));
+    router.replace_rank(StorageTier::Device, key(2, 0), &[stored_from_root(&prompt[..5], 4)]).expect("replace");
+    assert_eq!(router.is_exact(WorkerId(2)), Some(true));
+    let best = router.best_worker(Prompt::Blocks(&prompt), &RouteOptions { dry_run: true, ..Default::default() });
+    assert_eq!((best.expect("route").worker, 5), (WorkerId(2), 5));
+}
+
+#[test]
+fn replace_rank_refuses_unknown_ranks() {
+    let (router, _) = router();
+    router.add_worker(WorkerSpec::new(WorkerId(1), 2, 16)).expect("add");
+    let dump = [stored_from_root(&prompt_blocks(1, 4), 1)];
+    assert_eq!(
+        router.replace_rank(StorageTier::Device, key(9, 0), &dump),
+        Err(RouteError::UnknownWorker(WorkerId(9)))
+    );
+    assert!(matches!(
+        router.replace_rank(StorageTier::Host, key(1, 2), &dump),
+        Err(RouteError::RankOutOfRange { .. })
+    ));
+}
+
+/// Decisions run while a rank's state flips between two dumps: each decision sees one
+/// dump or the other, whole — never a mix, never an empty rank.
+#[test]
+fn decisions_see_the_old_or_the_new_dump_never_a_mix() {
+    let (router, _) = router();
+    let router = Arc::new(router);
+    router.add_worker(WorkerSpec::new(WorkerId(1), 1, 16)).expect("add");
+    router.add_worker(WorkerSpec::new(WorkerId(2), 3, 16)).expect("add");
+    let rank = key(1, 0);
+    let prompt = prompt_blocks(7, 64);
+    let long = stored_from_root(&prompt, 1);
+    let short_hashes: Vec<BlockHash> = prompt[..16].iter().copied().chain(prompt_blocks(8, 48)).collect();
+    let short = stored_from_root(&short_hashes, 2);
+    router.replace_rank(StorageTier::Device, rank, std::slice::from_ref(&long)).expect("replace");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deciders: Vec<_> = (0..2)
+        .map(|_| {
+            let (router, stop, prompt) = (router.clone(), stop.clone(), prompt.clone());
+            std::thread::spawn(move || {
+                let fixed = RouteOptions { rank: Some(rank), dry_run: true, ..RouteOptions::default() };
+                let mut decisions = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let overlap = router.best_worker(Prompt::Blocks(&prompt), &fixed).expect("route").overlap_blocks;
+                    assert!(overlap == 64 || overlap == 16, "torn replacement: overlap {overlap}");
+                    decisions += 1;
+                }
+                decisions
+            })
+        })
+        .collect();
+    for swap in 0..500 {
+        let next = if swap % 2 == 0 { &short } else { &long };
+        router.replace_rank(StorageTier::Device, rank, std::slice::from_ref(next)).expect("replace");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let decisions: u64 = deciders.into_iter().map(|d| d.join().expect("a decision saw a torn state")).sum();
+    assert!(decisions > 0);
+}
