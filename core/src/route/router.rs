@@ -38,7 +38,7 @@ pub enum StorageTier {
 }
 
 impl StorageTier {
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 }
@@ -171,7 +171,7 @@ pub struct Router {
     pub(crate) config: RouterConfig,
     hasher: BlockHasher,
     pub(crate) indexes: [KvIndex; 3],
-    tier_used: [AtomicBool; 3],
+    pub(crate) tier_used: [AtomicBool; 3],
     pub(crate) fleet: ArcSwap<Fleet>,
     registry: Mutex<()>,
     pub(crate) loads: LoadBook,
@@ -333,7 +333,7 @@ impl Router {
         self.indexes[tier.index()].apply(event);
     }
 
-    fn switch_to_exact(&self, worker: WorkerId) {
+    pub(crate) fn switch_to_exact(&self, worker: WorkerId) {
         let _registry = lock(&self.registry);
         // Held across the re-registration and the publish, so that an approximate record
         // (which re-checks the mode under this lock) never writes into an exact rank.

@@ -560,14 +560,8 @@ fn replace_rank_refuses_unknown_ranks() {
     let (router, _) = router();
     router.add_worker(WorkerSpec::new(WorkerId(1), 2, 16)).expect("add");
     let dump = [stored_from_root(&prompt_blocks(1, 4), 1)];
-    assert_eq!(
-        router.replace_rank(StorageTier::Device, key(9, 0), &dump),
-        Err(RouteError::UnknownWorker(WorkerId(9)))
-    );
-    assert!(matches!(
-        router.replace_rank(StorageTier::Host, key(1, 2), &dump),
-        Err(RouteError::RankOutOfRange { .. })
-    ));
+    assert_eq!(router.replace_rank(StorageTier::Device, key(9, 0), &dump), Err(RouteError::UnknownWorker(WorkerId(9))));
+    assert!(matches!(router.replace_rank(StorageTier::Host, key(1, 2), &dump), Err(RouteError::RankOutOfRange { .. })));
 }
 
 /// Decisions run while a rank's state flips between two dumps: each decision sees one
