@@ -143,13 +143,35 @@ impl Rng {
 /// Index of the chosen cost (`costs` non-empty).
 pub(crate) fn choose(costs: &[f64], temperature: f64, rng: &Rng) -> usize {
     debug_assert!(!costs.is_empty());
-    let (min, max) = costs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &c| (lo.min(c), hi.max(c)));
+    let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
+    for &c in costs {
+        // Plain compares (costs are finite): cheaper than f64::min/max's NaN handling.
+        if c < min {
+            min = c;
+        }
+        if c > max {
+            max = c;
+        }
+    }
     if temperature <= 0.0 || max <= min {
-        // Cheapest; ties (within rounding) broken uniformly with one random draw.
+        // Cheapest; ties (within rounding) broken uniformly with one random draw, which
+        // is skipped when the cheapest is alone.
         let tolerance = 1e-9 * min.abs().max(1.0);
-        let ties = costs.iter().filter(|&&c| c - min <= tolerance).count();
-        let mut nth = rng.below(ties);
+        let mut ties = 0usize;
+        let mut first = 0usize;
         for (i, &c) in costs.iter().enumerate() {
+            if c - min <= tolerance {
+                if ties == 0 {
+                    first = i;
+                }
+                ties += 1;
+            }
+        }
+        if ties <= 1 {
+            return first;
+        }
+        let mut nth = rng.below(ties);
+        for (i, &c) in costs.iter().enumerate().skip(first) {
             if c - min <= tolerance {
                 if nth == 0 {
                     return i;
@@ -157,7 +179,7 @@ pub(crate) fn choose(costs: &[f64], temperature: f64, rng: &Rng) -> usize {
                 nth -= 1;
             }
         }
-        return 0;
+        return first;
     }
     let span = max - min;
     let weight = |c: f64| (-((c - min) / span) / temperature).exp();

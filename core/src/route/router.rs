@@ -150,7 +150,6 @@ pub(crate) struct Scratch {
 #[derive(Clone, Copy)]
 struct Candidate {
     slot: usize,
-    depths: [u32; 3],
     load: LoadSnapshot,
 }
 
@@ -586,21 +585,27 @@ impl Router {
         }
         let request_blocks = (tokens / block_size) as u32;
         let charged_blocks = (tokens + u64::from(output_tokens)).div_ceil(block_size);
-        let requests_term = |load: &LoadSnapshot| weights.request_weight * load.requests as f64;
-        // Prefill blocks (queued plus this request's uncached ones) and decode blocks.
-        let blocks_of = |depths: [u32; 3], load: &LoadSnapshot| {
-            let credit = weights.overlap_credit(depths);
-            let new_prefill_tokens = (tokens as f64 - credit * bs).max(0.0);
-            let prefill_blocks = (load.prefill_tokens as f64 + new_prefill_tokens) / bs;
-            let decode_blocks = (load.decode_blocks + charged_blocks) as f64;
-            (credit, new_prefill_tokens, prefill_blocks, decode_blocks)
+        // The cost, expanded so that the per-candidate loop is a few multiply-adds:
+        //   prefill_scale * (queued prefill tokens + this request's uncached tokens) / bs
+        // + decode_weight * (decode blocks + this request's blocks)
+        // + request_weight * active requests
+        // with the terms of the other side zeroed for a prefill or decode decision.
+        let (prefill_term, decode_term) = match side {
+            Side::Aggregated => (weights.prefill_scale / bs, weights.decode_weight),
+            Side::Prefill => (weights.prefill_scale / bs, 0.0),
+            Side::Decode => (0.0, weights.decode_weight),
         };
-        let total_of = |prefill_blocks: f64, decode_blocks: f64, load: &LoadSnapshot| match side {
-            Side::Aggregated => {
-                weights.prefill_scale * prefill_blocks + weights.decode_weight * decode_blocks + requests_term(load)
+        let fixed = decode_term * charged_blocks as f64;
+        let tokens_f = tokens as f64;
+        let device_only = !tier_looked_up[1] && !tier_looked_up[2];
+        let depths_of = |i: usize| {
+            let mut depths = [0u32; 3];
+            for tier in 0..3 {
+                if tier_looked_up[tier] {
+                    depths[tier] = depth[tier][i];
+                }
             }
-            Side::Prefill => weights.prefill_scale * prefill_blocks + requests_term(load),
-            Side::Decode => weights.decode_weight * decode_blocks + requests_term(load),
+            depths
         };
         costs.clear();
         candidates.clear();
@@ -609,23 +614,32 @@ impl Router {
             if slot.role != role || !accepts(slot) {
                 continue;
             }
-            let mut depths = [0u32; 3];
-            for tier in 0..3 {
-                if tier_looked_up[tier] {
-                    depths[tier] = depth[tier][i];
-                }
-            }
+            let credit = if !tier_looked_up[0] {
+                0.0
+            } else if device_only {
+                f64::from(depth[0][i])
+            } else {
+                weights.overlap_credit(depths_of(i))
+            };
             let load = slot.load.snapshot();
-            let (_, _, prefill_blocks, decode_blocks) = blocks_of(depths, &load);
-            costs.push(total_of(prefill_blocks, decode_blocks, &load));
-            candidates.push(Candidate { slot: i, depths, load });
+            let uncached = (tokens_f - credit * bs).max(0.0);
+            let cost = prefill_term * (load.prefill_tokens as f64 + uncached)
+                + decode_term * load.decode_blocks as f64
+                + weights.request_weight * load.requests as f64
+                + fixed;
+            costs.push(cost);
+            candidates.push(Candidate { slot: i, load });
         }
         if candidates.is_empty() {
             return Err(RouteError::NoCandidates);
         }
-        let chosen = candidates[choose(costs, weights.temperature, &self.rng)];
-        let (credit, new_prefill_tokens, prefill_blocks, decode_blocks) = blocks_of(chosen.depths, &chosen.load);
-        let total = total_of(prefill_blocks, decode_blocks, &chosen.load);
+        let picked = choose(costs, weights.temperature, &self.rng);
+        let chosen = candidates[picked];
+        let depths = depths_of(chosen.slot);
+        let credit = weights.overlap_credit(depths);
+        let new_prefill_tokens = (tokens_f - credit * bs).max(0.0);
+        let prefill_blocks = (chosen.load.prefill_tokens as f64 + new_prefill_tokens) / bs;
+        let decode_blocks = (chosen.load.decode_blocks + charged_blocks) as f64;
         let (prefill_blocks, decode_blocks) = match side {
             Side::Aggregated => (prefill_blocks, decode_blocks),
             Side::Prefill => (prefill_blocks, 0.0),
@@ -637,7 +651,7 @@ impl Router {
             prefill_blocks,
             decode_blocks,
             active_requests: chosen.load.requests,
-            total,
+            total: costs[picked],
         };
         let new_prefill_tokens = new_prefill_tokens.round() as u64;
         let (prefill_tokens, decode_blocks) = match side {
@@ -645,7 +659,7 @@ impl Router {
             Side::Prefill => (new_prefill_tokens, 0),
             Side::Decode => (0, charged_blocks),
         };
-        Ok(Scored { slot: chosen.slot, overlap_blocks: chosen.depths[0], cost, prefill_tokens, decode_blocks })
+        Ok(Scored { slot: chosen.slot, overlap_blocks: depths[0], cost, prefill_tokens, decode_blocks })
     }
 }
 
