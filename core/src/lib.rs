@@ -16,6 +16,8 @@
 //!   of recent deltas for resuming subscribers, and block-set dumps for the others.
 //! - [`ingest`]: the router side: per-rank cursors that drop duplicates and detect gaps,
 //!   and the replay of dumps as events.
+//! - [`snapshot`]: the router's snapshot format (workers, per-rank blocks and cursors),
+//!   checksummed, verified once and read zero-copy.
 //! - `reference` (feature `reference`, and in tests): the simple oracle for exactness.
 
 pub mod event;
@@ -28,6 +30,7 @@ pub mod publish;
 pub mod reference;
 pub mod route;
 pub mod sim;
+pub mod snapshot;
 pub mod trace;
 pub mod wire;
 

@@ -33,9 +33,10 @@
 //! path nodes above it.
 
 mod child_table;
+mod export;
 mod lookup;
 mod node;
-mod prehashed;
+pub(crate) mod prehashed;
 mod rank_table;
 mod reclaim;
 mod writer;

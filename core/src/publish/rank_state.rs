@@ -13,10 +13,9 @@
 //! hash, flagged) that the router stores during the dump and removes at its end, so the
 //! replayed state equals this one exactly, holes included.
 
-use std::collections::HashMap;
-
 use crate::event::{KvEventData, StoredBlock};
 use crate::ids::{BlockHash, EngineHash};
+use crate::index::prehashed::PrehashedMap;
 use crate::wire::DumpBlock;
 
 /// Slot of a position in [`RankState::positions`].
@@ -38,8 +37,8 @@ pub struct RankState {
     /// Slab of positions; `None` slots are free and listed in `free`.
     positions: Vec<Option<Position>>,
     free: Vec<PositionSlot>,
-    by_path: HashMap<(Option<PositionSlot>, BlockHash), PositionSlot>,
-    blocks: HashMap<EngineHash, PositionSlot>,
+    by_path: PrehashedMap<(Option<PositionSlot>, BlockHash), PositionSlot>,
+    blocks: PrehashedMap<EngineHash, PositionSlot>,
 }
 
 impl RankState {
@@ -246,7 +245,7 @@ impl RankState {
 /// holds (at most `held.len()` skips in all).
 struct PlaceholderHashes<'a> {
     next: u64,
-    held: &'a HashMap<EngineHash, PositionSlot>,
+    held: &'a PrehashedMap<EngineHash, PositionSlot>,
 }
 
 impl PlaceholderHashes<'_> {

@@ -70,6 +70,7 @@ mod load;
 mod registry;
 mod room;
 mod router;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 
@@ -80,3 +81,4 @@ pub use load::{LoadSnapshot, RankLoad, RequestId};
 pub use registry::{BootstrapEndpoint, Role, WorkerSpec};
 pub use room::{BootstrapRoom, RoomAllocator};
 pub use router::{Clock, Decision, Prompt, RouteOptions, Router, RouterConfig, StorageTier};
+pub use snapshot::{RestoreError, RestoreReport, SkipReason};

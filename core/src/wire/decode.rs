@@ -7,7 +7,8 @@
 
 use super::error::WireError;
 use super::frame::{
-    DumpBegin, DumpBlock, DumpBlocks, DumpEnd, Frame, Goodbye, GoodbyeCode, Hello, Subscribe, MAX_GOODBYE_MESSAGE_LEN,
+    DumpBegin, DumpBlock, DumpBlocks, DumpEnd, Frame, Goodbye, GoodbyeCode, Heartbeat, Hello, Subscribe,
+    MAX_GOODBYE_MESSAGE_LEN,
 };
 use super::header::FrameType;
 use super::layout::*;
@@ -31,7 +32,7 @@ pub(crate) fn decode_payload(frame_type: FrameType, payload: &[u8]) -> Result<Fr
         FrameType::DumpEnd => {
             Frame::DumpEnd(DumpEnd { rank: reader.rank()?, as_of_seq: reader.u64()?, block_count: reader.u64()? })
         }
-        FrameType::Heartbeat => Frame::Heartbeat,
+        FrameType::Heartbeat => Frame::Heartbeat(Heartbeat { rank: reader.rank()?, last_seq: reader.u64()? }),
         FrameType::Goodbye => Frame::Goodbye(read_goodbye(&mut reader)?),
     };
     reader.finish()?;

@@ -39,11 +39,13 @@ impl Default for DecoderConfig {
 /// Turns a byte stream into frames. One decoder per stream.
 ///
 /// ```
-/// use kvroute_core::wire::{encode, Frame, FrameDecoder};
+/// use kvroute_core::wire::{encode, Frame, FrameDecoder, Heartbeat};
+/// use kvroute_core::RankKey;
 ///
+/// let heartbeat = Frame::Heartbeat(Heartbeat { rank: RankKey::new(7, 0), last_seq: 42 });
 /// let mut bytes = Vec::new();
-/// encode(&Frame::Heartbeat, &mut bytes).unwrap();
-/// encode(&Frame::Heartbeat, &mut bytes).unwrap();
+/// encode(&heartbeat, &mut bytes).unwrap();
+/// encode(&heartbeat, &mut bytes).unwrap();
 /// let mut decoder = FrameDecoder::new();
 /// let mut frames = Vec::new();
 /// for chunk in bytes.chunks(3) {
@@ -52,7 +54,7 @@ impl Default for DecoderConfig {
 ///         frames.push(frame);
 ///     }
 /// }
-/// assert_eq!(frames, [Frame::Heartbeat, Frame::Heartbeat]);
+/// assert_eq!(frames, [heartbeat.clone(), heartbeat]);
 /// assert!(decoder.finish().is_ok());
 /// ```
 #[derive(Debug)]

@@ -58,7 +58,7 @@ fn payload_len(frame: &Frame) -> usize {
         Frame::DumpBegin(_) => RANK_KEY_LEN + 8,
         Frame::DumpBlocks(d) => DUMP_BLOCKS_FIXED_LEN.saturating_add(d.blocks.len().saturating_mul(DUMP_BLOCK_LEN)),
         Frame::DumpEnd(_) => RANK_KEY_LEN + 8 + 8,
-        Frame::Heartbeat => 0,
+        Frame::Heartbeat(_) => RANK_KEY_LEN + 8,
         Frame::Goodbye(g) => (2 + 2usize).saturating_add(g.message.len()),
     }
 }
@@ -116,7 +116,10 @@ fn write_payload(frame: &Frame, out: &mut Vec<u8>) -> Result<(), EncodeError> {
             out.extend_from_slice(&d.as_of_seq.to_le_bytes());
             out.extend_from_slice(&d.block_count.to_le_bytes());
         }
-        Frame::Heartbeat => {}
+        Frame::Heartbeat(h) => {
+            write_rank(h.rank, out);
+            out.extend_from_slice(&h.last_seq.to_le_bytes());
+        }
         Frame::Goodbye(g) => write_goodbye(g, out)?,
     }
     Ok(())

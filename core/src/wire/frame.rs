@@ -20,8 +20,7 @@ pub enum Frame {
     DumpBegin(DumpBegin),
     DumpBlocks(DumpBlocks),
     DumpEnd(DumpEnd),
-    /// Liveness only; carries nothing.
-    Heartbeat,
+    Heartbeat(Heartbeat),
     Goodbye(Goodbye),
 }
 
@@ -34,7 +33,7 @@ impl Frame {
             Frame::DumpBegin(_) => FrameType::DumpBegin,
             Frame::DumpBlocks(_) => FrameType::DumpBlocks,
             Frame::DumpEnd(_) => FrameType::DumpEnd,
-            Frame::Heartbeat => FrameType::Heartbeat,
+            Frame::Heartbeat(_) => FrameType::Heartbeat,
             Frame::Goodbye(_) => FrameType::Goodbye,
         }
     }
@@ -47,7 +46,8 @@ impl Frame {
             Frame::DumpBegin(f) => Some(f.rank),
             Frame::DumpBlocks(f) => Some(f.rank),
             Frame::DumpEnd(f) => Some(f.rank),
-            Frame::Hello(_) | Frame::Heartbeat | Frame::Goodbye(_) => None,
+            Frame::Heartbeat(f) => Some(f.rank),
+            Frame::Hello(_) | Frame::Goodbye(_) => None,
         }
     }
 }
@@ -128,6 +128,16 @@ pub struct DumpEnd {
     pub rank: RankKey,
     pub as_of_seq: u64,
     pub block_count: u64,
+}
+
+/// Publisher -> router, on a rank's stream while it has nothing else to send: every event
+/// of `rank` up to `last_seq` has been sent on this stream before this frame (or is
+/// reflected by the dump it carried). A router that applied less lost a batch: it
+/// subscribes again. This bounds how long the loss of a rank's *last* batch goes unnoticed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub rank: RankKey,
+    pub last_seq: u64,
 }
 
 /// Either side: the sender is closing this stream (or, on the connection's first stream,

@@ -22,7 +22,8 @@
 //! Frames ([`Frame`]): `Hello` (publisher: its incarnation and ranks), `Subscribe` (router,
 //! per rank: resume after a sequence number, or ask for a dump), `Deltas` (a batch of
 //! consecutively numbered events of one rank and tier), `DumpBegin` / `DumpBlocks` /
-//! `DumpEnd` (a rank's whole block set, parents first), `Heartbeat`, and `Goodbye`
+//! `DumpEnd` (a rank's whole block set, parents first), `Heartbeat` (per rank, when idle:
+//! the last sequence number sent, so a lost last batch is noticed), and `Goodbye`
 //! (closing, with a code and a message).
 //!
 //! Safety against hostile bytes: [`FrameDecoder`] checks the header, including the declared
@@ -55,7 +56,7 @@ pub use encode::{
 };
 pub use error::{EncodeError, WireError};
 pub use frame::{
-    Deltas, DumpBegin, DumpBlock, DumpBlocks, DumpEnd, Frame, Goodbye, GoodbyeCode, Hello, Subscribe,
+    Deltas, DumpBegin, DumpBlock, DumpBlocks, DumpEnd, Frame, Goodbye, GoodbyeCode, Heartbeat, Hello, Subscribe,
     MAX_GOODBYE_MESSAGE_LEN, MAX_PUBLISHER_NAME_LEN,
 };
 pub use header::{FrameType, CHECKSUM_LEN, HEADER_LEN, MAGIC, VERSION};

@@ -60,7 +60,7 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             as_of_seq,
             block_count
         })),
-        Just(Frame::Heartbeat),
+        (arb_rank(), any::<u64>()).prop_map(|(rank, last_seq)| Frame::Heartbeat(Heartbeat { rank, last_seq })),
         (any::<u16>(), "\\PC{0,60}")
             .prop_map(|(code, message)| Frame::Goodbye(Goodbye { code: GoodbyeCode(code), message })),
     ]
@@ -252,12 +252,23 @@ fn exact_bytes_of_a_deltas_frame() {
     assert_eq!(encoded(&frame), expected);
 }
 
+/// A small frame for the header tests.
+fn heartbeat() -> Frame {
+    Frame::Heartbeat(Heartbeat { rank: RankKey::new(2, 1), last_seq: 9 })
+}
+
 #[test]
 fn exact_bytes_of_a_checksummed_heartbeat() {
     let mut bytes = Vec::new();
-    encode_checksummed(&Frame::Heartbeat, &mut bytes).unwrap();
-    let crc = checksum::Crc32c::new().update(&[b'K', b'R', 1, 7, 1, 0, 0, 0, 0, 0]).finish().to_le_bytes();
-    assert_eq!(bytes, [b'K', b'R', 1, 7, 1, 0, 0, 0, 0, 0, crc[0], crc[1], crc[2], crc[3]]);
+    encode_checksummed(&heartbeat(), &mut bytes).unwrap();
+    #[rustfmt::skip]
+    let expected: [u8; 30] = [
+        b'K', b'R', 1, 7, 1, 0, 20, 0, 0, 0,  // header: Heartbeat, checksummed, 20 bytes
+        2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,   // rank 2/1
+        9, 0, 0, 0, 0, 0, 0, 0,               // last_seq 9
+    ];
+    let crc = checksum::Crc32c::new().update(&expected).finish().to_le_bytes();
+    assert_eq!(bytes, [&expected[..], &crc].concat());
 }
 
 #[test]
@@ -311,7 +322,7 @@ fn a_count_larger_than_the_payload_is_refused_before_allocating() {
 
 #[test]
 fn header_errors_are_typed() {
-    let good = encoded(&Frame::Heartbeat);
+    let good = encoded(&heartbeat());
     let mut bad_magic = good.clone();
     bad_magic[0] = b'X';
     assert_eq!(decode_all(&bad_magic), Err(WireError::BadMagic { found: [b'X', b'R'] }));
@@ -324,7 +335,7 @@ fn header_errors_are_typed() {
     let mut bad_flags = good.clone();
     bad_flags[5] = 0x80;
     assert_eq!(decode_all(&bad_flags), Err(WireError::UnknownFlags { flags: 0x8000 }));
-    let trailing = raw_frame(FrameType::Heartbeat.code(), 0, &[0]);
+    let trailing = raw_frame(FrameType::Heartbeat.code(), 0, &[0; 21]);
     assert_eq!(decode_all(&trailing), Err(WireError::TrailingBytes { frame_type: FrameType::Heartbeat, extra: 1 }));
     let mut decoder = FrameDecoder::with_config(DecoderConfig { require_checksum: true, ..DecoderConfig::default() });
     assert_eq!(decode_chunked(&mut decoder, &good, &[usize::MAX]), Err(WireError::ChecksumRequired));
@@ -372,7 +383,7 @@ fn errors_are_sticky() {
     let mut garbage = &b"XX0000000000"[..];
     let first = decoder.decode(&mut garbage);
     assert!(matches!(first, Err(WireError::BadMagic { .. })));
-    let good = encoded(&Frame::Heartbeat);
+    let good = encoded(&heartbeat());
     let mut input = &good[..];
     assert_eq!(decoder.decode(&mut input), first);
     assert_eq!(decoder.finish(), first.map(|_| ()));
