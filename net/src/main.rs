@@ -24,6 +24,8 @@ enum Command {
     /// Make a CA, a router certificate and publisher certificates for a local test
     /// deployment of the KV event transport (mutual TLS).
     Certs(kvroute_net::tls::CertsArgs),
+    /// Run the routing daemon: HTTP/JSON API, QUIC KV event ingest, Prometheus metrics.
+    Serve(kvroute_net::serve::ServeArgs),
 }
 
 fn main() {
@@ -31,6 +33,7 @@ fn main() {
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Command::Demo(args) => demo::run(&args).map_err(Into::into),
         Command::Certs(args) => kvroute_net::tls::run_certs(&args).map_err(Into::into),
+        Command::Serve(args) => kvroute_net::serve::run(&args).map_err(Into::into),
     };
     if let Err(error) = result {
         eprintln!("kvroute: {error}");

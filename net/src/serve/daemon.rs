@@ -1,0 +1,157 @@
+//! The daemon's life: [`run`] (the `kvroute serve` command) resolves the configuration,
+//! installs logging and a Tokio runtime, and calls [`serve_until`] with the SIGINT/SIGTERM
+//! future.
+//!
+//! Start: build the [`Router`], register the configured workers, restore the snapshot,
+//! start the QUIC ingest, bind the HTTP listener, start periodic snapshots. Shutdown (the
+//! signal future resolves): `/healthz` turns 503, the HTTP server stops accepting and
+//! in-flight requests get `shutdown_grace` to finish, then the ingest stops and the final
+//! snapshot is written. [`serve_on`] takes an already bound listener (tests bind port 0).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use kvroute_core::route::Router;
+use tokio::net::TcpListener;
+
+use super::config::ServeConfig;
+use super::error::ServeError;
+use super::ingest::start_ingest;
+use super::logging::init_logging;
+use super::options::ServeArgs;
+use super::state::{monotonic_clock, AppState};
+use super::{http, snapshots};
+use crate::tls::insecure::is_loopback;
+
+/// `kvroute serve`.
+pub fn run(args: &ServeArgs) -> Result<(), ServeError> {
+    let config = ServeConfig::load(args)?;
+    if args.print_config {
+        print!("{}", config.effective.to_toml().map_err(ServeError::PrintConfig)?);
+        return Ok(());
+    }
+    init_logging(&config.log)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| ServeError::Io { action: "start the async runtime", error })?;
+    runtime.block_on(serve_until(config, shutdown_signal()))
+}
+
+/// Binds `config.http_listen` and serves until `shutdown` resolves.
+pub async fn serve_until(config: ServeConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|error| ServeError::Bind { addr: config.http_listen, error })?;
+    serve_on(config, listener, shutdown).await
+}
+
+/// Serves the daemon on `listener` until `shutdown` resolves, then shuts down gracefully.
+pub async fn serve_on(
+    config: ServeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let router = Arc::new(Router::new(config.router.clone(), monotonic_clock())?);
+    for spec in &config.workers {
+        router.add_worker(spec.clone())?;
+    }
+    let restored_cursors = snapshots::restore(&config, &router)?;
+    let ingest = start_ingest(&config, Arc::clone(&router), restored_cursors).await?;
+    let mut state = AppState::new(Arc::clone(&router), config.limits);
+    if let Some(ingest) = &ingest {
+        state = state.with_ingest_counters(Arc::clone(&ingest.counters));
+    }
+    let http_addr =
+        listener.local_addr().map_err(|error| ServeError::Io { action: "read the listen address", error })?;
+    if !is_loopback(http_addr.ip()) {
+        tracing::warn!(addr = %http_addr, "the HTTP API has no authentication: expose it to trusted networks only");
+    }
+    let cursors: snapshots::CursorSource = match &ingest {
+        Some(ingest) => Arc::clone(&ingest.cursors),
+        None => Arc::new(Vec::new),
+    };
+    let periodic_snapshots = snapshots::start_periodic(&config, Arc::clone(&router), Arc::clone(&cursors));
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, http::app(state.clone())).with_graceful_shutdown(async move {
+        // A dropped sender (the daemon is unwinding) stops the server as well.
+        let _ = stop_rx.await;
+    });
+    let mut server = tokio::spawn(async move { server.await });
+    tracing::info!(
+        http = %http_addr,
+        ingest = %config.ingest_listen,
+        workers = config.workers.len(),
+        block_size = config.router.block_size,
+        "kvroute serving"
+    );
+
+    tokio::select! {
+        () = shutdown => {}
+        result = &mut server => {
+            // The server ended on its own: an accept loop error.
+            let error = match result {
+                Ok(Ok(())) => std::io::Error::other("the HTTP server stopped unexpectedly"),
+                Ok(Err(error)) => error,
+                Err(join) => std::io::Error::other(join.to_string()),
+            };
+            return Err(ServeError::Io { action: "serve HTTP", error });
+        }
+    }
+
+    tracing::info!(shutdown_grace = ?config.shutdown_grace, "shutting down: no new connections, draining requests");
+    state.begin_shutdown();
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::warn!(%error, "HTTP server error while draining"),
+        Ok(Err(join)) => tracing::warn!(error = %join, "HTTP server task failed while draining"),
+        Err(_) => {
+            tracing::warn!("grace period over: dropping the requests still in flight");
+            server.abort();
+        }
+    }
+    if let Some(task) = periodic_snapshots {
+        task.abort();
+    }
+    // Cursors before the ingest stops; the blocks exported after are at least as new.
+    let final_cursors = cursors();
+    if let Some(ingest) = ingest {
+        (ingest.stop)().await;
+    }
+    snapshots::write_final(&config, Arc::clone(&router), final_cursors).await?;
+    tracing::info!("kvroute stopped");
+    Ok(())
+}
+
+/// Resolves at the first SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+        tracing::info!("SIGINT received");
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+                tracing::info!("SIGTERM received");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,179 @@
+//! `/metrics`: the Prometheus text exposition format (version 0.0.4), written by hand.
+//!
+//! Each family is a `# HELP` and a `# TYPE` line, then samples `name{label="value"} value`.
+//! Families: routing calls by endpoint and outcome, decision latency histograms, request
+//! lifecycle calls, active requests, workers by mode, per-rank load gauges, the index's
+//! event counters per storage tier, the shutting-down flag, and the ingest's counters
+//! when a source is plugged in ([`super::metrics::IngestCounterSource`]).
+
+use std::fmt::{Display, Write};
+
+use kvroute_core::route::{LoadSnapshot, StorageTier};
+use kvroute_core::EventCounters;
+
+use super::metrics::{Endpoint, LifecycleEvent, MetricKind};
+use super::state::AppState;
+
+/// Reads one counter of a rank's load.
+type LoadField = fn(&LoadSnapshot) -> u64;
+
+/// The `Content-Type` of the exposition.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Accumulates the exposition text.
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        // Writing to a String cannot fail.
+        let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (label, label_value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{label}=\"{}\"", escape_label(label_value));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+fn escape_label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn escape_help(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// A histogram bound as Prometheus writes it.
+fn bound_label(bound: f64) -> String {
+    if bound.is_infinite() {
+        "+Inf".to_owned()
+    } else {
+        bound.to_string()
+    }
+}
+
+fn tier_name(tier: StorageTier) -> &'static str {
+    match tier {
+        StorageTier::Device => "device",
+        StorageTier::Host => "host",
+        StorageTier::Disk => "disk",
+    }
+}
+
+/// How many event counters the index has.
+const INDEX_COUNTERS: usize = 8;
+
+/// The index's event counters: (metric name suffix, help, value).
+fn index_counters(c: &EventCounters) -> [(&'static str, &'static str, u64); INDEX_COUNTERS] {
+    [
+        ("events_applied", "KV events applied to the index.", c.events_applied),
+        ("blocks_stored", "Blocks stored by KV events.", c.blocks_stored),
+        ("blocks_removed", "Blocks removed by KV events.", c.blocks_removed),
+        ("duplicate_store", "Stored blocks the rank already held.", c.duplicate_store),
+        ("unknown_parent", "Stored events dropped because the rank lacks their parent block.", c.unknown_parent),
+        ("unknown_remove", "Removed blocks the rank did not hold.", c.unknown_remove),
+        ("unknown_rank", "Events for ranks that are not registered (dropped).", c.unknown_rank),
+        ("stale_event", "Events whose id was not above the rank's last applied id (skipped).", c.stale_event),
+    ]
+}
+
+/// The whole exposition for `state`.
+pub fn render(state: &AppState) -> String {
+    let mut x = Exposition { out: String::with_capacity(8192) };
+    let metrics = &state.metrics;
+    let router = &state.router;
+
+    x.family("kvroute_route_decisions_total", "counter", "Routing calls by endpoint and outcome (ok or error kind).");
+    for endpoint in Endpoint::ALL {
+        for (outcome, count) in metrics.decisions(endpoint) {
+            x.sample("kvroute_route_decisions_total", &[("endpoint", endpoint.as_str()), ("outcome", outcome)], count);
+        }
+    }
+
+    let name = "kvroute_decision_duration_seconds";
+    x.family(name, "histogram", "Time of the router's decision (hashing, index lookup, scoring), in seconds.");
+    for endpoint in Endpoint::ALL {
+        let histogram = metrics.latency(endpoint);
+        for (bound, count) in &histogram.cumulative {
+            let le = bound_label(*bound);
+            x.sample(&format!("{name}_bucket"), &[("endpoint", endpoint.as_str()), ("le", &le)], count);
+        }
+        x.sample(&format!("{name}_sum"), &[("endpoint", endpoint.as_str())], histogram.sum_seconds);
+        x.sample(&format!("{name}_count"), &[("endpoint", endpoint.as_str())], histogram.count);
+    }
+
+    let name = "kvroute_request_lifecycle_total";
+    x.family(name, "counter", "prefill_done and finish calls, for active (ok) and unknown request ids.");
+    for event in LifecycleEvent::ALL {
+        let (known, unknown) = metrics.lifecycle(event);
+        x.sample(name, &[("event", event.as_str()), ("outcome", "ok")], known);
+        x.sample(name, &[("event", event.as_str()), ("outcome", "unknown")], unknown);
+    }
+
+    x.family("kvroute_active_requests", "gauge", "Requests routed and not yet finished or expired.");
+    x.sample("kvroute_active_requests", &[], router.active_requests());
+
+    let specs = router.workers();
+    let exact = specs.iter().filter(|s| router.is_exact(s.worker) == Some(true)).count();
+    x.family("kvroute_workers", "gauge", "Registered workers by mode (exact: publishes KV events).");
+    x.sample("kvroute_workers", &[("mode", "exact")], exact);
+    x.sample("kvroute_workers", &[("mode", "approximate")], specs.len() - exact);
+
+    let loads = router.rank_loads();
+    let gauges: [(&str, &str, LoadField); 3] = [
+        ("kvroute_rank_prefill_tokens", "Prompt tokens routed to the rank and not yet prefilled.", |l| {
+            l.prefill_tokens
+        }),
+        ("kvroute_rank_decode_blocks", "KV blocks of requests running on the rank.", |l| l.decode_blocks),
+        ("kvroute_rank_requests", "Requests active on the rank.", |l| l.requests),
+    ];
+    for (name, help, value) in gauges {
+        x.family(name, "gauge", help);
+        for (key, load) in &loads {
+            let (worker, dp_rank) = (key.worker.0.to_string(), key.dp_rank.0.to_string());
+            x.sample(name, &[("worker", &worker), ("dp_rank", &dp_rank)], value(load));
+        }
+    }
+
+    let per_tier = [StorageTier::Device, StorageTier::Host, StorageTier::Disk]
+        .map(|tier| (tier_name(tier), index_counters(&router.tier_index(tier).counters())));
+    for field in 0..INDEX_COUNTERS {
+        let (suffix, help, _) = per_tier[0].1[field];
+        let name = format!("kvroute_index_{suffix}_total");
+        x.family(&name, "counter", help);
+        for (tier, fields) in &per_tier {
+            x.sample(&name, &[("tier", tier)], fields[field].2);
+        }
+    }
+
+    x.family("kvroute_shutting_down", "gauge", "1 once a shutdown signal was received.");
+    x.sample("kvroute_shutting_down", &[], u8::from(state.is_shutting_down()));
+
+    if let Some(source) = state.ingest_counters() {
+        for sample in source.samples() {
+            let (name, kind) = match sample.kind {
+                MetricKind::Counter => {
+                    let suffix = if sample.name.ends_with("_total") { "" } else { "_total" };
+                    (format!("kvroute_ingest_{}{suffix}", sample.name), "counter")
+                }
+                MetricKind::Gauge => (format!("kvroute_ingest_{}", sample.name), "gauge"),
+            };
+            x.family(&name, kind, sample.help);
+            x.sample(&name, &[], sample.value);
+        }
+    }
+    x.out
+}

@@ -1,0 +1,63 @@
+//! The HTTP/JSON API as an axum [`Router`](axum::Router): [`app`] wires every endpoint to
+//! its handler over an [`AppState`], with a request body limit, JSON 404/405 answers, and
+//! `/healthz` and `/metrics`.
+//!
+//! | method | path | |
+//! |---|---|---|
+//! | POST | `/v1/route` | [`route_api::route`] |
+//! | POST | `/v1/route/disaggregated` | [`route_api::route_disaggregated`] |
+//! | POST | `/v1/requests/{id}/prefill_done` | [`request_api::prefill_done`] |
+//! | POST | `/v1/requests/{id}/finish` | [`request_api::finish`] |
+//! | GET, POST | `/v1/workers` | [`worker_api::get_workers`], [`worker_api::add_worker`] |
+//! | DELETE | `/v1/workers/{id}` | [`worker_api::remove_worker`] |
+//! | GET | `/metrics` | Prometheus text ([`exposition::render`]) |
+//! | GET | `/healthz` | `ok`, or 503 `shutting down` |
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+
+use super::api_error::{ApiError, ErrorKind};
+use super::state::AppState;
+use super::{exposition, request_api, route_api, worker_api};
+
+/// The daemon's HTTP application.
+pub fn app(state: AppState) -> axum::Router {
+    let body_limit = state.limits.max_body_bytes;
+    axum::Router::new()
+        .route("/v1/route", post(route_api::route))
+        .route("/v1/route/disaggregated", post(route_api::route_disaggregated))
+        .route("/v1/requests/{id}/prefill_done", post(request_api::prefill_done))
+        .route("/v1/requests/{id}/finish", post(request_api::finish))
+        .route("/v1/workers", get(worker_api::get_workers).post(worker_api::add_worker))
+        .route("/v1/workers/{id}", axum::routing::delete(worker_api::remove_worker))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// `GET /healthz`: 200 `ok`, or 503 `shutting down` once a shutdown signal arrived.
+async fn healthz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if state.is_shutting_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+    } else {
+        (StatusCode::OK, "ok")
+    }
+}
+
+/// `GET /metrics`.
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, exposition::CONTENT_TYPE)], exposition::render(&state))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorKind::NotFound, "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(ErrorKind::MethodNotAllowed, "method not allowed on this endpoint")
+}

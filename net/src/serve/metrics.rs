@@ -1,0 +1,201 @@
+//! What the daemon counts about itself: [`ServeMetrics`] (routing calls by endpoint and
+//! outcome, decision latency histograms, request lifecycle calls), all lock-free atomic
+//! counters bumped on the request path, plus the [`IngestCounterSource`] seam through which
+//! the QUIC ingest's counters reach `/metrics` without this module depending on the
+//! transport. Rendering them, with the router's own state, is [`super::exposition`]'s job.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::api_error::ErrorKind;
+
+/// A routing endpoint, as the `endpoint` label names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/route`.
+    Route,
+    /// `POST /v1/route/disaggregated`.
+    Disaggregated,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 2] = [Endpoint::Route, Endpoint::Disaggregated];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Route => "route",
+            Endpoint::Disaggregated => "disaggregated",
+        }
+    }
+}
+
+/// A request lifecycle call, as the `event` label names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LifecycleEvent {
+    PrefillDone,
+    Finish,
+}
+
+impl LifecycleEvent {
+    pub const ALL: [LifecycleEvent; 2] = [LifecycleEvent::PrefillDone, LifecycleEvent::Finish];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LifecycleEvent::PrefillDone => "prefill_done",
+            LifecycleEvent::Finish => "finish",
+        }
+    }
+}
+
+/// Upper bounds of the decision latency buckets, in nanoseconds (1 us to 10 ms).
+pub const LATENCY_BUCKETS_NS: [u64; 13] = [
+    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// A latency histogram with fixed buckets ([`LATENCY_BUCKETS_NS`]). Counters are Relaxed
+/// by design: each is an independent sum, and a scrape wants recent values, not a
+/// consistent cut.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    /// Per bucket (not cumulative), plus one past the last bound.
+    buckets: [AtomicU64; LATENCY_BUCKETS_NS.len() + 1],
+    sum_ns: AtomicU64,
+    count: AtomicU64,
+}
+
+/// A histogram read: cumulative counts per bound (`+Inf` last), the sum and the count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistogramSnapshot {
+    pub cumulative: Vec<(f64, u64)>,
+    pub sum_seconds: f64,
+    pub count: u64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_ns: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BUCKETS_NS.partition_point(|&bound| bound < ns);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut running = 0;
+        let mut cumulative = Vec::with_capacity(self.buckets.len());
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            running += bucket.load(Ordering::Relaxed);
+            let bound = LATENCY_BUCKETS_NS.get(i).map_or(f64::INFINITY, |&ns| ns as f64 / 1e9);
+            cumulative.push((bound, running));
+        }
+        HistogramSnapshot {
+            cumulative,
+            sum_seconds: self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            // The count is the +Inf bucket, so that the two always agree in one scrape.
+            count: running,
+        }
+    }
+}
+
+/// Outcome slots per endpoint: `ok`, then one per [`ErrorKind`].
+const OUTCOMES: usize = ErrorKind::ALL.len() + 1;
+
+/// The daemon's own counters.
+#[derive(Debug)]
+pub struct ServeMetrics {
+    decisions: [[AtomicU64; OUTCOMES]; 2],
+    latency: [LatencyHistogram; 2],
+    /// Per lifecycle event: [known request, unknown request].
+    lifecycle: [[AtomicU64; 2]; 2],
+}
+
+impl Default for ServeMetrics {
+    fn default() -> Self {
+        ServeMetrics {
+            decisions: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            latency: std::array::from_fn(|_| LatencyHistogram::default()),
+            lifecycle: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+        }
+    }
+}
+
+fn outcome_slot(outcome: Option<ErrorKind>) -> usize {
+    match outcome {
+        None => 0,
+        Some(kind) => 1 + ErrorKind::ALL.iter().position(|&k| k == kind).unwrap_or(ErrorKind::ALL.len() - 1),
+    }
+}
+
+impl ServeMetrics {
+    /// Counts one call of a routing endpoint; `None` is success.
+    pub fn record_decision(&self, endpoint: Endpoint, outcome: Option<ErrorKind>) {
+        self.decisions[endpoint as usize][outcome_slot(outcome)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Times one router decision (the router call alone, not JSON handling).
+    pub fn observe_latency(&self, endpoint: Endpoint, elapsed: Duration) {
+        self.latency[endpoint as usize].observe(elapsed);
+    }
+
+    pub fn record_lifecycle(&self, event: LifecycleEvent, known: bool) {
+        self.lifecycle[event as usize][usize::from(!known)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Calls of `endpoint` by outcome label (`ok` or an error kind).
+    pub fn decisions(&self, endpoint: Endpoint) -> Vec<(&'static str, u64)> {
+        let counts = &self.decisions[endpoint as usize];
+        std::iter::once("ok")
+            .chain(ErrorKind::ALL.iter().map(|kind| kind.as_str()))
+            .zip(counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    pub fn latency(&self, endpoint: Endpoint) -> HistogramSnapshot {
+        self.latency[endpoint as usize].snapshot()
+    }
+
+    /// Lifecycle calls of `event`: (for a known request, for an unknown one).
+    pub fn lifecycle(&self, event: LifecycleEvent) -> (u64, u64) {
+        let [known, unknown] = &self.lifecycle[event as usize];
+        (known.load(Ordering::Relaxed), unknown.load(Ordering::Relaxed))
+    }
+}
+
+/// Whether a sample only grows (counter) or goes up and down (gauge).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+}
+
+/// One value another component exposes on `/metrics`: as `kvroute_ingest_<name>_total`
+/// for a counter (`_total` not doubled), `kvroute_ingest_<name>` for a gauge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricSample {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: MetricKind,
+    pub value: u64,
+}
+
+/// The QUIC ingest's counters, read at each scrape. A closure returning the samples is
+/// one (see [`super::ingest`]), so the rendering does not depend on the transport.
+pub trait IngestCounterSource: Send + Sync {
+    fn samples(&self) -> Vec<MetricSample>;
+}
+
+impl<F: Fn() -> Vec<MetricSample> + Send + Sync> IngestCounterSource for F {
+    fn samples(&self) -> Vec<MetricSample> {
+        self()
+    }
+}

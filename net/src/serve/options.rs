@@ -1,0 +1,311 @@
+//! The daemon's options as given: [`ServeArgs`] (the `kvroute serve` command line) and
+//! [`ServeOptions`], one struct that is both the clap flags and the TOML file schema.
+//!
+//! Every field is an `Option` so that the file and the flags can be layered: the flags
+//! win ([`ServeOptions::layered_over`]), then [`ServeOptions::with_defaults`] fills what
+//! neither gave, which is also what `--print-config` prints. Unknown TOML keys are errors
+//! (`deny_unknown_fields`), so a typo never silently keeps a default. Checking and
+//! converting to typed settings is [`super::config`]'s job.
+//!
+//! File layout: top-level keys for the daemon, `[tls]`, `[router]`, and `[[workers]]`
+//! tables (see `docs/serve.toml`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use super::duration::HumanDuration;
+use super::worker_registration::WorkerRegistration;
+
+/// Default HTTP API address.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
+/// Default QUIC ingest address.
+pub const DEFAULT_INGEST_LISTEN: &str = "127.0.0.1:4433";
+/// Default request body limit: 8 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 << 20;
+/// Default prompt length limit: 1 Mi tokens.
+pub const DEFAULT_MAX_PROMPT_TOKENS: u64 = 1 << 20;
+
+/// `kvroute serve`: the routing daemon (HTTP/JSON API, QUIC KV event ingest, metrics).
+#[derive(clap::Args, Clone, Debug, Default)]
+#[command(after_help = "Every option can also be set in the --config TOML file (same name, with `_` for `-`; TLS \
+options under [tls], router options under [router], workers as [[workers]] tables); a flag overrides the file. \
+See docs/serve.toml for a commented example.")]
+pub struct ServeArgs {
+    /// TOML configuration file; flags given on the command line override its values.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (file, flags and defaults) as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Boxed: the options are large, and the binary's subcommand enum holds this.
+    #[command(flatten)]
+    pub options: Box<ServeOptions>,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// How prompts given as token ids are hashed into blocks.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HashSchemeName {
+    /// kvroute's SIMD 64-bit hash (fastest; engines' events must carry the same hashes).
+    Kv64,
+    /// XXH3-64 with seed 1337, as Dynamo and the SGLang gateway hash blocks.
+    Xxh3,
+}
+
+/// Every daemon option (file schema and flags). `None` means "not given here".
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeOptions {
+    /// Address of the HTTP/JSON API and /metrics [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<SocketAddr>,
+    /// Address (UDP) the QUIC KV event ingest listens on [default: 127.0.0.1:4433].
+    #[arg(long, value_name = "ADDR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest_listen: Option<SocketAddr>,
+    /// Longest accepted KV event frame, in bytes [default: 1048576 (1 MiB)].
+    #[arg(long, value_name = "BYTES")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_frame_len: Option<u32>,
+    /// On SIGINT/SIGTERM, how long in-flight HTTP requests may take before the daemon
+    /// exits anyway, e.g. "30s", "500ms" [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace: Option<HumanDuration>,
+    /// How long a disconnected publisher's ranks stay in the index before they are
+    /// removed; a publisher back within it resumes where it left off [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publisher_grace: Option<HumanDuration>,
+    /// File the index snapshot is written to (periodically and at shutdown) and restored
+    /// from at start [default: none, no snapshots].
+    #[arg(long, value_name = "FILE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_path: Option<PathBuf>,
+    /// Time between periodic snapshots [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_interval: Option<HumanDuration>,
+    /// Largest accepted HTTP request body, in bytes [default: 8388608 (8 MiB)].
+    #[arg(long, value_name = "BYTES")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+    /// Longest accepted prompt, in tokens (block hashes: this divided by the block size,
+    /// rounded up) [default: 1048576].
+    #[arg(long, value_name = "TOKENS")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_prompt_tokens: Option<u64>,
+    /// Log line format [default: text].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter in tracing's env-filter syntax, e.g. "info" or "info,kvroute_net=debug"
+    /// [default: $RUST_LOG, else info].
+    #[arg(long, value_name = "FILTER")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_filter: Option<String>,
+    #[command(flatten, next_help_heading = "TLS for the QUIC ingest ([tls] in the file)")]
+    #[serde(default)]
+    pub tls: TlsOptions,
+    #[command(flatten, next_help_heading = "Router ([router] in the file)")]
+    #[serde(default)]
+    pub router: RouterOptions,
+    /// Register a worker at start (repeatable): key=value pairs with the keys of a
+    /// `[[workers]]` table, e.g. "worker_id=1,dp_size=4,role=prefill,bootstrap_host=10.0.0.1,bootstrap_port=8998".
+    /// A worker given here replaces a file entry with the same worker_id.
+    #[arg(long = "worker", value_name = "SPEC", value_parser = WorkerRegistration::parse_flag, help_heading = "Workers ([[workers]] in the file)")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<WorkerRegistration>,
+}
+
+/// Mutual TLS files of the QUIC ingest (as written by `kvroute certs`), or insecure mode.
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsOptions {
+    /// CA certificate(s) that sign the publishers' certificates (ca.pem).
+    #[arg(long, value_name = "FILE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// The router's certificate chain, leaf first (router.pem).
+    #[arg(long, value_name = "FILE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// The router's private key (router.key).
+    #[arg(long, value_name = "FILE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// No certificates: a throwaway self-signed one, publishers not authenticated. Only
+    /// allowed when the ingest listens on a loopback address; excludes --ca/--cert/--key
+    /// [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_loopback: Option<bool>,
+}
+
+/// Router settings: block hashing, cost weights, expiry.
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterOptions {
+    /// Tokens per KV block; every worker must use the same [default: 16].
+    #[arg(long, value_name = "TOKENS")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u32>,
+    /// How prompts given as token ids are hashed: kv64 or xxh3 (Dynamo / SGLang gateway
+    /// compatible) [default: kv64].
+    #[arg(long, value_enum, value_name = "SCHEME")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_scheme: Option<HashSchemeName>,
+    /// Cost weight of prefill blocks (queued plus uncached prompt) [default: 1.0].
+    #[arg(long, value_name = "WEIGHT", allow_negative_numbers = true)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill_scale: Option<f64>,
+    /// Cost weight of decode blocks (KV held for running requests) [default: 1.0].
+    #[arg(long, value_name = "WEIGHT", allow_negative_numbers = true)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_weight: Option<f64>,
+    /// Cost weight of the rank's active request count [default: 0.0].
+    #[arg(long, value_name = "WEIGHT", allow_negative_numbers = true)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_weight: Option<f64>,
+    /// Worth of a block cached in host memory, relative to device memory, 0..=1
+    /// [default: 0.75].
+    #[arg(long, value_name = "WEIGHT", allow_negative_numbers = true)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_tier_weight: Option<f64>,
+    /// Worth of a block cached on disk, relative to device memory, 0..=1 [default: 0.25].
+    #[arg(long, value_name = "WEIGHT", allow_negative_numbers = true)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_tier_weight: Option<f64>,
+    /// 0: the cheapest rank (random among ties); above 0: softmax sampling over
+    /// normalised costs at this temperature [default: 0.0].
+    #[arg(long, value_name = "T", allow_negative_numbers = true)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// A routed request never finished is released after this long [default: 300s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_ttl: Option<HumanDuration>,
+    /// Blocks recorded for a worker in approximate mode (no KV events yet) are forgotten
+    /// this long after last routed [default: 120s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approx_ttl: Option<HumanDuration>,
+    /// Start of the bootstrap-room counter, 0..2^62; fix it only for reproducible tests
+    /// [default: random at each start].
+    #[arg(long, value_name = "SEED")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_seed: Option<u64>,
+}
+
+impl ServeOptions {
+    /// These options (the flags) over `file`: each value given here wins. Workers are
+    /// merged by id: one given here replaces the file's entry with the same id.
+    pub fn layered_over(self, file: ServeOptions) -> ServeOptions {
+        let mut workers = file.workers;
+        for flag_worker in self.workers {
+            match workers.iter_mut().find(|w| w.worker_id == flag_worker.worker_id) {
+                Some(existing) => *existing = flag_worker,
+                None => workers.push(flag_worker),
+            }
+        }
+        ServeOptions {
+            http_listen: self.http_listen.or(file.http_listen),
+            ingest_listen: self.ingest_listen.or(file.ingest_listen),
+            max_frame_len: self.max_frame_len.or(file.max_frame_len),
+            shutdown_grace: self.shutdown_grace.or(file.shutdown_grace),
+            publisher_grace: self.publisher_grace.or(file.publisher_grace),
+            snapshot_path: self.snapshot_path.or(file.snapshot_path),
+            snapshot_interval: self.snapshot_interval.or(file.snapshot_interval),
+            max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
+            max_prompt_tokens: self.max_prompt_tokens.or(file.max_prompt_tokens),
+            log_format: self.log_format.or(file.log_format),
+            log_filter: self.log_filter.or(file.log_filter),
+            tls: TlsOptions {
+                ca: self.tls.ca.or(file.tls.ca),
+                cert: self.tls.cert.or(file.tls.cert),
+                key: self.tls.key.or(file.tls.key),
+                insecure_loopback: self.tls.insecure_loopback.or(file.tls.insecure_loopback),
+            },
+            router: self.router.layered_over(file.router),
+            workers,
+        }
+    }
+
+    /// Every option that has a default filled with it (the effective configuration).
+    /// Left unset: snapshot_path, log_filter, the TLS files and room_seed, whose absence
+    /// means something (no snapshots, $RUST_LOG, insecure mode or an error, a random seed).
+    pub fn with_defaults(self) -> ServeOptions {
+        let default_addr = |text: &str| text.parse::<SocketAddr>().ok();
+        ServeOptions {
+            http_listen: self.http_listen.or_else(|| default_addr(DEFAULT_HTTP_LISTEN)),
+            ingest_listen: self.ingest_listen.or_else(|| default_addr(DEFAULT_INGEST_LISTEN)),
+            max_frame_len: self.max_frame_len.or(Some(kvroute_core::wire::DEFAULT_MAX_FRAME_LEN)),
+            shutdown_grace: self.shutdown_grace.or(Some(HumanDuration::from_secs(30))),
+            publisher_grace: self.publisher_grace.or(Some(HumanDuration::from_secs(30))),
+            snapshot_interval: self.snapshot_interval.or(Some(HumanDuration::from_secs(60))),
+            max_body_bytes: self.max_body_bytes.or(Some(DEFAULT_MAX_BODY_BYTES)),
+            max_prompt_tokens: self.max_prompt_tokens.or(Some(DEFAULT_MAX_PROMPT_TOKENS)),
+            log_format: self.log_format.or(Some(LogFormat::Text)),
+            tls: TlsOptions { insecure_loopback: self.tls.insecure_loopback.or(Some(false)), ..self.tls },
+            router: self.router.with_defaults(),
+            ..self
+        }
+    }
+
+    /// The options as a TOML document (`--print-config`).
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+
+    /// Options from a TOML document; unknown keys and wrong types are errors.
+    pub fn from_toml(text: &str) -> Result<ServeOptions, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
+impl RouterOptions {
+    fn layered_over(self, file: RouterOptions) -> RouterOptions {
+        RouterOptions {
+            block_size: self.block_size.or(file.block_size),
+            hash_scheme: self.hash_scheme.or(file.hash_scheme),
+            prefill_scale: self.prefill_scale.or(file.prefill_scale),
+            decode_weight: self.decode_weight.or(file.decode_weight),
+            request_weight: self.request_weight.or(file.request_weight),
+            host_tier_weight: self.host_tier_weight.or(file.host_tier_weight),
+            disk_tier_weight: self.disk_tier_weight.or(file.disk_tier_weight),
+            temperature: self.temperature.or(file.temperature),
+            request_ttl: self.request_ttl.or(file.request_ttl),
+            approx_ttl: self.approx_ttl.or(file.approx_ttl),
+            room_seed: self.room_seed.or(file.room_seed),
+        }
+    }
+
+    fn with_defaults(self) -> RouterOptions {
+        let core = kvroute_core::route::RouterConfig::default();
+        let weights = &core.weights;
+        RouterOptions {
+            block_size: self.block_size.or(Some(core.block_size)),
+            hash_scheme: self.hash_scheme.or(Some(HashSchemeName::Kv64)),
+            prefill_scale: self.prefill_scale.or(Some(weights.prefill_scale)),
+            decode_weight: self.decode_weight.or(Some(weights.decode_weight)),
+            request_weight: self.request_weight.or(Some(weights.request_weight)),
+            host_tier_weight: self.host_tier_weight.or(Some(weights.host_tier_weight)),
+            disk_tier_weight: self.disk_tier_weight.or(Some(weights.disk_tier_weight)),
+            temperature: self.temperature.or(Some(weights.temperature)),
+            request_ttl: self.request_ttl.or(Some(HumanDuration::from_secs(core.request_ttl_ms / 1000))),
+            approx_ttl: self.approx_ttl.or(Some(HumanDuration::from_secs(core.approx_ttl_ms / 1000))),
+            room_seed: self.room_seed,
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The routing endpoints: `POST /v1/route` (aggregated: one rank does prefill and decode)
+//! and `POST /v1/route/disaggregated` (a prefill rank and a decode rank tied by an SGLang
+//! bootstrap room). Request bodies, response bodies and handlers.
+//!
+//! A prompt is `tokens` (token ids, hashed by the router) or `block_hashes` (already
+//! hashed by the caller with the router's scheme and block size), never both. Every call
+//! is counted by outcome and its router call timed ([`super::metrics`]).
+
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::Json;
+use kvroute_core::route::{
+    Bootstrap, CostBreakdown, Decision, PdOptions, Prompt, RouteOptions, SglangDecodeFields, SglangPrefillFields,
+};
+use kvroute_core::{BlockHash, DpRank, RankKey, WorkerId};
+
+use super::api_error::{ApiError, ErrorKind};
+use super::json_body::JsonBody;
+use super::metrics::Endpoint;
+use super::state::AppState;
+
+/// Body of `POST /v1/route`.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteBody {
+    /// The prompt's token ids.
+    #[serde(default)]
+    pub tokens: Option<Vec<u32>>,
+    /// Or the prompt's block hashes.
+    #[serde(default)]
+    pub block_hashes: Option<Vec<BlockHash>>,
+    /// Only these workers are candidates.
+    #[serde(default)]
+    pub workers: Option<Vec<WorkerId>>,
+    /// With `dp_rank`: route to this one rank (its overlap and cost are still reported).
+    #[serde(default)]
+    pub worker_id: Option<WorkerId>,
+    #[serde(default)]
+    pub dp_rank: Option<DpRank>,
+    /// Decide without charging load (no request id is issued).
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Expected output tokens, charged as decode blocks until finish.
+    #[serde(default)]
+    pub output_tokens: u32,
+}
+
+/// Body of `POST /v1/route/disaggregated`.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PdRouteBody {
+    #[serde(default)]
+    pub tokens: Option<Vec<u32>>,
+    #[serde(default)]
+    pub block_hashes: Option<Vec<BlockHash>>,
+    /// Only these prefill workers are candidates.
+    #[serde(default)]
+    pub prefill_workers: Option<Vec<WorkerId>>,
+    /// Only these decode workers are candidates.
+    #[serde(default)]
+    pub decode_workers: Option<Vec<WorkerId>>,
+    /// Decode on the rank index of the prefill rank.
+    #[serde(default)]
+    pub same_rank: bool,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub output_tokens: u32,
+}
+
+/// One side of a decision, as the API returns it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct DecisionJson {
+    pub worker_id: u64,
+    pub dp_rank: u32,
+    /// Leading prompt blocks the rank holds in device memory.
+    pub overlap_blocks: u32,
+    pub cost: CostBreakdown,
+    /// The id for `/v1/requests/{id}/prefill_done` and `/finish`; null for a dry run.
+    pub request_id: Option<u64>,
+}
+
+impl From<Decision> for DecisionJson {
+    fn from(d: Decision) -> DecisionJson {
+        DecisionJson {
+            worker_id: d.worker.0,
+            dp_rank: d.dp_rank.0,
+            overlap_blocks: d.overlap_blocks,
+            cost: d.cost,
+            request_id: d.request.map(|r| r.0),
+        }
+    }
+}
+
+/// Response of `POST /v1/route/disaggregated`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PdRouteResponse {
+    pub prefill: DecisionJson,
+    pub decode: DecisionJson,
+    pub bootstrap: Bootstrap,
+    pub request_id: Option<u64>,
+    /// Fields to merge into the request sent to the prefill server.
+    pub prefill_request: SglangPrefillFields,
+    /// Fields to merge into the request sent to the decode server.
+    pub decode_request: SglangDecodeFields,
+}
+
+/// The prompt of a body, checked against the limits.
+fn prompt<'a>(
+    state: &AppState,
+    tokens: &'a Option<Vec<u32>>,
+    block_hashes: &'a Option<Vec<BlockHash>>,
+) -> Result<Prompt<'a>, ApiError> {
+    let max_tokens = state.limits.max_prompt_tokens;
+    match (tokens, block_hashes) {
+        (Some(_), Some(_)) => Err(ApiError::invalid("give either tokens or block_hashes, not both")),
+        (None, None) => Err(ApiError::invalid("the body needs tokens (token ids) or block_hashes")),
+        (Some(tokens), None) if tokens.len() > max_tokens => Err(ApiError::new(
+            ErrorKind::PromptTooLong,
+            format!("prompt of {} tokens is over the limit of {max_tokens}", tokens.len()),
+        )),
+        (Some(tokens), None) => Ok(Prompt::Tokens(tokens)),
+        (None, Some(blocks)) => {
+            let block_size = state.router.config().block_size.max(1) as usize;
+            let max_blocks = max_tokens.div_ceil(block_size);
+            if blocks.len() > max_blocks {
+                return Err(ApiError::new(
+                    ErrorKind::PromptTooLong,
+                    format!("prompt of {} blocks is over the limit of {max_blocks}", blocks.len()),
+                ));
+            }
+            Ok(Prompt::Blocks(blocks))
+        }
+    }
+}
+
+/// `POST /v1/route`: the (worker, dp_rank) for an aggregated request.
+pub async fn route(
+    State(state): State<AppState>,
+    body: Result<JsonBody<RouteBody>, ApiError>,
+) -> Result<Json<DecisionJson>, ApiError> {
+    let result = body.and_then(|JsonBody(body)| decide(&state, &body));
+    state.metrics.record_decision(Endpoint::Route, result.as_ref().err().map(|e| e.kind));
+    result.map(Json)
+}
+
+fn decide(state: &AppState, body: &RouteBody) -> Result<DecisionJson, ApiError> {
+    let prompt = prompt(state, &body.tokens, &body.block_hashes)?;
+    let rank = match (body.worker_id, body.dp_rank) {
+        (Some(worker), Some(dp_rank)) => Some(RankKey { worker, dp_rank }),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::invalid(
+                "worker_id and dp_rank go together (they fix the rank); use workers to restrict to workers",
+            ))
+        }
+    };
+    let options = RouteOptions {
+        workers: body.workers.as_deref(),
+        rank,
+        dry_run: body.dry_run,
+        output_tokens: body.output_tokens,
+    };
+    let started = Instant::now();
+    let decision = state.router.best_worker(prompt, &options);
+    state.metrics.observe_latency(Endpoint::Route, started.elapsed());
+    let decision = DecisionJson::from(decision?);
+    tracing::debug!(
+        worker = decision.worker_id,
+        dp_rank = decision.dp_rank,
+        overlap_blocks = decision.overlap_blocks,
+        request_id = decision.request_id,
+        "routed"
+    );
+    Ok(decision)
+}
+
+/// `POST /v1/route/disaggregated`: a prefill rank, a decode rank and their bootstrap room.
+pub async fn route_disaggregated(
+    State(state): State<AppState>,
+    body: Result<JsonBody<PdRouteBody>, ApiError>,
+) -> Result<Json<PdRouteResponse>, ApiError> {
+    let result = body.and_then(|JsonBody(body)| decide_disaggregated(&state, &body));
+    state.metrics.record_decision(Endpoint::Disaggregated, result.as_ref().err().map(|e| e.kind));
+    result.map(Json)
+}
+
+fn decide_disaggregated(state: &AppState, body: &PdRouteBody) -> Result<PdRouteResponse, ApiError> {
+    let prompt = prompt(state, &body.tokens, &body.block_hashes)?;
+    let options = PdOptions {
+        prefill_workers: body.prefill_workers.as_deref(),
+        decode_workers: body.decode_workers.as_deref(),
+        same_rank: body.same_rank,
+        dry_run: body.dry_run,
+        output_tokens: body.output_tokens,
+    };
+    let started = Instant::now();
+    let decision = state.router.route_disaggregated(prompt, &options);
+    state.metrics.observe_latency(Endpoint::Disaggregated, started.elapsed());
+    let decision = decision?;
+    let response = PdRouteResponse {
+        prefill_request: decision.prefill_fields(),
+        decode_request: decision.decode_fields(),
+        request_id: decision.request().map(|r| r.0),
+        bootstrap: decision.bootstrap,
+        prefill: decision.prefill.into(),
+        decode: decision.decode.into(),
+    };
+    tracing::debug!(
+        prefill_worker = response.prefill.worker_id,
+        prefill_rank = response.prefill.dp_rank,
+        decode_worker = response.decode.worker_id,
+        decode_rank = response.decode.dp_rank,
+        room = response.bootstrap.room.0,
+        request_id = response.request_id,
+        "routed disaggregated"
+    );
+    Ok(response)
+}

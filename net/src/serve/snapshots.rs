@@ -1,0 +1,129 @@
+//! The seam between the daemon and index snapshot files: restore at start, write
+//! periodically, write a final one at shutdown. Everything here is a no-op unless
+//! `snapshot_path` is set.
+//!
+//! A snapshot holds the worker registry, every exact rank's blocks per tier and the
+//! rank's ingest cursor (publisher incarnation, last applied sequence number). Cursors
+//! are read *before* the blocks are exported, so a snapshot's blocks are never older
+//! than its cursors: after a restart the publishers resume after the cursor and the few
+//! events re-applied are already in the blocks, which the index takes idempotently (a
+//! re-store is counted as a duplicate, a re-removal as an unknown block). A publisher
+//! whose ring no longer covers the cursor sends a dump instead. Corrupt, truncated or
+//! foreign files are ignored with a warning (`read_snapshot_file`), never trusted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kvroute_core::route::Router;
+use kvroute_core::snapshot::CursorState;
+use kvroute_core::RankKey;
+use tokio::task::JoinHandle;
+
+use super::config::ServeConfig;
+use super::error::ServeError;
+use crate::snapshot_file::{read_snapshot_file, write_snapshot_file};
+use crate::transport::RankCursorState;
+
+/// Reads the ingest's per-rank cursors at the moment a snapshot is taken.
+pub type CursorSource = Arc<dyn Fn() -> Vec<RankCursorState> + Send + Sync>;
+
+/// Restores the router's index from `config.snapshot`'s file, if one is configured and
+/// exists and is sound; returns the restored ranks' cursors for the ingest to resume
+/// from. Called after the configured workers are registered. A bad file is logged and
+/// ignored: the router starts empty and publishers send dumps.
+pub fn restore(config: &ServeConfig, router: &Router) -> Result<Vec<RankCursorState>, ServeError> {
+    let Some(settings) = &config.snapshot else { return Ok(Vec::new()) };
+    let started = std::time::Instant::now();
+    let mapped = match read_snapshot_file(&settings.path) {
+        Ok(Some(mapped)) => mapped,
+        Ok(None) => {
+            tracing::info!(path = %settings.path.display(), "no usable snapshot: starting empty");
+            return Ok(Vec::new());
+        }
+        Err(error) => {
+            tracing::warn!(path = %settings.path.display(), %error, "cannot read the snapshot: starting empty");
+            return Ok(Vec::new());
+        }
+    };
+    match router.restore_snapshot(&mapped.view()) {
+        Ok(report) => {
+            tracing::info!(
+                path = %settings.path.display(),
+                bytes = mapped.len(),
+                workers_added = report.workers_added,
+                sections = report.sections_restored,
+                blocks = report.blocks_restored,
+                skipped = report.skipped.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "snapshot restored"
+            );
+            Ok(report
+                .cursors
+                .into_iter()
+                .map(|(rank, c)| RankCursorState { rank, incarnation: c.incarnation, applied_seq: c.applied_seq })
+                .collect())
+        }
+        Err(error) => {
+            tracing::warn!(path = %settings.path.display(), %error, "snapshot not restored: starting empty");
+            Ok(Vec::new())
+        }
+    }
+}
+
+/// Starts writing snapshots every `config.snapshot_interval`; `None` when not configured.
+pub fn start_periodic(config: &ServeConfig, router: Arc<Router>, cursors: CursorSource) -> Option<JoinHandle<()>> {
+    let settings = config.snapshot.clone()?;
+    Some(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(settings.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await; // the first tick is immediate; the index was just restored
+        loop {
+            ticks.tick().await;
+            if let Err(error) = write_now(&settings.path, Arc::clone(&router), Arc::clone(&cursors)).await {
+                tracing::warn!(path = %settings.path.display(), %error, "periodic snapshot failed");
+            }
+        }
+    }))
+}
+
+/// Writes the final snapshot at shutdown (after the HTTP server and the ingest stopped),
+/// with the cursors read just before the ingest stopped.
+pub async fn write_final(
+    config: &ServeConfig,
+    router: Arc<Router>,
+    cursors: Vec<RankCursorState>,
+) -> Result<(), ServeError> {
+    let Some(settings) = &config.snapshot else { return Ok(()) };
+    write_now(&settings.path, router, Arc::new(move || cursors.clone()))
+        .await
+        .map_err(|error| ServeError::Io { action: "write the final snapshot", error })
+}
+
+/// Encodes and writes a snapshot on a blocking thread (export takes the index's writer
+/// lock per rank; the file write fsyncs).
+async fn write_now(path: &std::path::Path, router: Arc<Router>, cursors: CursorSource) -> std::io::Result<()> {
+    let path = path.to_path_buf();
+    let task = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        // Cursors first: the blocks exported after them are at least as new.
+        let cursors: HashMap<RankKey, CursorState> = cursors()
+            .into_iter()
+            .map(|c| (c.rank, CursorState { incarnation: c.incarnation, applied_seq: c.applied_seq }))
+            .collect();
+        let taken_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64;
+        let mut bytes = Vec::new();
+        router.encode_snapshot(taken_at_ms, |rank| cursors.get(&rank).copied(), &mut bytes);
+        let len = bytes.len();
+        let written = write_snapshot_file(&path, bytes)?;
+        tracing::info!(
+            path = %path.display(),
+            bytes = len,
+            backend = ?written,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "snapshot written"
+        );
+        Ok(())
+    });
+    task.await.map_err(|join| std::io::Error::other(join.to_string()))?
+}

@@ -1,0 +1,68 @@
+//! [`AppState`]: what every HTTP handler shares — the [`Router`], the daemon's
+//! [`ServeMetrics`], the API limits, the shutting-down flag that `/healthz` reports, and
+//! optionally the ingest's counters. Cloning it clones `Arc`s.
+//!
+//! [`monotonic_clock`] is the router's clock in the daemon (milliseconds since start).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use kvroute_core::route::{Clock, RouteError, Router, RouterConfig};
+
+use super::config::ApiLimits;
+use super::metrics::{IngestCounterSource, ServeMetrics};
+
+/// State shared by the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub router: Arc<Router>,
+    pub metrics: Arc<ServeMetrics>,
+    pub limits: ApiLimits,
+    shutting_down: Arc<AtomicBool>,
+    ingest: Option<Arc<dyn IngestCounterSource>>,
+}
+
+impl AppState {
+    /// State around an existing router.
+    pub fn new(router: Arc<Router>, limits: ApiLimits) -> AppState {
+        AppState {
+            router,
+            metrics: Arc::new(ServeMetrics::default()),
+            limits,
+            shutting_down: Arc::new(AtomicBool::new(false)),
+            ingest: None,
+        }
+    }
+
+    /// State around a new router with `config` and a [`monotonic_clock`].
+    pub fn with_router_config(config: RouterConfig, limits: ApiLimits) -> Result<AppState, RouteError> {
+        Ok(AppState::new(Arc::new(Router::new(config, monotonic_clock())?), limits))
+    }
+
+    /// Exposes the ingest's counters on `/metrics`.
+    pub fn with_ingest_counters(mut self, source: Arc<dyn IngestCounterSource>) -> AppState {
+        self.ingest = Some(source);
+        self
+    }
+
+    pub fn ingest_counters(&self) -> Option<&dyn IngestCounterSource> {
+        self.ingest.as_deref()
+    }
+
+    /// From now on `/healthz` answers 503.
+    pub fn begin_shutdown(&self) {
+        // Relaxed by design: a flag read by health checks, ordering nothing else.
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
+/// Milliseconds since this call, from a monotonic clock.
+pub fn monotonic_clock() -> Arc<dyn Clock> {
+    let start = Instant::now();
+    Arc::new(move || u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX))
+}

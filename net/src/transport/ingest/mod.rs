@@ -1,0 +1,173 @@
+//! The router side: an ingest server that accepts publisher connections and feeds their
+//! ranks' events into an [`IngestSink`] (the router's index).
+//!
+//! Shape: [`IngestServer::start`] binds a quinn endpoint and spawns an accept loop on the
+//! current tokio runtime; each connection is served by one task (`connection`) which
+//! reads the publisher's `Hello`, claims its authorised ranks in the `registry` and
+//! spawns one task per rank (`rank_stream`) that subscribes and applies frames through
+//! the sans-IO `session`. Events of one rank are applied in order by its one task; a
+//! newer connection announcing the rank supersedes the older task. [`IngestHandle`] gives
+//! the bound address, the [`IngestMetrics`], the ranks' cursors and `shutdown`.
+//!
+//! Modules: `config`, `registry` (rank ownership, grace), `session` (frame ->
+//! cursor / dump / sink), `rank_stream` (subscribe, read, resubscribe), `connection`.
+
+mod config;
+mod connection;
+mod rank_stream;
+mod registry;
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvroute_core::RankKey;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+pub use config::{IngestConfig, RankCursorState};
+use registry::Registry;
+
+use super::error::TransportError;
+use super::metrics::{bump, IngestMetrics};
+use super::quic;
+use super::sink::IngestSink;
+
+/// How long `shutdown` waits for connections to close.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What every task of one server shares.
+pub(crate) struct ServerContext {
+    pub(crate) config: IngestConfig,
+    pub(crate) sink: Arc<dyn IngestSink>,
+    pub(crate) metrics: Arc<IngestMetrics>,
+    pub(crate) registry: Registry,
+    /// `true` once shutting down.
+    pub(crate) shutdown: watch::Receiver<bool>,
+    next_conn: AtomicU64,
+}
+
+impl ServerContext {
+    pub(crate) fn next_conn_id(&self) -> registry::ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Starts the grace timer of released ranks: after `config.grace`, each one still
+    /// unowned at its generation is removed from the sink.
+    pub(crate) fn start_grace(self: &Arc<Self>, released: Vec<(RankKey, u64)>) {
+        if released.is_empty() {
+            return;
+        }
+        let server = self.clone();
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(server.config.grace) => {}
+                _ = shutdown.wait_for(|down| *down) => return,
+            }
+            for (rank, generation) in released {
+                if server.registry.expire(rank, generation, &*server.sink) {
+                    bump(&server.metrics.ranks_removed_after_grace);
+                    tracing::info!(%rank, "publisher gone past the grace period: rank removed");
+                }
+            }
+        });
+    }
+}
+
+/// Entry point of the router side: [`IngestServer::start`].
+pub struct IngestServer;
+
+impl IngestServer {
+    /// Binds `config.listen` and starts accepting publishers, applying their events to
+    /// `sink`. Must be called inside a tokio runtime (the server runs on it).
+    pub fn start(config: IngestConfig, sink: Arc<dyn IngestSink>) -> Result<IngestHandle, TransportError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| TransportError::NoRuntime)?;
+        config.validate()?;
+        let endpoint = {
+            let _guard = runtime.enter();
+            quic::server_endpoint(config.listen, &config.tls, &config.quic)?
+        };
+        let local_addr = endpoint.local_addr().map_err(|error| TransportError::Bind { addr: config.listen, error })?;
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let server = Arc::new(ServerContext {
+            registry: Registry::with_cursors(&config.initial_cursors),
+            config,
+            sink,
+            metrics: Arc::new(IngestMetrics::default()),
+            shutdown,
+            next_conn: AtomicU64::new(0),
+        });
+        let accept = {
+            let _guard = runtime.enter();
+            server.start_grace(server.registry.unowned());
+            runtime.spawn(accept_loop(server.clone(), endpoint.clone()))
+        };
+        Ok(IngestHandle { server, endpoint, local_addr, shutdown: shutdown_tx, accept: Some(accept) })
+    }
+}
+
+async fn accept_loop(server: Arc<ServerContext>, endpoint: quinn::Endpoint) {
+    let mut connections = JoinSet::new();
+    let mut shutdown = server.shutdown.clone();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    connections.spawn(connection::serve(server.clone(), incoming));
+                }
+                None => break,
+            },
+            _ = shutdown.wait_for(|down| *down) => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    // Connections see the shutdown and close themselves.
+    let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, async { while connections.join_next().await.is_some() {} }).await;
+}
+
+/// A running ingest server. Dropping it shuts the server down without waiting.
+pub struct IngestHandle {
+    server: Arc<ServerContext>,
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl IngestHandle {
+    /// The bound address (with the port the system chose for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The server's counters (live; call `snapshot()` on them).
+    pub fn metrics(&self) -> Arc<IngestMetrics> {
+        self.server.metrics.clone()
+    }
+
+    /// Every synchronised rank's position, by rank: save them with a snapshot of the index
+    /// and pass them as [`IngestConfig::initial_cursors`] on restart.
+    pub fn cursors(&self) -> Vec<RankCursorState> {
+        self.server.registry.cursors()
+    }
+
+    /// Closes every connection and stops. The sink keeps what it holds (no rank is removed).
+    pub async fn shutdown(mut self) {
+        self.shutdown.send_replace(true);
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.await;
+        }
+        self.endpoint.close(0u32.into(), b"router shutting down");
+        let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, self.endpoint.wait_idle()).await;
+    }
+}
+
+impl Drop for IngestHandle {
+    fn drop(&mut self) {
+        self.shutdown.send_replace(true);
+        self.endpoint.close(0u32.into(), b"router shutting down");
+    }
+}
