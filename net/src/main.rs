@@ -2,10 +2,13 @@
 //! - `demo`: replay the built-in Mooncake trace through simulated engines, routing with
 //!   the router beside simpler policies, and print hit rate, load spread and latency.
 //! - `certs`: make a CA and certificates for a local test deployment (mutual TLS).
+//! - `serve`: the routing daemon (HTTP/JSON API, QUIC KV event ingest, metrics, snapshots).
+//! - `publish`: simulated engines publishing their KV events to routers over QUIC.
 
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod publish_cmd;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -26,6 +29,9 @@ enum Command {
     Certs(kvroute_net::tls::CertsArgs),
     /// Run the routing daemon: HTTP/JSON API, QUIC KV event ingest, Prometheus metrics.
     Serve(kvroute_net::serve::ServeArgs),
+    /// Simulate GPU workers: prefill the built-in trace in engine-cache simulators and
+    /// publish their KV events to routers over QUIC (for trying `serve` without engines).
+    Publish(publish_cmd::PublishArgs),
 }
 
 fn main() {
@@ -34,6 +40,7 @@ fn main() {
         Command::Demo(args) => demo::run(&args).map_err(Into::into),
         Command::Certs(args) => kvroute_net::tls::run_certs(&args).map_err(Into::into),
         Command::Serve(args) => kvroute_net::serve::run(&args).map_err(Into::into),
+        Command::Publish(args) => publish_cmd::run(&args).map_err(Into::into),
     };
     if let Err(error) = result {
         eprintln!("kvroute: {error}");

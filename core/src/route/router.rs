@@ -202,7 +202,8 @@ impl Router {
             tier_used: [AtomicBool::new(true), AtomicBool::new(false), AtomicBool::new(false)],
             fleet: ArcSwap::from_pointee(Fleet::default()),
             registry: Mutex::new(()),
-            loads: LoadBook::new(config.room_seed.rotate_left(17) & ((1 << 62) - 1)),
+            // Below 2^52: ids stay exact as JSON numbers in JavaScript clients too.
+            loads: LoadBook::new(config.room_seed.rotate_left(17) & ((1 << 52) - 1)),
             approx: Mutex::new(ApproxBook::new(config.approx_ttl_ms)),
             rooms: RoomAllocator::new(config.room_seed),
             rng: Rng::new(config.rng_seed),

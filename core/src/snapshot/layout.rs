@@ -2,7 +2,7 @@
 //! the decoder (the reference is `docs/snapshot-format.md`). All integers little-endian.
 
 use crate::hashing::HashScheme;
-use crate::route::{Role, StorageTier};
+use crate::route::Role;
 
 /// The file's first 8 bytes.
 pub const MAGIC: [u8; 8] = *b"KVRTSNAP";
@@ -48,22 +48,8 @@ pub(crate) const BLOCK_LEN: usize = 16;
 /// One placeholder ordinal.
 pub(crate) const ORDINAL_LEN: usize = 8;
 
-pub(crate) fn tier_code(tier: StorageTier) -> u8 {
-    match tier {
-        StorageTier::Device => 0,
-        StorageTier::Host => 1,
-        StorageTier::Disk => 2,
-    }
-}
-
-pub(crate) fn tier_from_code(code: u8) -> Option<StorageTier> {
-    match code {
-        0 => Some(StorageTier::Device),
-        1 => Some(StorageTier::Host),
-        2 => Some(StorageTier::Disk),
-        _ => None,
-    }
-}
+/// Tiers are coded as in wire frames.
+pub(crate) use crate::wire::layout::{tier_code, tier_from_code};
 
 pub(crate) fn role_code(role: Role) -> u8 {
     match role {

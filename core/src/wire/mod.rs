@@ -46,7 +46,7 @@ mod encode;
 mod error;
 mod frame;
 mod header;
-mod layout;
+pub(crate) mod layout;
 #[cfg(test)]
 mod tests;
 
