@@ -111,6 +111,30 @@ impl ScoreSink for Vec<(RankId, u32)> {
     }
 }
 
+/// Overlaps written into a caller's per-slot array through an id -> slot map.
+pub(crate) struct SlotDepths<'a> {
+    pub(crate) slot_of_id: &'a [u32],
+    pub(crate) depths: &'a mut [u32],
+}
+
+impl ScoreSink for SlotDepths<'_> {
+    fn reserve(&mut self, _additional: usize) {}
+
+    #[inline(always)]
+    fn emit(&mut self, _ranks: &RankTable, word: usize, bits: u64, depth: u32) {
+        let mut rest = bits;
+        while rest != 0 {
+            let id = word * 64 + rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            if let Some(&slot) = self.slot_of_id.get(id) {
+                if let Some(d) = self.depths.get_mut(slot as usize) {
+                    *d = depth;
+                }
+            }
+        }
+    }
+}
+
 /// Appends to `out` the overlap of every rank with a non-zero one (see [`KvIndex::find_matches`]).
 ///
 /// [`KvIndex::find_matches`]: super::KvIndex::find_matches

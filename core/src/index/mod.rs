@@ -371,6 +371,14 @@ impl KvIndex {
         self.walk(request, out);
     }
 
+    /// Writes each rank's overlap straight into `depths[slot_of_id[id]]`, for callers
+    /// that keep per-rank arrays in their own order (the router's registry snapshot):
+    /// no intermediate list. Ranks with no overlap, and ids outside `slot_of_id` or
+    /// mapped to a slot outside `depths`, are left alone.
+    pub fn find_depths_by_slot(&self, request: &[BlockHash], slot_of_id: &[u32], depths: &mut [u32]) {
+        self.walk(request, &mut lookup::SlotDepths { slot_of_id, depths });
+    }
+
     fn walk<S: lookup::ScoreSink>(&self, request: &[BlockHash], out: &mut S) {
         let guard = self.domain.pin();
         // SAFETY: the root lives as long as the index; the rank table is loaded under

@@ -230,6 +230,21 @@ impl Harness {
                 .collect();
             translated.sort_unstable();
             assert_eq!(translated, by_key, "by-id request {q:?}");
+            // The by-slot form: slots in reverse id order, one slot left unmapped.
+            let bound = by_id.iter().map(|&(id, _)| id.0 as usize + 1).max().unwrap_or(0);
+            let slot_of_id: Vec<u32> = (0..bound as u32).map(|id| bound as u32 - 1 - id).collect();
+            let mut depths = vec![0u32; bound];
+            self.index.find_depths_by_slot(q, &slot_of_id, &mut depths);
+            let mut expected = vec![0u32; bound];
+            for &(id, depth) in &by_id {
+                expected[bound - 1 - id.0 as usize] = depth;
+            }
+            assert_eq!(depths, expected, "by-slot request {q:?}");
+            if bound > 0 {
+                let mut short = vec![0u32; bound - 1];
+                self.index.find_depths_by_slot(q, &slot_of_id, &mut short);
+                assert_eq!(short[..], expected[..bound - 1], "slots past the array are skipped");
+            }
         }
         assert_eq!(&self.index.counters(), self.reference.counters());
         let stats = self.index.stats();

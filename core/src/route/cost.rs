@@ -140,19 +140,36 @@ impl Rng {
     }
 }
 
-/// Index of the chosen cost (`costs` non-empty).
-pub(crate) fn choose(costs: &[f64], temperature: f64, rng: &Rng) -> usize {
-    debug_assert!(!costs.is_empty());
-    let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
-    for &c in costs {
+/// The cheapest and dearest of a set of costs, gathered while they are computed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CostRange {
+    pub(crate) min: f64,
+    pub(crate) max: f64,
+}
+
+impl Default for CostRange {
+    fn default() -> Self {
+        CostRange { min: f64::INFINITY, max: f64::NEG_INFINITY }
+    }
+}
+
+impl CostRange {
+    #[inline(always)]
+    pub(crate) fn include(&mut self, cost: f64) {
         // Plain compares (costs are finite): cheaper than f64::min/max's NaN handling.
-        if c < min {
-            min = c;
+        if cost < self.min {
+            self.min = cost;
         }
-        if c > max {
-            max = c;
+        if cost > self.max {
+            self.max = cost;
         }
     }
+}
+
+/// Index of the chosen cost (`costs` non-empty; `range` is theirs).
+pub(crate) fn choose(costs: &[f64], range: CostRange, temperature: f64, rng: &Rng) -> usize {
+    debug_assert!(!costs.is_empty());
+    let CostRange { min, max } = range;
     if temperature <= 0.0 || max <= min {
         // Cheapest; ties (within rounding) broken uniformly with one random draw, which
         // is skipped when the cheapest is alone.

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arc_swap::ArcSwap;
 
 use super::approx::ApproxBook;
-use super::cost::{choose, CostBreakdown, CostWeights, Rng};
+use super::cost::{choose, CostBreakdown, CostRange, CostWeights, Rng};
 use super::load::{ActiveRequest, Charge, LoadBook, LoadSnapshot, RequestId};
-use super::registry::{Fleet, RankSlot, Role, WorkerEntry, WorkerSpec, NO_SLOT};
+use super::registry::{Fleet, RankSlot, Role, WorkerEntry, WorkerSpec};
 use super::room::RoomAllocator;
 use super::RouteError;
 use crate::event::{KvEvent, KvEventData};
@@ -139,7 +139,6 @@ pub(crate) struct Scored {
 #[derive(Default)]
 pub(crate) struct Scratch {
     pub(crate) hashes: Vec<BlockHash>,
-    hits: Vec<(RankId, u32)>,
     /// Per tier, the overlap of each slot of the fleet snapshot.
     depth: [Vec<u32>; 3],
     costs: Vec<f64>,
@@ -559,7 +558,7 @@ impl Router {
         let weights = &self.config.weights;
         let block_size = u64::from(self.config.block_size);
         let bs = block_size as f64;
-        let Scratch { hits, depth, costs, candidates, .. } = scratch;
+        let Scratch { depth, costs, candidates, .. } = scratch;
         let slots = fleet.ranks.len();
         let mut tier_looked_up = [false; 3];
         if side != Side::Decode {
@@ -572,16 +571,9 @@ impl Router {
                 let depth = &mut depth[tier];
                 depth.clear();
                 depth.resize(slots, 0);
-                hits.clear();
-                self.indexes[tier].find_matches_by_id_into(hashes, hits);
-                let slot_of_id = &fleet.slot_of_id[tier];
-                for &(id, overlap) in hits.iter() {
-                    // An id the snapshot does not know names a rank registered since.
-                    match slot_of_id.get(id.0 as usize) {
-                        Some(&slot) if slot != NO_SLOT => depth[slot as usize] = overlap,
-                        _ => {}
-                    }
-                }
+                // An id the snapshot does not know (a rank registered since) maps to
+                // NO_SLOT, outside `depth`, and is skipped.
+                self.indexes[tier].find_depths_by_slot(hashes, &fleet.slot_of_id[tier], depth);
             }
         }
         let request_blocks = (tokens / block_size) as u32;
@@ -610,6 +602,10 @@ impl Router {
         };
         costs.clear();
         candidates.clear();
+        costs.reserve(fleet.ranks.len());
+        candidates.reserve(fleet.ranks.len());
+        let request_weight = weights.request_weight;
+        let mut range = CostRange::default();
         let role = side.role();
         for (i, slot) in fleet.ranks.iter().enumerate() {
             if slot.role != role || !accepts(slot) {
@@ -624,17 +620,20 @@ impl Router {
             };
             let load = slot.load.snapshot();
             let uncached = (tokens_f - credit * bs).max(0.0);
-            let cost = prefill_term * (load.prefill_tokens as f64 + uncached)
-                + decode_term * load.decode_blocks as f64
-                + weights.request_weight * load.requests as f64
+            // Loads are far below 2^63: the signed conversion is one instruction, the
+            // unsigned one six.
+            let cost = prefill_term * (load.prefill_tokens as i64 as f64 + uncached)
+                + decode_term * load.decode_blocks as i64 as f64
+                + request_weight * load.requests as i64 as f64
                 + fixed;
+            range.include(cost);
             costs.push(cost);
             candidates.push(Candidate { slot: i, load });
         }
         if candidates.is_empty() {
             return Err(RouteError::NoCandidates);
         }
-        let picked = choose(costs, weights.temperature, &self.rng);
+        let picked = choose(costs, range, weights.temperature, &self.rng);
         let chosen = candidates[picked];
         let depths = depths_of(chosen.slot);
         let credit = weights.overlap_credit(depths);
