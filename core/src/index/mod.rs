@@ -217,7 +217,7 @@ impl KvIndex {
         if let Some(&id) = w.rank_ids.get(&rank) {
             return Ok(RankId(id));
         }
-        let id = Self::allocate_id(&mut w, rank)?;
+        let id = self.allocate_id(&mut w, rank)?;
         w.rank_ids.insert(rank, id);
         let guard = self.domain.pin();
         self.publish_ranks(&w, &guard);
@@ -225,8 +225,23 @@ impl KvIndex {
     }
 
     /// A fresh (or recycled) id holding an empty state for `rank`; not yet live.
-    fn allocate_id(w: &mut WriterState, rank: RankKey) -> Result<u32, IndexError> {
-        let recycled = w.free_ids.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    ///
+    /// Freed ids come back only after a grace period, which seize ends a batch of garbage
+    /// at a time; with every id taken, this thread's pending batch is flushed (twice: a
+    /// replaced rank's id is released, then returned, each after a grace period) before
+    /// giving up, so that churning workers do not run out of ids that are merely pending.
+    fn allocate_id(&self, w: &mut WriterState, rank: RankKey) -> Result<u32, IndexError> {
+        let mut recycled = w.free_ids.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        for _ in 0..3 {
+            if recycled.is_some() || w.ranks.len() < MAX_RANKS {
+                break;
+            }
+            let guard = self.domain.pin();
+            guard.flush();
+            self.release_retired(w, &guard);
+            guard.flush();
+            recycled = w.free_ids.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        }
         let id = match recycled {
             Some(id) => id,
             None if w.ranks.len() < MAX_RANKS => {
@@ -248,7 +263,7 @@ impl KvIndex {
         let mut w = self.writer();
         let guard = self.domain.pin();
         self.release_retired(&mut w, &guard);
-        let id = Self::allocate_id(&mut w, rank)?;
+        let id = self.allocate_id(&mut w, rank)?;
         Ok(StagedRank { key: rank, id })
     }
 

@@ -374,12 +374,16 @@ impl Router {
     /// Like a KV event, a dump switches its worker to exact mode. The rank must belong
     /// to a registered worker.
     pub fn replace_rank(&self, tier: StorageTier, rank: RankKey, events: &[KvEventData]) -> Result<(), RouteError> {
-        let fleet = self.fleet.load_full();
-        check_rank(&fleet, rank)?;
-        if fleet.workers.get(&rank.worker).is_some_and(|w| !w.exact) {
+        let approximate = {
+            let fleet = self.fleet.load();
+            check_rank(&fleet, rank)?;
+            fleet.workers.get(&rank.worker).is_some_and(|w| !w.exact)
+        };
+        // No snapshot may be held while waiting for the registry lock: its holder may be
+        // draining snapshots (below), which would wait for this one forever.
+        if approximate {
             self.switch_to_exact(rank.worker);
         }
-        drop(fleet);
         if tier != StorageTier::Device {
             // Relaxed by design; see `apply_event_in`.
             self.tier_used[tier.index()].store(true, Ordering::Relaxed);
@@ -664,7 +668,8 @@ impl Router {
 }
 
 /// Waits until no decision holds `snapshot` (arc-swap converts every reader's borrow of
-/// a swapped-out value into a counted reference before `swap` returns).
+/// a swapped-out value into a counted reference before `swap` returns). Called with the
+/// registry lock held, so no code may hold a snapshot while it takes that lock.
 fn drain(snapshot: Arc<Fleet>) {
     while Arc::strong_count(&snapshot) > 1 {
         std::thread::yield_now();

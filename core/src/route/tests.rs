@@ -602,3 +602,31 @@ fn decisions_see_the_old_or_the_new_dump_never_a_mix() {
     let decisions: u64 = deciders.into_iter().map(|d| d.join().expect("a decision saw a torn state")).sum();
     assert!(decisions > 0);
 }
+
+/// Dumps arriving at once for workers still in approximate mode: one thread switching its
+/// worker to exact mode must not hold a registry snapshot while another, holding the
+/// registry lock, waits for old snapshots to drain (this deadlocked once).
+#[test]
+fn concurrent_dumps_for_approximate_workers_do_not_deadlock() {
+    let (router, _) = router();
+    let router = Arc::new(router);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    for thread in 0..4u64 {
+        let (router, done_tx) = (router.clone(), done_tx.clone());
+        std::thread::spawn(move || {
+            for i in 0..300u64 {
+                let worker = WorkerId(thread * 100_000 + i);
+                router.add_worker(WorkerSpec::new(worker, 1, 16)).expect("add");
+                let dump = [stored_from_root(&prompt_blocks(i, 4), thread)];
+                router.replace_rank(StorageTier::Device, RankKey { worker, dp_rank: DpRank(0) }, &dump).expect("dump");
+                let decided = router.best_worker(Prompt::Blocks(&prompt_blocks(i, 4)), &RouteOptions::default());
+                router.finish(decided.expect("route").request.expect("charged"));
+                router.remove_worker(worker).expect("remove");
+            }
+            let _ = done_tx.send(());
+        });
+    }
+    for _ in 0..4 {
+        done_rx.recv_timeout(std::time::Duration::from_secs(60)).expect("a thread is stuck: deadlock");
+    }
+}
