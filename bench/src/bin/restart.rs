@@ -168,26 +168,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// The table-driven CRC32C of `kvroute_core::wire` (one byte per step), for comparison.
-fn crc32c(bytes: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut table = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut crc = i as u32;
-            let mut bit = 0;
-            while bit < 8 {
-                crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
-                bit += 1;
-            }
-            table[i] = crc;
-            i += 1;
-        }
-        table
-    };
-    !bytes.iter().fold(!0u32, |crc, &b| TABLE[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8))
-}
-
 /// One restart: a fresh router, the file read (map + verify), the restore.
 #[derive(Clone, Copy, Debug)]
 struct Trial {
@@ -385,7 +365,7 @@ fn main() -> ExitCode {
     let sum = xxhash_rust::xxh3::xxh3_64(&map[24..]);
     let xxh3_time = t.elapsed();
     let t = Instant::now();
-    let crc = crc32c(&map[24..]);
+    let crc = kvroute_core::wire::crc32c(&map[24..]);
     let crc_time = t.elapsed();
     let t = Instant::now();
     let verified = verify_snapshot(&map).is_ok();

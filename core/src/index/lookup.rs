@@ -17,7 +17,7 @@ use super::child_table::ChildTable;
 use super::node::{Node, Shape};
 use super::rank_table::{RankTable, MAX_WORDS};
 use super::reclaim::Guard;
-use crate::ids::{BlockHash, RankId, RankKey};
+use crate::ids::{BlockHash, RankKey};
 
 /// Number of leading equal hashes of `run` and `request`.
 #[inline(always)]
@@ -62,11 +62,11 @@ fn child_of(guard: &Guard, shape: &Shape, key: BlockHash) -> Option<*mut Node> {
     unsafe { &*(table as *const ChildTable) }.get(key.0)
 }
 
-/// Where a walk writes its scores: `(RankKey, overlap)` pairs for callers, or
-/// `(RankId, overlap)` pairs for the router, which indexes dense arrays by id.
+/// Where a walk writes its scores: `(RankKey, overlap)` pairs for callers, or overlaps
+/// straight into the router's per-slot array ([`SlotDepths`]).
 pub(crate) trait ScoreSink {
     fn reserve(&mut self, additional: usize);
-    /// Appends `(rank, depth)` for every rank id set in `bits` (word `word` of the
+    /// Records `(rank, depth)` for every rank id set in `bits` (word `word` of the
     /// bitset). Every id in `bits` is live in `ranks` (the walk starts from its live mask).
     fn emit(&mut self, ranks: &RankTable, word: usize, bits: u64, depth: u32);
 }
@@ -91,22 +91,6 @@ impl ScoreSink for Vec<(RankKey, u32)> {
             if let Some(&key) = keys.get(bit) {
                 self.push((key, depth));
             }
-        }
-    }
-}
-
-impl ScoreSink for Vec<(RankId, u32)> {
-    fn reserve(&mut self, additional: usize) {
-        Vec::reserve(self, additional);
-    }
-
-    #[inline(always)]
-    fn emit(&mut self, _ranks: &RankTable, word: usize, bits: u64, depth: u32) {
-        let mut rest = bits;
-        while rest != 0 {
-            let id = word * 64 + rest.trailing_zeros() as usize;
-            rest &= rest - 1;
-            self.push((RankId(id as u32), depth));
         }
     }
 }

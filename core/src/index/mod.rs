@@ -378,14 +378,6 @@ impl KvIndex {
         self.walk(request, out);
     }
 
-    /// [`KvIndex::find_matches_into`] reporting dense [`RankId`]s (as returned by
-    /// [`KvIndex::register_rank`]) instead of keys: for callers that keep per-rank state
-    /// in arrays indexed by id. An id names the rank registered under it when the lookup
-    /// started.
-    pub fn find_matches_by_id_into(&self, request: &[BlockHash], out: &mut Vec<(RankId, u32)>) {
-        self.walk(request, out);
-    }
-
     /// Writes each rank's overlap straight into `depths[slot_of_id[id]]`, for callers
     /// that keep per-rank arrays in their own order (the router's registry snapshot):
     /// no intermediate list. Ranks with no overlap, and ids outside `slot_of_id` or

@@ -217,27 +217,31 @@ impl Harness {
         for q in &self.probes {
             let by_key = self.index.find_matches(q).sorted();
             assert_eq!(by_key, self.reference.find_matches(q), "request {q:?}");
-            // The by-id form names the same ranks (register_rank is idempotent: it returns
-            // the id of a rank that is registered, which every scored rank is).
-            let mut by_id = Vec::new();
-            self.index.find_matches_by_id_into(q, &mut by_id);
+            // The by-slot form, through the identity map, names the same ranks by id
+            // (register_rank is idempotent: it returns the id of a rank that is
+            // registered, which every scored rank is).
+            let identity: Vec<u32> = (0..MAX_RANKS as u32).collect();
+            let mut by_id = vec![0u32; MAX_RANKS];
+            self.index.find_depths_by_slot(q, &identity, &mut by_id);
+            let by_id: Vec<(u32, u32)> =
+                by_id.iter().enumerate().filter(|(_, &d)| d > 0).map(|(id, &d)| (id as u32, d)).collect();
             let mut translated: Vec<(RankKey, u32)> = by_id
                 .iter()
                 .map(|&(id, depth)| {
-                    let key = by_key.iter().map(|e| e.0).find(|&k| self.index.register_rank(k) == Ok(id));
+                    let key = by_key.iter().map(|e| e.0).find(|&k| self.index.register_rank(k) == Ok(RankId(id)));
                     (key.expect("every id scored by id is scored by key"), depth)
                 })
                 .collect();
             translated.sort_unstable();
             assert_eq!(translated, by_key, "by-id request {q:?}");
             // The by-slot form: slots in reverse id order, one slot left unmapped.
-            let bound = by_id.iter().map(|&(id, _)| id.0 as usize + 1).max().unwrap_or(0);
+            let bound = by_id.iter().map(|&(id, _)| id as usize + 1).max().unwrap_or(0);
             let slot_of_id: Vec<u32> = (0..bound as u32).map(|id| bound as u32 - 1 - id).collect();
             let mut depths = vec![0u32; bound];
             self.index.find_depths_by_slot(q, &slot_of_id, &mut depths);
             let mut expected = vec![0u32; bound];
             for &(id, depth) in &by_id {
-                expected[bound - 1 - id.0 as usize] = depth;
+                expected[bound - 1 - id as usize] = depth;
             }
             assert_eq!(depths, expected, "by-slot request {q:?}");
             if bound > 0 {

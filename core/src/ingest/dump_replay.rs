@@ -6,16 +6,6 @@ use crate::ids::EngineHash;
 use crate::route::StorageTier;
 use crate::wire::DumpBlock;
 
-const TIERS: [StorageTier; 3] = [StorageTier::Device, StorageTier::Host, StorageTier::Disk];
-
-fn tier_slot(tier: StorageTier) -> usize {
-    match tier {
-        StorageTier::Device => 0,
-        StorageTier::Host => 1,
-        StorageTier::Disk => 2,
-    }
-}
-
 /// Replay of one dump, from `DumpBegin` to `DumpEnd`. The caller applies `Cleared` to
 /// every tier of the rank at `DumpBegin`, the events of [`stored_events`] for each
 /// `DumpBlocks` chunk, and those of [`finish`] at `DumpEnd`.
@@ -41,7 +31,7 @@ impl DumpReplay {
         let mut run: Option<(Option<EngineHash>, Vec<StoredBlock>)> = None;
         for dump_block in blocks {
             if dump_block.placeholder {
-                self.placeholders[tier_slot(tier)].push(dump_block.block.engine_hash);
+                self.placeholders[tier.index()].push(dump_block.block.engine_hash);
             }
             if let Some((_, chain)) = &mut run {
                 if chain.last().map(|b| b.engine_hash) == dump_block.parent {
@@ -62,7 +52,7 @@ impl DumpReplay {
 
     /// The events that complete the dump: the placeholders' removal, per tier.
     pub fn finish(self) -> Vec<(StorageTier, KvEventData)> {
-        TIERS
+        StorageTier::ALL
             .into_iter()
             .zip(self.placeholders)
             .filter(|(_, hashes)| !hashes.is_empty())

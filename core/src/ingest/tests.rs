@@ -133,7 +133,6 @@ fn dump_replay_joins_chains_and_removes_placeholders_per_tier() {
 // ---- End to end, without sockets ----
 
 const RANK: RankKey = RankKey::new(4, 1);
-const TIERS: [StorageTier; 3] = [StorageTier::Device, StorageTier::Host, StorageTier::Disk];
 const MAX_FRAME_LEN: u32 = 240;
 
 /// What happens next in the run.
@@ -186,7 +185,7 @@ impl Router {
     fn apply(&mut self, tier: StorageTier, data: &KvEventData) {
         self.next_event_id += 1;
         let event = KvEvent { rank: RANK, event_id: self.next_event_id, data: data.clone() };
-        self.indexes[TIERS.iter().position(|t| *t == tier).unwrap()].apply(&event);
+        self.indexes[tier.index()].apply(&event);
     }
 
     /// Handles one frame of the rank's stream; `Err` closes the stream.
@@ -205,7 +204,7 @@ impl Router {
             }
             Frame::DumpBegin(begin) => {
                 self.cursor.on_dump_begin(begin.as_of_seq).map_err(|e| e.to_string())?;
-                for tier in TIERS {
+                for tier in StorageTier::ALL {
                     self.apply(tier, &KvEventData::Cleared);
                 }
                 self.replay = Some(DumpReplay::new());
@@ -335,7 +334,7 @@ proptest! {
                 }
                 Step::DropStream => connect(&mut router, &mut publisher),
                 Step::Restart => {
-                    for tier in TIERS {
+                    for tier in StorageTier::ALL {
                         truth.apply(tier, &KvEventData::Cleared);
                     }
                     publisher = Publisher::new(publisher.incarnation + 1);
@@ -355,7 +354,7 @@ proptest! {
             }
         }
         prop_assert_eq!(router.cursor.applied_seq(), Some(publisher.publisher.last_seq()));
-        for (slot, tier) in TIERS.into_iter().enumerate() {
+        for (slot, tier) in StorageTier::ALL.into_iter().enumerate() {
             let state = publisher.publisher.state(tier);
             let mut requests: Vec<Vec<BlockHash>> = state.paths().into_iter().map(|(_, path)| path).collect();
             for a in 0..5 {

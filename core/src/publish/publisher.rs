@@ -8,16 +8,6 @@ use crate::ids::RankKey;
 use crate::route::StorageTier;
 use crate::wire::DumpBlock;
 
-const TIERS: [StorageTier; 3] = [StorageTier::Device, StorageTier::Host, StorageTier::Disk];
-
-fn tier_slot(tier: StorageTier) -> usize {
-    match tier {
-        StorageTier::Device => 0,
-        StorageTier::Host => 1,
-        StorageTier::Disk => 2,
-    }
-}
-
 /// Publisher settings. `PublisherConfig::default()` is a working configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PublisherConfig {
@@ -147,7 +137,7 @@ impl RankPublisher {
 
     /// The rank's block set in every tier, as of the last delta.
     pub fn dump(&self) -> RankDump {
-        let tiers = TIERS
+        let tiers = StorageTier::ALL
             .iter()
             .filter(|&&tier| self.state(tier).position_count() > 0)
             .map(|&tier| TierDump { tier, blocks: self.state(tier).dump() })
@@ -157,7 +147,7 @@ impl RankPublisher {
 
     /// The rank's blocks in one tier.
     pub fn state(&self, tier: StorageTier) -> &RankState {
-        &self.tiers[tier_slot(tier)]
+        &self.tiers[tier.index()]
     }
 
     pub fn ring(&self) -> &DeltaRing {
@@ -165,7 +155,7 @@ impl RankPublisher {
     }
 
     fn record(&mut self, tier: StorageTier, data: KvEventData) -> u64 {
-        self.tiers[tier_slot(tier)].apply(&data);
+        self.tiers[tier.index()].apply(&data);
         self.ring.push(tier, data)
     }
 }

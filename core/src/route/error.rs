@@ -67,3 +67,11 @@ impl std::fmt::Display for RouteError {
 }
 
 impl std::error::Error for RouteError {}
+
+impl From<crate::index::IndexError> for RouteError {
+    fn from(e: crate::index::IndexError) -> Self {
+        match e {
+            crate::index::IndexError::TooManyRanks => RouteError::TooManyRanks,
+        }
+    }
+}

@@ -167,13 +167,20 @@ impl Fleet {
     ) -> Fleet {
         ranks.sort_by_key(|slot| slot.key);
         let slot_of_id = std::array::from_fn(|tier| {
-            let alias = alias.filter(|a| a.0 == tier);
-            let bound = ranks.iter().map(|s| s.ids[tier].0 as usize + 1).chain(alias.map(|a| a.1 .0 as usize + 1));
-            let mut slots = vec![NO_SLOT; bound.max().unwrap_or(0)];
+            let mut slots: Vec<u32> = Vec::new();
+            let mut map = |id: RankId, slot: usize| {
+                let id = id.0 as usize;
+                if slots.len() <= id {
+                    slots.resize(id + 1, NO_SLOT);
+                }
+                slots[id] = slot as u32;
+            };
             for (i, slot) in ranks.iter().enumerate() {
-                slots[slot.ids[tier].0 as usize] = i as u32;
-                if alias.is_some_and(|a| a.2 == slot.key) {
-                    slots[alias.map_or(0, |a| a.1 .0 as usize)] = i as u32;
+                map(slot.ids[tier], i);
+            }
+            if let Some((_, id, key)) = alias.filter(|a| a.0 == tier) {
+                if let Some(i) = ranks.iter().position(|s| s.key == key) {
+                    map(id, i);
                 }
             }
             slots.into_boxed_slice()

@@ -15,7 +15,7 @@ use super::RouteError;
 use crate::event::{KvEvent, KvEventData};
 use crate::hashing::{BlockHasher, HashScheme};
 use crate::ids::{BlockHash, DpRank, RankId, RankKey, WorkerId};
-use crate::index::{IndexError, KvIndex};
+use crate::index::KvIndex;
 
 /// The router's only source of time: milliseconds on any monotonic scale.
 pub trait Clock: Send + Sync {
@@ -38,7 +38,11 @@ pub enum StorageTier {
 }
 
 impl StorageTier {
-    pub(crate) fn index(self) -> usize {
+    /// Every tier, in index order (device, host, disk).
+    pub const ALL: [StorageTier; 3] = [StorageTier::Device, StorageTier::Host, StorageTier::Disk];
+
+    /// The tier's position in [`StorageTier::ALL`] (for per-tier arrays).
+    pub fn index(self) -> usize {
         self as usize
     }
 }
@@ -257,9 +261,7 @@ impl Router {
     fn register_everywhere(&self, key: RankKey) -> Result<[RankId; 3], RouteError> {
         let mut ids = [RankId(0); 3];
         for (id, index) in ids.iter_mut().zip(&self.indexes) {
-            *id = index.register_rank(key).map_err(|e| match e {
-                IndexError::TooManyRanks => RouteError::TooManyRanks,
-            })?;
+            *id = index.register_rank(key)?;
         }
         Ok(ids)
     }
@@ -386,12 +388,15 @@ impl Router {
         }
         if tier != StorageTier::Device {
             // Relaxed by design; see `apply_event_in`.
+            if events.is_empty() && !self.tier_used[tier.index()].load(Ordering::Relaxed) {
+                // Emptying a tier that never held a block changes nothing; marking it used
+                // would make every later lookup walk it.
+                return Ok(());
+            }
             self.tier_used[tier.index()].store(true, Ordering::Relaxed);
         }
         let index = &self.indexes[tier.index()];
-        let staged = index.stage_rank(rank).map_err(|e| match e {
-            IndexError::TooManyRanks => RouteError::TooManyRanks,
-        })?;
+        let staged = index.stage_rank(rank)?;
         index.apply_staged(&staged, events);
         let _registry = lock(&self.registry);
         let fleet = self.fleet.load_full();

@@ -41,8 +41,6 @@ use crate::snapshot::{
 };
 use crate::wire::DumpBlock;
 
-const TIERS: [StorageTier; 3] = [StorageTier::Device, StorageTier::Host, StorageTier::Disk];
-
 /// Why a snapshot could not be restored at all.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RestoreError {
@@ -182,7 +180,7 @@ impl Router {
         let ranks: Vec<RankKey> = fleet.ranks.iter().filter(|s| s.worker.exact).map(|s| s.key).collect();
         ranks.into_iter().flat_map(move |rank| {
             let cursor = cursor_of(rank);
-            TIERS.into_iter().filter_map(move |tier| {
+            StorageTier::ALL.into_iter().filter_map(move |tier| {
                 let blocks = self.tier_index(tier).export_rank(rank)?;
                 (tier == StorageTier::Device || !blocks.is_empty()).then_some(RankSnapshot {
                     rank,
@@ -390,7 +388,7 @@ mod tests {
         for w in [1, 2, 3] {
             assert_eq!(restored.is_exact(WorkerId(w)), original.is_exact(WorkerId(w)), "worker {w}");
         }
-        for tier in TIERS {
+        for tier in StorageTier::ALL {
             for q in probes() {
                 let (a, b) = (original.tier_index(tier).find_matches(&q), restored.tier_index(tier).find_matches(&q));
                 let exact = |s: crate::index::OverlapScores| -> Vec<_> {

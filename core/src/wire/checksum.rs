@@ -47,9 +47,14 @@ impl Crc32c {
     }
 }
 
+/// The CRC32C of `bytes` (the frame trailer's checksum), for callers outside the codec.
+pub fn crc32c(bytes: &[u8]) -> u32 {
+    Crc32c::new().update(bytes).finish()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Crc32c;
+    use super::{crc32c, Crc32c};
 
     #[test]
     fn matches_the_standard_check_value() {
@@ -57,5 +62,6 @@ mod tests {
         assert_eq!(Crc32c::new().update(b"123456789").finish(), 0xE306_9283);
         assert_eq!(Crc32c::new().update(b"1234").update(b"56789").finish(), 0xE306_9283);
         assert_eq!(Crc32c::new().finish(), 0);
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
     }
 }

@@ -50,6 +50,7 @@ pub(crate) mod layout;
 #[cfg(test)]
 mod tests;
 
+pub use checksum::crc32c;
 pub use decoder::{DecoderConfig, FrameDecoder, DEFAULT_MAX_FRAME_LEN};
 pub use encode::{
     encode, encode_checksummed, encoded_len, event_encoded_len, max_dump_blocks_per_frame, DELTAS_OVERHEAD,

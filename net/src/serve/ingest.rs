@@ -34,23 +34,11 @@ impl RunningIngest {
     pub fn from_handle(handle: IngestHandle) -> RunningIngest {
         let metrics = handle.metrics();
         let local_addr = handle.local_addr();
-        let handle = Arc::new(tokio::sync::Mutex::new(Some(handle)));
-        let cursors_of = Arc::clone(&handle);
         RunningIngest {
             counters: Arc::new(move || ingest_samples(&metrics)),
-            stop: Box::new(move || {
-                Box::pin(async move {
-                    if let Some(handle) = handle.lock().await.take() {
-                        handle.shutdown().await;
-                    }
-                })
-            }),
+            cursors: Arc::new(handle.cursor_reader()),
+            stop: Box::new(move || Box::pin(handle.shutdown())),
             local_addr,
-            // A snapshot after the stop has no cursors to add: the final snapshot takes
-            // them just before stopping.
-            cursors: Arc::new(move || {
-                cursors_of.try_lock().ok().and_then(|h| h.as_ref().map(|h| h.cursors())).unwrap_or_default()
-            }),
         }
     }
 }

@@ -15,9 +15,6 @@ use kvroute_core::event::{KvEvent, KvEventData};
 use kvroute_core::route::{Router, StorageTier};
 use kvroute_core::RankKey;
 
-/// The three tiers, in the order the router indexes them.
-pub const TIERS: [StorageTier; 3] = [StorageTier::Device, StorageTier::Host, StorageTier::Disk];
-
 /// The receiving end of the KV event transport (a router's index).
 pub trait IngestSink: Send + Sync + 'static {
     /// Applies one event of `event.rank` to `tier`.
@@ -42,10 +39,10 @@ impl IngestSink for Router {
         }
     }
 
-    /// Replaces the rank with nothing in every tier (which marks the host and disk tiers
-    /// as in use for lookups, if they were not).
+    /// Replaces the rank with nothing in every tier (an empty replacement of a tier that
+    /// never held a block is a no-op, so lookups keep skipping unused tiers).
     fn remove_rank(&self, rank: RankKey) {
-        for tier in TIERS {
+        for tier in StorageTier::ALL {
             IngestSink::replace_rank(self, tier, rank, &[]);
         }
     }

@@ -14,7 +14,6 @@ use kvroute_core::sim::{Fleet, FleetConfig};
 use kvroute_core::trace::{parse_trace_str, request_blocks};
 use kvroute_core::{BlockHash, RankKey, WorkerId};
 use kvroute_net::tls::{generate_certs, CertsOptions, TlsFiles};
-use kvroute_net::transport::sink::TIERS;
 use kvroute_net::transport::{
     Backoff, IngestConfig, IngestHandle, IngestServer, IngestSink, Publisher, PublisherConfig, PublisherHandle,
     QuicTuning, RouterTarget, TlsMode,
@@ -196,7 +195,7 @@ pub async fn converge(router: &IngestHandle, publishers: &[&PublisherHandle]) {
 /// from `expected`.
 pub fn assert_same_lookups(router: &Router, expected: &ReferenceSink) {
     let mut nonzero = 0;
-    for tier in TIERS {
+    for tier in StorageTier::ALL {
         for (i, chain) in chains().iter().enumerate() {
             let got = router.tier_index(tier).find_matches(chain).sorted();
             let want = expected.find_matches(tier, chain);
@@ -209,7 +208,7 @@ pub fn assert_same_lookups(router: &Router, expected: &ReferenceSink) {
 
 /// The same for a reference-model router.
 pub fn assert_same_reference(got: &ReferenceSink, expected: &ReferenceSink) {
-    for tier in TIERS {
+    for tier in StorageTier::ALL {
         for (i, chain) in chains().iter().enumerate() {
             assert_eq!(got.find_matches(tier, chain), expected.find_matches(tier, chain), "{tier:?} request {i}");
         }

@@ -11,16 +11,7 @@ use std::sync::Mutex;
 use kvroute_core::reference::ReferenceIndex;
 use kvroute_core::route::StorageTier;
 use kvroute_core::{BlockHash, KvEvent, KvEventData, RankKey};
-use kvroute_net::transport::sink::TIERS;
 use kvroute_net::transport::IngestSink;
-
-fn slot(tier: StorageTier) -> usize {
-    match tier {
-        StorageTier::Device => 0,
-        StorageTier::Host => 1,
-        StorageTier::Disk => 2,
-    }
-}
 
 #[derive(Default)]
 struct State {
@@ -32,7 +23,7 @@ impl State {
     fn apply(&mut self, tier: StorageTier, rank: RankKey, data: KvEventData) {
         let id = self.next_id.entry(rank).or_insert(0);
         *id += 1;
-        let index = &mut self.tiers[slot(tier)];
+        let index = &mut self.tiers[tier.index()];
         index.register_rank(rank);
         index.apply(&KvEvent { rank, event_id: *id, data });
     }
@@ -52,7 +43,7 @@ impl ReferenceSink {
 
     /// Overlaps of `chain` in `tier`, sorted by rank.
     pub fn find_matches(&self, tier: StorageTier, chain: &[BlockHash]) -> Vec<(RankKey, u32)> {
-        self.state.lock().unwrap().tiers[slot(tier)].find_matches(chain)
+        self.state.lock().unwrap().tiers[tier.index()].find_matches(chain)
     }
 }
 
@@ -63,7 +54,7 @@ impl IngestSink for ReferenceSink {
 
     fn replace_rank(&self, tier: StorageTier, rank: RankKey, events: &[KvEventData]) {
         let mut state = self.state.lock().unwrap();
-        state.tiers[slot(tier)].deregister_rank(rank);
+        state.tiers[tier.index()].deregister_rank(rank);
         for data in events {
             state.apply(tier, rank, data.clone());
         }
@@ -71,8 +62,8 @@ impl IngestSink for ReferenceSink {
 
     fn remove_rank(&self, rank: RankKey) {
         let mut state = self.state.lock().unwrap();
-        for tier in TIERS {
-            state.tiers[slot(tier)].deregister_rank(rank);
+        for tier in StorageTier::ALL {
+            state.tiers[tier.index()].deregister_rank(rank);
         }
     }
 }

@@ -154,6 +154,13 @@ impl IngestHandle {
         self.server.registry.cursors()
     }
 
+    /// [`cursors`](Self::cursors) as a function that stays valid after the handle is shut
+    /// down (a snapshot writer can keep it).
+    pub fn cursor_reader(&self) -> impl Fn() -> Vec<RankCursorState> + Send + Sync + 'static {
+        let server = Arc::clone(&self.server);
+        move || server.registry.cursors()
+    }
+
     /// Closes every connection and stops. The sink keeps what it holds (no rank is removed).
     pub async fn shutdown(mut self) {
         self.shutdown.send_replace(true);

@@ -19,22 +19,10 @@ use crate::tls::WorkerGrant;
 use crate::transport::error::StreamError;
 use crate::transport::event_ids;
 use crate::transport::metrics::{add, bump, IngestMetrics};
-use crate::transport::sink::{IngestSink, TIERS};
+use crate::transport::sink::IngestSink;
 
 fn tier_bit(tier: StorageTier) -> u8 {
-    match tier {
-        StorageTier::Device => 1,
-        StorageTier::Host => 2,
-        StorageTier::Disk => 4,
-    }
-}
-
-fn tier_slot(tier: StorageTier) -> usize {
-    match tier {
-        StorageTier::Device => 0,
-        StorageTier::Host => 1,
-        StorageTier::Disk => 2,
-    }
+    1 << tier.index()
 }
 
 /// A dump being received: its blocks replayed as events, per tier.
@@ -52,14 +40,14 @@ impl DumpCollector {
             return Err(StreamError::DumpTooLarge { max: max_blocks });
         }
         let events = self.replay.stored_events(chunk.tier, &chunk.blocks);
-        self.events[tier_slot(chunk.tier)].extend(events);
+        self.events[chunk.tier.index()].extend(events);
         Ok(())
     }
 
     fn finish(self) -> [Vec<KvEventData>; 3] {
         let mut events = self.events;
         for (tier, removal) in self.replay.finish() {
-            events[tier_slot(tier)].push(removal);
+            events[tier.index()].push(removal);
         }
         events
     }
@@ -174,7 +162,7 @@ impl RankSlot {
         self.cursor.on_dump_end(end.as_of_seq, end.block_count).map_err(StreamError::Order)?;
         let events = self.dump.take().unwrap_or_default().finish();
         let mut touched = 0;
-        for (tier, events) in TIERS.into_iter().zip(&events) {
+        for (tier, events) in StorageTier::ALL.into_iter().zip(&events) {
             if !events.is_empty() {
                 touched |= tier_bit(tier);
             }
