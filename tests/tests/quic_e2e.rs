@@ -9,8 +9,10 @@
 //! of deltas dropped and 1% duplicated; a router falling behind its queue (cut, resume);
 //! two routers agreeing; a certificate for worker 7
 //! publishing for worker 8; a client without a certificate; random bytes on one stream;
-//! the grace period (removed past it, kept within it); a router restarted from saved
-//! cursors. Tests wait for conditions (with a generous limit), never for fixed times.
+//! the grace period (removed past it, kept within it); a router killed and restarted from
+//! its snapshot file (written and read as `kvroute serve` does: a new `Router`), within
+//! the ring (resume) and beyond it (dump), and from a corrupt file (ignored, dumps).
+//! Tests wait for conditions (with a generous limit), never for fixed times.
 
 mod quic_e2e {
     pub mod harness;
@@ -24,6 +26,7 @@ use std::time::Duration;
 use kvroute_core::route::StorageTier;
 use kvroute_core::wire::{Deltas, DumpBegin, DumpEnd, Frame};
 use kvroute_core::{BlockHash, EngineHash, KvEventData, RankKey, StoredBlock};
+use kvroute_net::snapshot_file::read_snapshot_file;
 use kvroute_net::tls::insecure_loopback_client_config;
 use kvroute_net::transport::{FaultInjection, IngestSink, TlsMode};
 use quic_e2e::harness::*;
@@ -413,27 +416,100 @@ async fn ranks_are_removed_past_the_grace_period_and_kept_within_it() {
     ingest.shutdown().await;
 }
 
+/// The router killed and restarted from its snapshot file, the way `kvroute serve` does
+/// it: at shutdown the cursors are read, the ingest stops and the final snapshot (index and
+/// cursors) is written with the real file writer; the old `Router` is dropped. The
+/// publishers go on serving while no router listens. A new `Router` that knows no worker
+/// (the registry comes from the file) is restored from the mapped, verified file and its
+/// ingest resumes every rank from the file's cursors on the same address. The rings cover
+/// the downtime: every rank resumes, none dumps, and every lookup, in every tier, equals
+/// the reference fed the same events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_router_restarted_from_saved_cursors_resumes_without_dumps() {
-    let certs = Certs::new("0");
-    let index = router(&[0]);
+async fn a_router_restarted_from_its_snapshot_file_resumes_without_dumps() {
+    let certs = Certs::new("0-1");
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = serve_config_with_snapshot(&dir.path().join("index.snapshot"));
     let config = ingest_config(certs.router());
+    let index = router(&[0, 1]);
     let first = start_router(config.clone(), index.clone());
     let p0 = start_publisher(publisher_config(0, certs.publisher(0), &[&first]));
+    let p1 = start_publisher(publisher_config(1, certs.publisher(1), &[&first]));
+    let expected = ReferenceSink::default();
+    let mut e0 = Engine::new(0);
+    // Worker 1 keeps rank 1 in the host tier: the snapshot has sections in two tiers.
+    let mut e1 = Engine::with_tiers(1, |r| if r.dp_rank.0 == 1 { StorageTier::Host } else { StorageTier::Device });
+    for i in 0..120 {
+        e0.serve(i, &p0, Some(&expected));
+        e1.serve(i + 7, &p1, Some(&expected));
+    }
+    converge(&first, &[&p0, &p1]).await;
+    let (addr, mut saved) = shut_down_with_snapshot(&snapshot, first, index).await;
+    saved.sort_by_key(|c| c.rank);
+    assert_eq!(saved.len(), 4, "{saved:?}");
+
+    // The file alone holds the index as it was: a scratch router restored from it answers
+    // every lookup like the reference at this point.
+    let (scratch, _) = restore_router(&snapshot, &[]);
+    assert_same_lookups(&scratch, &expected);
+    drop(scratch);
+
+    // Down: the engines go on serving; their publishers' rings keep the events.
+    let served_before = (p0.metrics().resumes_served, p1.metrics().resumes_served);
+    for i in 120..160 {
+        e0.serve(i, &p0, Some(&expected));
+        e1.serve(i + 7, &p1, Some(&expected));
+    }
+
+    let (index, cursors) = restore_router(&snapshot, &[]);
+    assert_eq!(cursors, saved, "every rank's cursor came back from the file");
+    let mut config = config;
+    config.listen = addr;
+    config.initial_cursors = cursors;
+    let second = restart_router(config, index.clone()).await;
+    converge(&second, &[&p0, &p1]).await;
+    assert_same_lookups(&index, &expected);
+    let m = second.metrics().snapshot();
+    assert_eq!(m.dumps, 0, "resumed, no dump: {m:?}");
+    assert!(m.resumes >= 4, "{m:?}");
+    assert_eq!((m.gaps, m.rejected_frames), (0, 0), "{m:?}");
+    let served = (p0.metrics().resumes_served, p1.metrics().resumes_served);
+    assert!(served.0 >= served_before.0 + 2 && served.1 >= served_before.1 + 2, "{served:?}");
+    stop_after_outage(&[&p0, &p1]);
+    second.shutdown().await;
+}
+
+/// The same restart from the snapshot file, but the router stays down longer than the
+/// publisher's ring covers (40 entries per rank, far more events while down). The new
+/// router, restored from the file, asks to resume from the file's cursors; the publisher
+/// answers each rank with a dump, which replaces the restored blocks, and every lookup
+/// equals the reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_down_longer_than_the_ring_covers_restarts_from_its_snapshot_with_dumps() {
+    let certs = Certs::new("0");
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = serve_config_with_snapshot(&dir.path().join("index.snapshot"));
+    let config = ingest_config(certs.router());
+    let index = router(&[0]);
+    let first = start_router(config.clone(), index.clone());
+    let mut publisher = publisher_config(0, certs.publisher(0), &[&first]);
+    publisher.rank_state.ring_max_entries = 40;
+    let p0 = start_publisher(publisher);
     let expected = ReferenceSink::default();
     let mut engine = Engine::new(0);
-    for i in 0..100 {
+    for i in 0..60 {
         engine.serve(i, &p0, Some(&expected));
     }
     converge(&first, &[&p0]).await;
-    // The index survives (as if restored from a snapshot), with the cursors saved beside it.
-    let cursors = first.cursors();
-    assert_eq!(cursors.len(), 2);
-    let addr = first.local_addr();
-    first.shutdown().await;
-    for i in 100..130 {
+    let (addr, _) = shut_down_with_snapshot(&snapshot, first, index).await;
+
+    // Down for more events per rank than the ring keeps.
+    for i in 60..240 {
         engine.serve(i, &p0, Some(&expected));
     }
+
+    // Worker 0 is configured, as the daemon registers it before restoring.
+    let (index, cursors) = restore_router(&snapshot, &[0]);
+    assert_eq!(cursors.len(), 2, "the file was sound: {cursors:?}");
     let mut config = config;
     config.listen = addr;
     config.initial_cursors = cursors;
@@ -441,8 +517,55 @@ async fn a_router_restarted_from_saved_cursors_resumes_without_dumps() {
     converge(&second, &[&p0]).await;
     assert_same_lookups(&index, &expected);
     let m = second.metrics().snapshot();
-    assert_eq!(m.dumps, 0, "resumed, no dump: {m:?}");
-    assert!(m.resumes >= 2, "{m:?}");
-    p0.shutdown().await;
+    assert!(m.resumes >= 2 && m.dumps >= 2, "asked to resume, answered with dumps: {m:?}");
+    assert_eq!((m.gaps, m.rejected_frames), (0, 0), "{m:?}");
+    assert!(p0.metrics().dumps_sent >= 2, "{:?}", p0.metrics());
+    stop_after_outage(&[&p0]);
+    second.shutdown().await;
+}
+
+/// A snapshot file with one byte flipped: the restore path (`read_snapshot_file`'s
+/// checksum) refuses it, so the new router starts empty, with no cursors, and warms up
+/// from the publishers' dumps; every lookup still ends equal to the reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_snapshot_file_is_not_trusted_and_the_router_warms_up_from_dumps() {
+    let certs = Certs::new("0");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.snapshot");
+    let snapshot = serve_config_with_snapshot(&path);
+    let config = ingest_config(certs.router());
+    let index = router(&[0]);
+    let first = start_router(config.clone(), index.clone());
+    let p0 = start_publisher(publisher_config(0, certs.publisher(0), &[&first]));
+    let expected = ReferenceSink::default();
+    let mut engine = Engine::new(0);
+    for i in 0..80 {
+        engine.serve(i, &p0, Some(&expected));
+    }
+    converge(&first, &[&p0]).await;
+    let (addr, _) = shut_down_with_snapshot(&snapshot, first, index).await;
+    assert!(read_snapshot_file(&path).unwrap().is_some(), "the snapshot was written sound");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5a;
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(read_snapshot_file(&path).unwrap().is_none(), "the checksum catches the flipped byte");
+
+    for i in 80..100 {
+        engine.serve(i, &p0, Some(&expected));
+    }
+    let (index, cursors) = restore_router(&snapshot, &[0]);
+    assert!(cursors.is_empty(), "nothing trusted: {cursors:?}");
+    for tier in StorageTier::ALL {
+        assert!(chains().iter().all(|chain| index.tier_index(tier).find_matches(chain).sorted().is_empty()));
+    }
+    let mut config = config;
+    config.listen = addr;
+    let second = restart_router(config, index.clone()).await;
+    converge(&second, &[&p0]).await;
+    assert_same_lookups(&index, &expected);
+    let m = second.metrics().snapshot();
+    assert!(m.dumps >= 2 && m.resumes == 0, "warmed up from dumps: {m:?}");
+    stop_after_outage(&[&p0]);
     second.shutdown().await;
 }

@@ -2,10 +2,12 @@
 //! the shipped trace, engines from the core simulator: [`Engine`]), the expected state
 //! ([`ReferenceSink`] fed directly), routers ([`start_router`]) and publishers
 //! ([`start_publisher`]), the convergence barrier ([`converge`]) and the comparison of
-//! every lookup ([`assert_same_lookups`]).
+//! every lookup ([`assert_same_lookups`]); for restarts, the daemon's snapshot steps
+//! ([`shut_down_with_snapshot`], [`restore_router`]).
 
 use std::io::BufRead;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -13,10 +15,12 @@ use kvroute_core::route::{Router, RouterConfig, StorageTier, WorkerSpec};
 use kvroute_core::sim::{Fleet, FleetConfig};
 use kvroute_core::trace::{parse_trace_str, request_blocks};
 use kvroute_core::{BlockHash, RankKey, WorkerId};
+use kvroute_net::serve::options::TlsOptions;
+use kvroute_net::serve::{snapshots, ServeConfig, ServeOptions};
 use kvroute_net::tls::{generate_certs, CertsOptions, TlsFiles};
 use kvroute_net::transport::{
     Backoff, IngestConfig, IngestHandle, IngestServer, IngestSink, Publisher, PublisherConfig, PublisherHandle,
-    QuicTuning, RouterTarget, TlsMode,
+    QuicTuning, RankCursorState, RouterTarget, TlsMode,
 };
 
 use super::reference_sink::ReferenceSink;
@@ -227,5 +231,60 @@ pub async fn restart_router(config: IngestConfig, sink: Arc<dyn IngestSink>) -> 
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// A `kvroute serve` configuration whose snapshot file is `path`: the daemon's snapshot
+/// steps (`serve::snapshots`) take one. Only its snapshot settings are used here (the
+/// routers and ingests are the tests' own).
+pub fn serve_config_with_snapshot(path: &Path) -> ServeConfig {
+    let options = ServeOptions {
+        snapshot_path: Some(path.to_owned()),
+        tls: TlsOptions { insecure_loopback: Some(true), ..TlsOptions::default() },
+        ..ServeOptions::default()
+    };
+    ServeConfig::resolve(options).unwrap()
+}
+
+/// Shuts `ingest` and `router` down the way `kvroute serve` does: the cursors are read,
+/// the ingest stops, and the final snapshot (`snapshots::write_final`: the router's
+/// encoding with those cursors, written by `write_snapshot_file` to a temporary file,
+/// fsynced and renamed) goes to `config`'s file. The router is then dropped, and this
+/// waits until nothing holds it any more: a restart has to build a new one. Returns the
+/// address the ingest listened on and the cursors saved.
+pub async fn shut_down_with_snapshot(
+    config: &ServeConfig,
+    ingest: IngestHandle,
+    router: Arc<Router>,
+) -> (SocketAddr, Vec<RankCursorState>) {
+    let addr = ingest.local_addr();
+    let cursors = ingest.cursors();
+    ingest.shutdown().await;
+    snapshots::write_final(config, Arc::clone(&router), cursors.clone()).await.unwrap();
+    let old = Arc::downgrade(&router);
+    drop(router);
+    wait_until("the old router to be freed", || old.strong_count() == 0).await;
+    (addr, cursors)
+}
+
+/// Starts a router the way `kvroute serve` does: a new `Router` knowing the configured
+/// `workers`, restored from `config`'s snapshot file (`snapshots::restore`: memory map,
+/// checksum, restore; a bad file is ignored). Returns it with the restored cursors, sorted
+/// by rank, for its ingest to resume from.
+pub fn restore_router(config: &ServeConfig, workers: &[u64]) -> (Arc<Router>, Vec<RankCursorState>) {
+    let restored = router(workers);
+    let mut cursors = snapshots::restore(config, &restored).unwrap();
+    cursors.sort_by_key(|c| c.rank);
+    (restored, cursors)
+}
+
+/// Stops publishers that tried to connect while no router listened. `kill`, not
+/// `shutdown`: the orderly stop waits for an idle endpoint, and the endpoint still holds
+/// those unanswered handshake attempts (quinn keeps each until its idle timeout or three
+/// probe timeouts of draining), so it would sit out its 3 s limit. Nothing is checked
+/// after this.
+pub fn stop_after_outage(publishers: &[&PublisherHandle]) {
+    for publisher in publishers {
+        publisher.kill();
     }
 }
