@@ -40,13 +40,15 @@ pub enum ErrorKind {
     /// No such route.
     NotFound,
     MethodNotAllowed,
+    /// No, a malformed or a wrong bearer token (when `http_token_file` is set).
+    Unauthorized,
     /// A bug or an internal failure.
     Internal,
 }
 
 impl ErrorKind {
     /// Every kind, for exposing per-kind counters.
-    pub const ALL: [ErrorKind; 17] = [
+    pub const ALL: [ErrorKind; 18] = [
         ErrorKind::BadJson,
         ErrorKind::InvalidRequest,
         ErrorKind::BodyTooLarge,
@@ -63,6 +65,7 @@ impl ErrorKind {
         ErrorKind::TooManyRanks,
         ErrorKind::NotFound,
         ErrorKind::MethodNotAllowed,
+        ErrorKind::Unauthorized,
         ErrorKind::Internal,
     ];
 
@@ -84,6 +87,7 @@ impl ErrorKind {
             ErrorKind::TooManyRanks => "too_many_ranks",
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
+            ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::Internal => "internal",
         }
     }
@@ -101,6 +105,7 @@ impl ErrorKind {
             ErrorKind::WorkerExists | ErrorKind::TooManyRanks => StatusCode::CONFLICT,
             ErrorKind::NoCandidates | ErrorKind::NoSharedRanks => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

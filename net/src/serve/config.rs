@@ -4,7 +4,7 @@
 //!
 //! Resolution reads the file, layers the flags over it, fills defaults, then checks every
 //! value: ranges, TLS mode (insecure mode only on a loopback ingest address), that the TLS
-//! files exist, that the log filter parses, and that the `[[workers]]` register cleanly (on
+//! files exist, the HTTP bearer token (read here, once, from `http_token_file`), that the log filter parses, and that the `[[workers]]` register cleanly (on
 //! a scratch router, so a duplicate id or a prefill worker without a bootstrap host is a
 //! config error, not a start-up failure later).
 
@@ -19,7 +19,8 @@ use std::time::Duration;
 use kvroute_core::hashing::HashScheme;
 use kvroute_core::route::{CostWeights, Router, RouterConfig, WorkerSpec};
 
-use super::options::{HashSchemeName, LogFormat, ServeArgs, ServeOptions};
+use super::auth::BearerToken;
+use super::options::{HashSchemeName, LogFormat, ServeArgs, ServeOptions, DEFAULT_MAX_PUBLISHER_CONNECTIONS};
 use crate::tls::insecure::is_loopback;
 use crate::tls::TlsFiles;
 pub use crate::transport::TlsMode;
@@ -30,6 +31,8 @@ const ROOM_SEED_LIMIT: u64 = 1 << 62;
 const MIN_FRAME_LEN: u32 = 1024;
 /// Smallest accepted `max_body_bytes`.
 const MIN_BODY_BYTES: u64 = 1024;
+// The daemon's default cap is the ingest's.
+const _: () = assert!(DEFAULT_MAX_PUBLISHER_CONNECTIONS as usize == crate::transport::ingest::DEFAULT_MAX_CONNECTIONS);
 
 /// A configuration that cannot be used; `kvroute serve` exits with code 2 on it.
 #[derive(Debug)]
@@ -107,6 +110,8 @@ pub struct LogSettings {
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
     pub http_listen: SocketAddr,
+    /// The token the HTTP API requires (read from `http_token_file`); `None`: open API.
+    pub http_token: Option<BearerToken>,
     pub ingest_listen: SocketAddr,
     /// How the QUIC ingest authenticates publishers.
     pub tls: TlsMode,
@@ -116,6 +121,8 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// How long a disconnected publisher's ranks stay before removal.
     pub publisher_grace: Duration,
+    /// Most QUIC publisher connections held at once (handshakes included).
+    pub max_publisher_connections: usize,
     /// `None`: no snapshots.
     pub snapshot: Option<SnapshotSettings>,
     /// Time between snapshots (also set when there is no snapshot path).
@@ -146,7 +153,20 @@ impl ServeConfig {
         // with_defaults fills these; the fallbacks only keep this function total.
         let http_listen = o.http_listen.ok_or_else(|| ConfigError::invalid("http_listen", "missing"))?;
         let ingest_listen = o.ingest_listen.ok_or_else(|| ConfigError::invalid("ingest_listen", "missing"))?;
+        let http_token = match &o.http_token_file {
+            Some(path) => Some(
+                BearerToken::from_file(path)
+                    .map_err(|error| ConfigError::invalid("http_token_file", error.to_string()))?,
+            ),
+            None => None,
+        };
         let tls = resolve_tls(o, ingest_listen)?;
+        let max_publisher_connections = o.max_publisher_connections.unwrap_or(DEFAULT_MAX_PUBLISHER_CONNECTIONS);
+        if max_publisher_connections == 0 {
+            return Err(ConfigError::invalid("max_publisher_connections", "must be at least 1"));
+        }
+        let max_publisher_connections = usize::try_from(max_publisher_connections)
+            .map_err(|_| ConfigError::invalid("max_publisher_connections", "too large for this platform"))?;
         let max_frame_len = o.max_frame_len.unwrap_or(kvroute_core::wire::DEFAULT_MAX_FRAME_LEN);
         if max_frame_len < MIN_FRAME_LEN {
             return Err(ConfigError::invalid("max_frame_len", format!("must be at least {MIN_FRAME_LEN} bytes")));
@@ -166,11 +186,13 @@ impl ServeConfig {
         let workers = resolve_workers(o, &router)?;
         Ok(ServeConfig {
             http_listen,
+            http_token,
             ingest_listen,
             tls,
             max_frame_len,
             shutdown_grace: o.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
             publisher_grace: o.publisher_grace.map_or(Duration::from_secs(30), |d| d.0),
+            max_publisher_connections,
             snapshot,
             snapshot_interval,
             limits,

@@ -64,8 +64,17 @@ pub async fn serve_on(
     }
     let http_addr =
         listener.local_addr().map_err(|error| ServeError::Io { action: "read the listen address", error })?;
-    if !is_loopback(http_addr.ip()) {
-        tracing::warn!(addr = %http_addr, "the HTTP API has no authentication: expose it to trusted networks only");
+    match &config.http_token {
+        Some(token) => {
+            state = state.with_http_token(token.clone());
+            tracing::info!("the HTTP API requires a bearer token (http_token_file), except GET /healthz");
+        }
+        None if !is_loopback(http_addr.ip()) => tracing::warn!(
+            addr = %http_addr,
+            "the HTTP API listens on a non-loopback address without authentication: set http_token_file \
+             (--http-token-file) or expose it to trusted networks only"
+        ),
+        None => {}
     }
     let cursors: snapshots::CursorSource = match &ingest {
         Some(ingest) => Arc::clone(&ingest.cursors),

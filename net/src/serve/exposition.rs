@@ -2,7 +2,7 @@
 //!
 //! Each family is a `# HELP` and a `# TYPE` line, then samples `name{label="value"} value`.
 //! Families: routing calls by endpoint and outcome, decision latency histograms, request
-//! lifecycle calls, active requests, workers by mode, per-rank load gauges, the index's
+//! lifecycle calls, requests refused for their bearer token, active requests, workers by mode, per-rank load gauges, the index's
 //! event counters per storage tier, the shutting-down flag, and the ingest's counters
 //! when a source is plugged in ([`super::metrics::IngestCounterSource`]).
 
@@ -11,6 +11,7 @@ use std::fmt::{Display, Write};
 use kvroute_core::route::{LoadSnapshot, StorageTier};
 use kvroute_core::EventCounters;
 
+use super::auth::AuthFailure;
 use super::metrics::{Endpoint, LifecycleEvent, MetricKind};
 use super::state::AppState;
 
@@ -121,6 +122,12 @@ pub fn render(state: &AppState) -> String {
         let (known, unknown) = metrics.lifecycle(event);
         x.sample(name, &[("event", event.as_str()), ("outcome", "ok")], known);
         x.sample(name, &[("event", event.as_str()), ("outcome", "unknown")], unknown);
+    }
+
+    let name = "kvroute_http_unauthorized_total";
+    x.family(name, "counter", "HTTP requests refused with 401 (http_token_file): no, a malformed or a wrong token.");
+    for failure in AuthFailure::ALL {
+        x.sample(name, &[("reason", failure.as_str())], metrics.unauthorized(failure));
     }
 
     x.family("kvroute_active_requests", "gauge", "Requests routed and not yet finished or expired.");

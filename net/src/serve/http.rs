@@ -1,6 +1,7 @@
 //! The HTTP/JSON API as an axum [`Router`](axum::Router): [`app`] wires every endpoint to
-//! its handler over an [`AppState`], with a request body limit, JSON 404/405 answers, and
-//! `/healthz` and `/metrics`.
+//! its handler over an [`AppState`], with a request body limit, JSON 404/405 answers,
+//! `/healthz` and `/metrics`, and, when the state has a token, the bearer-token check
+//! ([`auth::require_bearer`]) in front of everything but `GET /healthz`.
 //!
 //! | method | path | |
 //! |---|---|---|
@@ -20,12 +21,12 @@ use axum::routing::{get, post};
 
 use super::api_error::{ApiError, ErrorKind};
 use super::state::AppState;
-use super::{exposition, request_api, route_api, worker_api};
+use super::{auth, exposition, request_api, route_api, worker_api};
 
 /// The daemon's HTTP application.
 pub fn app(state: AppState) -> axum::Router {
     let body_limit = state.limits.max_body_bytes;
-    axum::Router::new()
+    let router = axum::Router::new()
         .route("/v1/route", post(route_api::route))
         .route("/v1/route/disaggregated", post(route_api::route_disaggregated))
         .route("/v1/requests/{id}/prefill_done", post(request_api::prefill_done))
@@ -35,9 +36,13 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state)
+        .method_not_allowed_fallback(method_not_allowed);
+    // After the routes and fallbacks, so that it covers them all (unknown paths too).
+    let router = match state.http_token() {
+        Some(_) => router.layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_bearer)),
+        None => router,
+    };
+    router.layer(DefaultBodyLimit::max(body_limit)).with_state(state)
 }
 
 /// `GET /healthz`: 200 `ok`, or 503 `shutting down` once a shutdown signal arrived.

@@ -44,7 +44,8 @@ impl RunningIngest {
 }
 
 /// Starts the QUIC ingest on `config.ingest_listen` (TLS per `config.tls`, frames up to
-/// `config.max_frame_len`), applying events to `router`.
+/// `config.max_frame_len`, at most `config.max_publisher_connections` connections),
+/// applying events to `router`.
 /// `initial_cursors` (from a restored snapshot) make publishers resume instead of dump.
 pub async fn start_ingest(
     config: &ServeConfig,
@@ -54,6 +55,7 @@ pub async fn start_ingest(
     let mut ingest = IngestConfig::new(config.ingest_listen, config.tls.clone());
     ingest.max_frame_len = config.max_frame_len;
     ingest.grace = config.publisher_grace;
+    ingest.max_connections = config.max_publisher_connections;
     ingest.initial_cursors = initial_cursors;
     let sink: Arc<dyn IngestSink> = router;
     let handle = IngestServer::start(ingest, sink).map_err(|error| ServeError::Ingest(Box::new(error)))?;
@@ -61,7 +63,8 @@ pub async fn start_ingest(
     Ok(Some(RunningIngest::from_handle(handle)))
 }
 
-/// The ingest's counters as `/metrics` samples (`connections_open` is a gauge).
+/// The ingest's counters as `/metrics` samples (`connections_open` and
+/// `handshakes_in_flight` are gauges).
 fn ingest_samples(metrics: &IngestMetrics) -> Vec<MetricSample> {
     metrics
         .snapshot()
@@ -88,7 +91,12 @@ fn describe(name: &str) -> (MetricKind, &'static str) {
         "rejected_unauthorized" => (Counter, "Ranks or frames for workers the publisher's certificate does not allow."),
         "connections_open" => (Gauge, "Publisher connections open now."),
         "connections_total" => (Counter, "Publisher connections accepted since start."),
-        "handshakes_failed" => (Counter, "QUIC/TLS handshakes that failed."),
+        "handshakes_failed" => (Counter, "QUIC/TLS handshakes that failed or timed out."),
+        "handshakes_in_flight" => (Gauge, "QUIC/TLS handshakes in progress now (each holds a connection slot)."),
+        "connections_refused" => (
+            Counter,
+            "Publisher connections refused because max_publisher_connections were held (handshakes included).",
+        ),
         "ranks_removed_after_grace" => {
             (Counter, "Ranks removed after their publisher stayed away past the grace period.")
         }

@@ -1,5 +1,6 @@
 //! What the daemon counts about itself: [`ServeMetrics`] (routing calls by endpoint and
-//! outcome, decision latency histograms, request lifecycle calls), all lock-free atomic
+//! outcome, decision latency histograms, request lifecycle calls, requests refused for
+//! their bearer token), all lock-free atomic
 //! counters bumped on the request path, plus the [`IngestCounterSource`] seam through which
 //! the QUIC ingest's counters reach `/metrics` without this module depending on the
 //! transport. Rendering them, with the router's own state, is [`super::exposition`]'s job.
@@ -8,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::api_error::ErrorKind;
+use super::auth::AuthFailure;
 
 /// A routing endpoint, as the `endpoint` label names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +119,8 @@ pub struct ServeMetrics {
     latency: [LatencyHistogram; 2],
     /// Per lifecycle event: [known request, unknown request].
     lifecycle: [[AtomicU64; 2]; 2],
+    /// Requests refused for their bearer token, per [`AuthFailure`].
+    unauthorized: [AtomicU64; AuthFailure::ALL.len()],
 }
 
 impl Default for ServeMetrics {
@@ -125,6 +129,7 @@ impl Default for ServeMetrics {
             decisions: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             latency: std::array::from_fn(|_| LatencyHistogram::default()),
             lifecycle: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            unauthorized: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -149,6 +154,16 @@ impl ServeMetrics {
 
     pub fn record_lifecycle(&self, event: LifecycleEvent, known: bool) {
         self.lifecycle[event as usize][usize::from(!known)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one request refused with 401.
+    pub fn record_unauthorized(&self, failure: AuthFailure) {
+        self.unauthorized[failure as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests refused with 401 for `failure`.
+    pub fn unauthorized(&self, failure: AuthFailure) -> u64 {
+        self.unauthorized[failure as usize].load(Ordering::Relaxed)
     }
 
     /// Calls of `endpoint` by outcome label (`ok` or an error kind).

@@ -11,7 +11,8 @@
 //! - HTTP: [`http::app`] builds the axum router over an [`AppState`] ([`state`]). The
 //!   handlers live in [`route_api`] (route, route disaggregated), [`request_api`]
 //!   (prefill_done, finish) and [`worker_api`] (register, remove, list); [`json_body`] and
-//!   [`path_id`] are the extractors and [`api_error`] the `{"error", "kind"}` answers.
+//!   [`path_id`] are the extractors and [`api_error`] the `{"error", "kind"}` answers;
+//!   [`auth`] is the optional bearer-token check (`http_token_file`).
 //! - Metrics: [`metrics`] holds the daemon's counters and the ingest's counter seam,
 //!   [`exposition`] renders `/metrics` in the Prometheus text format.
 //! - Life: [`daemon`] starts everything, waits for SIGINT/SIGTERM and shuts down
@@ -33,8 +34,11 @@
 //! | GET | `/healthz` | none | `ok`; 503 while shutting down |
 //!
 //! Errors are `{"error": "<message>", "kind": "<kind>"}` ([`api_error::ErrorKind`]).
+//! With `http_token_file` set, every request but `GET /healthz` needs
+//! `Authorization: Bearer <token>`; without it, 401 `unauthorized`.
 
 pub mod api_error;
+pub mod auth;
 pub mod config;
 pub mod daemon;
 pub mod duration;
@@ -55,6 +59,7 @@ pub mod worker_api;
 pub mod worker_registration;
 
 pub use api_error::{ApiError, ErrorKind};
+pub use auth::BearerToken;
 pub use config::{ApiLimits, ConfigError, ServeConfig, TlsMode};
 pub use daemon::{run, serve_on, serve_until, shutdown_signal};
 pub use error::ServeError;

@@ -24,6 +24,8 @@ pub const DEFAULT_INGEST_LISTEN: &str = "127.0.0.1:4433";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 << 20;
 /// Default prompt length limit: 1 Mi tokens.
 pub const DEFAULT_MAX_PROMPT_TOKENS: u64 = 1 << 20;
+/// Default cap on QUIC publisher connections (the ingest's own default).
+pub const DEFAULT_MAX_PUBLISHER_CONNECTIONS: u32 = 1024;
 
 /// `kvroute serve`: the routing daemon (HTTP/JSON API, QUIC KV event ingest, metrics).
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -70,6 +72,13 @@ pub struct ServeOptions {
     #[arg(long, value_name = "ADDR")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_listen: Option<SocketAddr>,
+    /// File holding the bearer token the HTTP API requires (`Authorization: Bearer
+    /// <token>`) on every endpoint but GET /healthz; read once at start, surrounding
+    /// whitespace trimmed. A file, not the token itself, so that it shows in no process
+    /// listing [default: none, the API is open].
+    #[arg(long, value_name = "FILE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_token_file: Option<PathBuf>,
     /// Address (UDP) the QUIC KV event ingest listens on [default: 127.0.0.1:4433].
     #[arg(long, value_name = "ADDR")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -88,6 +97,12 @@ pub struct ServeOptions {
     #[arg(long, value_name = "DURATION")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publisher_grace: Option<HumanDuration>,
+    /// Most QUIC publisher connections held at once, handshakes in progress included;
+    /// further connection attempts are refused (kvroute_ingest_connections_refused_total)
+    /// until one ends [default: 1024].
+    #[arg(long, value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_publisher_connections: Option<u32>,
     /// File the index snapshot is written to (periodically and at shutdown) and restored
     /// from at start [default: none, no snapshots].
     #[arg(long, value_name = "FILE")]
@@ -221,10 +236,12 @@ impl ServeOptions {
         }
         ServeOptions {
             http_listen: self.http_listen.or(file.http_listen),
+            http_token_file: self.http_token_file.or(file.http_token_file),
             ingest_listen: self.ingest_listen.or(file.ingest_listen),
             max_frame_len: self.max_frame_len.or(file.max_frame_len),
             shutdown_grace: self.shutdown_grace.or(file.shutdown_grace),
             publisher_grace: self.publisher_grace.or(file.publisher_grace),
+            max_publisher_connections: self.max_publisher_connections.or(file.max_publisher_connections),
             snapshot_path: self.snapshot_path.or(file.snapshot_path),
             snapshot_interval: self.snapshot_interval.or(file.snapshot_interval),
             max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
@@ -243,8 +260,9 @@ impl ServeOptions {
     }
 
     /// Every option that has a default filled with it (the effective configuration).
-    /// Left unset: snapshot_path, log_filter, the TLS files and room_seed, whose absence
-    /// means something (no snapshots, $RUST_LOG, insecure mode or an error, a random seed).
+    /// Left unset: http_token_file, snapshot_path, log_filter, the TLS files and room_seed,
+    /// whose absence means something (an open API, no snapshots, $RUST_LOG, insecure mode or
+    /// an error, a random seed).
     pub fn with_defaults(self) -> ServeOptions {
         let default_addr = |text: &str| text.parse::<SocketAddr>().ok();
         ServeOptions {
@@ -253,6 +271,7 @@ impl ServeOptions {
             max_frame_len: self.max_frame_len.or(Some(kvroute_core::wire::DEFAULT_MAX_FRAME_LEN)),
             shutdown_grace: self.shutdown_grace.or(Some(HumanDuration::from_secs(30))),
             publisher_grace: self.publisher_grace.or(Some(HumanDuration::from_secs(30))),
+            max_publisher_connections: self.max_publisher_connections.or(Some(DEFAULT_MAX_PUBLISHER_CONNECTIONS)),
             snapshot_interval: self.snapshot_interval.or(Some(HumanDuration::from_secs(60))),
             max_body_bytes: self.max_body_bytes.or(Some(DEFAULT_MAX_BODY_BYTES)),
             max_prompt_tokens: self.max_prompt_tokens.or(Some(DEFAULT_MAX_PROMPT_TOKENS)),

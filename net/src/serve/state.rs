@@ -1,6 +1,6 @@
 //! [`AppState`]: what every HTTP handler shares — the [`Router`], the daemon's
 //! [`ServeMetrics`], the API limits, the shutting-down flag that `/healthz` reports, and
-//! optionally the ingest's counters. Cloning it clones `Arc`s.
+//! optionally the ingest's counters and the bearer token the API requires. Cloning it clones `Arc`s.
 //!
 //! [`monotonic_clock`] is the router's clock in the daemon (milliseconds since start).
 
@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use kvroute_core::route::{Clock, RouteError, Router, RouterConfig};
 
+use super::auth::BearerToken;
 use super::config::ApiLimits;
 use super::metrics::{IngestCounterSource, ServeMetrics};
 
@@ -21,6 +22,7 @@ pub struct AppState {
     pub limits: ApiLimits,
     shutting_down: Arc<AtomicBool>,
     ingest: Option<Arc<dyn IngestCounterSource>>,
+    http_token: Option<BearerToken>,
 }
 
 impl AppState {
@@ -32,6 +34,7 @@ impl AppState {
             limits,
             shutting_down: Arc::new(AtomicBool::new(false)),
             ingest: None,
+            http_token: None,
         }
     }
 
@@ -48,6 +51,17 @@ impl AppState {
 
     pub fn ingest_counters(&self) -> Option<&dyn IngestCounterSource> {
         self.ingest.as_deref()
+    }
+
+    /// Requires `Authorization: Bearer <token>` on every endpoint but `GET /healthz`
+    /// (see [`super::auth`]); [`super::http::app`] reads it when it builds the app.
+    pub fn with_http_token(mut self, token: BearerToken) -> AppState {
+        self.http_token = Some(token);
+        self
+    }
+
+    pub fn http_token(&self) -> Option<&BearerToken> {
+        self.http_token.as_ref()
     }
 
     /// From now on `/healthz` answers 503.

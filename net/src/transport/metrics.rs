@@ -58,8 +58,14 @@ ingest_metrics! {
     connections_open,
     /// Connections accepted since start (handshake completed).
     connections_total,
-    /// Handshakes that failed (no or bad client certificate, wrong ALPN, ...).
+    /// Handshakes that failed (no or bad client certificate, wrong ALPN, ...) or did not
+    /// complete within the handshake timeout.
     handshakes_failed,
+    /// Handshakes in progress now (each holds one of the `max_connections` slots).
+    handshakes_in_flight,
+    /// Incoming connections refused because `max_connections` were held (handshakes in
+    /// progress included).
+    connections_refused,
     /// Ranks whose publisher stayed away past the grace period, removed from the sink.
     ranks_removed_after_grace,
 }

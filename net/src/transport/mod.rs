@@ -49,8 +49,10 @@
 //! 1 MiB); subscriber queues `subscriber_queue` deltas; a dump being collected
 //! `max_dump_blocks`; ranks per connection `max_ranks_per_connection`; QUIC stream counts
 //! by the transport parameters (routers accept no bidirectional and 4 unidirectional
-//! streams from a publisher). No peer byte can panic the router: every error is a typed
-//! [`StreamError`] that closes its own stream.
+//! streams from a publisher); connections a router holds `max_connections` (default 1024,
+//! handshakes in progress included, each within `handshake_timeout`; the rest refused), and
+//! connection attempts queued in quinn 1024. No peer byte can panic the router: every error
+//! is a typed [`StreamError`] that closes its own stream.
 //!
 //! Modules: [`publisher`], [`ingest`], [`sink`] ([`IngestSink`], and its implementation for
 //! the core `Router`), [`metrics`], [`config`] (shared settings), [`error`]; internal:

@@ -1,5 +1,7 @@
 //! quinn endpoints for both ends: TLS from a [`TlsMode`], stream limits and liveness from
-//! a [`QuicTuning`].
+//! a [`QuicTuning`]; on the router, bounds on the connection attempts quinn queues before
+//! the accept loop takes them (which bounds the connections it keeps, see
+//! [`IngestConfig::max_connections`](super::IngestConfig::max_connections)).
 //!
 //! Stream limits are the protocol's shape: the router accepts unidirectional streams only
 //! (the control stream, plus a few the publisher might open in error, each rejected) and
@@ -17,6 +19,15 @@ use crate::tls::{insecure_loopback_client_config, insecure_loopback_server_confi
 
 /// Unidirectional streams a publisher may have open towards a router at once.
 const ROUTER_MAX_UNI_STREAMS: u32 = 4;
+/// Connection attempts quinn queues for the router's accept loop (which takes each at once,
+/// refusing it past `max_connections`); beyond, quinn refuses them itself. quinn's default
+/// is 65536.
+const ROUTER_MAX_INCOMING: usize = 1024;
+/// Bytes quinn buffers per queued attempt after its first packet (the rest of a
+/// ClientHello; publishers send no 0-RTT data), and for all of them together. quinn's
+/// defaults are 10 MiB and 100 MiB.
+const ROUTER_INCOMING_BUFFER: u64 = 64 << 10;
+const ROUTER_INCOMING_BUFFER_TOTAL: u64 = 16 << 20;
 
 fn transport(tuning: &QuicTuning, bidi: u32, uni: u32) -> Result<Arc<TransportConfig>, TransportError> {
     if tuning.keep_alive.is_zero() || tuning.keep_alive >= tuning.idle_timeout {
@@ -46,7 +57,11 @@ pub(crate) fn server_endpoint(
         TlsMode::Mutual(files) => files.server_config()?,
         TlsMode::InsecureLoopback => insecure_loopback_server_config(listen)?,
     };
-    config.transport_config(transport(tuning, 0, ROUTER_MAX_UNI_STREAMS)?);
+    config
+        .transport_config(transport(tuning, 0, ROUTER_MAX_UNI_STREAMS)?)
+        .max_incoming(ROUTER_MAX_INCOMING)
+        .incoming_buffer_size(ROUTER_INCOMING_BUFFER)
+        .incoming_buffer_size_total(ROUTER_INCOMING_BUFFER_TOTAL);
     quinn::Endpoint::server(config, listen).map_err(|error| TransportError::Bind { addr: listen, error })
 }
 

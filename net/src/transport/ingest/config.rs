@@ -10,6 +10,9 @@ use kvroute_core::RankKey;
 use crate::transport::config::{Backoff, QuicTuning, TlsMode};
 use crate::transport::error::TransportError;
 
+/// Default of [`IngestConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
 /// Where the router stands in one rank's stream: every event up to `applied_seq` of the
 /// publisher incarnation `incarnation` is in the index. Saved with a snapshot of the index
 /// and handed back through [`IngestConfig::initial_cursors`], it lets a restarted router
@@ -39,6 +42,16 @@ pub struct IngestConfig {
     pub max_ranks_per_connection: usize,
     /// A new connection must send its `Hello` within this time. Default 5 s.
     pub hello_timeout: Duration,
+    /// Most publisher connections held at once, handshakes in progress included: an
+    /// incoming connection beyond it is refused at once (QUIC `CONNECTION_REFUSED`,
+    /// counted in `connections_refused`); the connections already held are unaffected,
+    /// and a slot frees when one of them ends. Default 1024.
+    pub max_connections: usize,
+    /// A connection must complete its QUIC/TLS handshake within this time, or it is
+    /// dropped (counted in `handshakes_failed`) and its slot freed. quinn's idle timeout
+    /// alone would let a peer that keeps sending handshake packets hold a slot forever.
+    /// Default 10 s.
+    pub handshake_timeout: Duration,
     /// Pacing of a rank's resubscriptions after a stream failed without progress
     /// (a gap after progress resubscribes at once). Default 10 ms doubling to 1 s.
     pub resubscribe: Backoff,
@@ -58,6 +71,8 @@ impl IngestConfig {
             max_dump_blocks: 4 << 20,
             max_ranks_per_connection: 4096,
             hello_timeout: Duration::from_secs(5),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout: Duration::from_secs(10),
             resubscribe: Backoff { initial: Duration::from_millis(10), max: Duration::from_secs(1) },
             quic: QuicTuning::default(),
             initial_cursors: Vec::new(),
@@ -72,10 +87,22 @@ impl IngestConfig {
                 self.max_frame_len
             )));
         }
-        if self.max_ranks_per_connection == 0 || self.hello_timeout.is_zero() {
+        if self.max_ranks_per_connection == 0
+            || self.hello_timeout.is_zero()
+            || self.max_connections == 0
+            || self.handshake_timeout.is_zero()
+        {
             return Err(TransportError::InvalidConfig(
-                "max_ranks_per_connection and hello_timeout must be above zero".into(),
+                "max_ranks_per_connection, hello_timeout, max_connections and handshake_timeout must be above zero"
+                    .into(),
             ));
+        }
+        if self.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(TransportError::InvalidConfig(format!(
+                "max_connections {} is above the maximum of {}",
+                self.max_connections,
+                tokio::sync::Semaphore::MAX_PERMITS
+            )));
         }
         Ok(())
     }

@@ -1,4 +1,5 @@
-//! One publisher connection on the router: the handshake's worker grant, the `Hello` on
+//! One publisher connection on the router: the handshake (within `handshake_timeout`,
+//! holding its `max_connections` slot from the start), its worker grant, the `Hello` on
 //! the first unidirectional stream, one [`RankTask`] per authorised rank, the rest of the
 //! control stream (a `Goodbye` closes the connection), and any further unidirectional
 //! stream, which has no place in the protocol: it is read up to its first frame or error,
@@ -6,11 +7,13 @@
 //! connection ends its ranks are released and their grace timers started.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
+use std::future::IntoFuture;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use kvroute_core::wire::{Frame, GoodbyeCode, Hello};
 use kvroute_core::RankKey;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
 use super::rank_stream::RankTask;
@@ -25,22 +28,41 @@ fn close_code(code: GoodbyeCode) -> quinn::VarInt {
     quinn::VarInt::from_u32(u32::from(code.0))
 }
 
-/// Counts an open connection for as long as it lives.
-struct OpenGuard<'a>(&'a ServerContext);
+/// Adds one to a gauge for as long as it lives (also when its task is aborted).
+struct GaugeGuard<'a>(&'a AtomicU64);
 
-impl Drop for OpenGuard<'_> {
-    fn drop(&mut self) {
-        self.0.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+impl<'a> GaugeGuard<'a> {
+    fn new(gauge: &'a AtomicU64) -> Self {
+        bump(gauge);
+        GaugeGuard(gauge)
     }
 }
 
-/// Serves one incoming connection to its end.
-pub(crate) async fn serve(server: Arc<ServerContext>, incoming: quinn::Incoming) {
-    let conn = match incoming.await {
-        Ok(conn) => conn,
-        Err(error) => {
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one incoming connection to its end. `_slot` is its place under
+/// `max_connections`, given back when this returns.
+pub(crate) async fn serve(server: Arc<ServerContext>, incoming: quinn::Incoming, _slot: OwnedSemaphorePermit) {
+    let peer = incoming.remote_address();
+    let handshake = {
+        let _in_flight = GaugeGuard::new(&server.metrics.handshakes_in_flight);
+        // On timeout the dropped future closes the half-made connection.
+        tokio::time::timeout(server.config.handshake_timeout, incoming.into_future()).await
+    };
+    let conn = match handshake {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(error)) => {
             bump(&server.metrics.handshakes_failed);
-            tracing::debug!(%error, "handshake failed");
+            tracing::debug!(%peer, %error, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            bump(&server.metrics.handshakes_failed);
+            tracing::debug!(%peer, timeout = ?server.config.handshake_timeout, "handshake timed out");
             return;
         }
     };
@@ -57,8 +79,7 @@ pub(crate) async fn serve(server: Arc<ServerContext>, incoming: quinn::Incoming)
         },
     };
     bump(&server.metrics.connections_total);
-    bump(&server.metrics.connections_open);
-    let _open = OpenGuard(&server);
+    let _open = GaugeGuard::new(&server.metrics.connections_open);
     let conn_id = server.next_conn_id();
     let mut tasks = JoinSet::new();
     let claimed = match accept_hello(&server, &conn, &grant, conn_id, &mut tasks).await {

@@ -2,10 +2,13 @@
 //! ranks' events into an [`IngestSink`] (the router's index).
 //!
 //! Shape: [`IngestServer::start`] binds a quinn endpoint and spawns an accept loop on the
-//! current tokio runtime; each connection is served by one task (`connection`) which
-//! reads the publisher's `Hello`, claims its authorised ranks in the `registry` and
-//! spawns one task per rank (`rank_stream`) that subscribes and applies frames through
-//! the sans-IO `session`. Events of one rank are applied in order by its one task; a
+//! current tokio runtime, which refuses connections beyond
+//! [`IngestConfig::max_connections`] (handshakes in progress included; counted in
+//! `connections_refused`). Each accepted connection is served by one task (`connection`)
+//! which completes the handshake within [`IngestConfig::handshake_timeout`], reads the
+//! publisher's `Hello`, claims its authorised ranks in the `registry` and spawns one task
+//! per rank (`rank_stream`) that subscribes and applies frames through the sans-IO
+//! `session`. Events of one rank are applied in order by its one task; a
 //! newer connection announcing the rank supersedes the older task. [`IngestHandle`] gives
 //! the bound address, the [`IngestMetrics`], the ranks' cursors and `shutdown`.
 //!
@@ -21,13 +24,13 @@ mod session;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvroute_core::RankKey;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
-pub use config::{IngestConfig, RankCursorState};
+pub use config::{IngestConfig, RankCursorState, DEFAULT_MAX_CONNECTIONS};
 use registry::Registry;
 
 use super::error::TransportError;
@@ -37,6 +40,8 @@ use super::sink::IngestSink;
 
 /// How long `shutdown` waits for connections to close.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
+/// Shortest time between two warnings about refused connections.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What every task of one server shares.
 pub(crate) struct ServerContext {
@@ -109,15 +114,27 @@ impl IngestServer {
     }
 }
 
+/// Accepts connections while fewer than `config.max_connections` are held (handshakes in
+/// progress included), refusing the others at once; each accepted one holds a slot until
+/// its task ends.
 async fn accept_loop(server: Arc<ServerContext>, endpoint: quinn::Endpoint) {
     let mut connections = JoinSet::new();
     let mut shutdown = server.shutdown.clone();
+    let slots = Arc::new(Semaphore::new(server.config.max_connections));
+    let mut refusals = RefusalLog::default();
     loop {
         tokio::select! {
             incoming = endpoint.accept() => match incoming {
-                Some(incoming) => {
-                    connections.spawn(connection::serve(server.clone(), incoming));
-                }
+                Some(incoming) => match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(slot) => {
+                        connections.spawn(connection::serve(server.clone(), incoming, slot));
+                    }
+                    Err(_) => {
+                        bump(&server.metrics.connections_refused);
+                        refusals.note(incoming.remote_address(), server.config.max_connections);
+                        incoming.refuse();
+                    }
+                },
                 None => break,
             },
             _ = shutdown.wait_for(|down| *down) => break,
@@ -126,6 +143,34 @@ async fn accept_loop(server: Arc<ServerContext>, endpoint: quinn::Endpoint) {
     }
     // Connections see the shutdown and close themselves.
     let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, async { while connections.join_next().await.is_some() {} }).await;
+}
+
+/// Logs refused connections at warn level at most once per [`REFUSAL_LOG_INTERVAL`] (with
+/// how many were refused since), so that a flood of connection attempts does not flood
+/// the log too; the others at debug level.
+#[derive(Default)]
+struct RefusalLog {
+    last_warning: Option<Instant>,
+    refused_since: u64,
+}
+
+impl RefusalLog {
+    fn note(&mut self, peer: SocketAddr, max_connections: usize) {
+        self.refused_since += 1;
+        let now = Instant::now();
+        if self.last_warning.is_none_or(|last| now.duration_since(last) >= REFUSAL_LOG_INTERVAL) {
+            tracing::warn!(
+                %peer,
+                max_connections,
+                refused = self.refused_since,
+                "max_connections reached: refusing publisher connections"
+            );
+            self.last_warning = Some(now);
+            self.refused_since = 0;
+        } else {
+            tracing::debug!(%peer, max_connections, "connection refused: max_connections reached");
+        }
+    }
 }
 
 /// A running ingest server. Dropping it shuts the server down without waiting.
