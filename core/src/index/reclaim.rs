@@ -120,25 +120,60 @@ pub(super) mod graveyard {
         /// Drops every value pushed before this call, unless a racing call took it first; a
         /// push racing with this call may be left for the next one (or the graveyard's drop).
         pub(crate) fn free_all(&self) {
+            drop(self.take_all());
+        }
+
+        /// Takes every grave pushed before this call (see `free_all`), to be dropped by the
+        /// caller at its own pace.
+        pub(crate) fn take_all(&self) -> Taken<T> {
             // Relaxed peek: most calls find nothing and skip the RMW.
             if self.head.load(Ordering::Relaxed).is_null() {
-                return;
+                return Taken { head: ptr::null_mut() };
             }
             // Acquire: pairs with `push`'s Release CAS, so each grave is seen whole.
-            let mut next = self.head.swap(ptr::null_mut(), Ordering::Acquire);
-            while !next.is_null() {
-                // SAFETY: the swap made this list ours alone; every grave in it was leaked
-                // by its pusher and pushed once (the `push` contract).
-                let grave = unsafe { Box::from_raw(next) };
-                // SAFETY: the grave is ours (above); nothing else accesses its link.
-                next = grave.next.with(|next| unsafe { *next });
-            }
+            Taken { head: self.head.swap(ptr::null_mut(), Ordering::Acquire) }
         }
     }
 
     impl<T> Drop for Graveyard<T> {
         fn drop(&mut self) {
             self.free_all();
+        }
+    }
+
+    /// Graves taken from a graveyard: a list owned by one holder, dropped a few at a time
+    /// ([`Taken::drop_some`]) or all at once (its `Drop`).
+    pub(crate) struct Taken<T> {
+        head: *mut Grave<T>,
+    }
+
+    // SAFETY: the list is owned (the swap in `take_all` made it ours alone) and its values
+    // may be dropped on any thread (the `push` contract).
+    unsafe impl<T: Send> Send for Taken<T> {}
+
+    impl<T> Taken<T> {
+        pub(crate) fn is_empty(&self) -> bool {
+            self.head.is_null()
+        }
+
+        /// Drops up to `n` graves; returns how many it dropped.
+        pub(crate) fn drop_some(&mut self, n: usize) -> usize {
+            let mut dropped = 0;
+            while dropped < n && !self.head.is_null() {
+                // SAFETY: the list is ours alone (see `take_all`); every grave in it was
+                // leaked by its pusher and pushed once (the `push` contract).
+                let grave = unsafe { Box::from_raw(self.head) };
+                // SAFETY: the grave is ours (above); nothing else accesses its link.
+                self.head = grave.next.with(|next| unsafe { *next });
+                dropped += 1;
+            }
+            dropped
+        }
+    }
+
+    impl<T> Drop for Taken<T> {
+        fn drop(&mut self) {
+            while self.drop_some(usize::MAX) > 0 {}
         }
     }
 }
@@ -195,7 +230,9 @@ mod scheme {
 mod scheme {
     use std::cell::RefCell;
 
-    use super::graveyard::{Grave, Graveyard};
+    use std::sync::Mutex;
+
+    use super::graveyard::{Grave, Graveyard, Taken};
     use super::*;
     use seize::Guard as _;
 
@@ -250,12 +287,14 @@ mod scheme {
         unsafe { graveyard.push(grave) };
     }
 
-    /// Per-index seize collector and the graveyard its reclaimers fill.
+    /// Per-index seize collector, the graveyard its reclaimers fill, and the graves
+    /// writers took from it and have yet to drop.
     pub(crate) struct Domain {
         // Field order matters: the collector is dropped first, and its drop buries
         // every batch still pending into the graveyard, which is dropped (freed) after.
         collector: seize::Collector,
         graveyard: Box<Graveyard<Garbage>>,
+        backlog: Mutex<Vec<Taken<Garbage>>>,
     }
 
     /// A pinned section. A writer's guard also gathers what it retires and hands it to
@@ -264,8 +303,19 @@ mod scheme {
     pub(crate) struct Guard<'a> {
         inner: seize::LocalGuard<'a>,
         graveyard: &'a Graveyard<Garbage>,
+        backlog: &'a Mutex<Vec<Taken<Garbage>>>,
         retired: RefCell<Vec<Retired>>,
     }
+
+    /// Graves (each one writer guard's garbage) a writer guard drops when it ends.
+    ///
+    /// Why not all of them: a batch's grace period ends all at once, burying
+    /// [`BATCH`] graves, and the writer that frees them all stalls for that long: about
+    /// a millisecond of frees in the middle of applying one event (seen as the
+    /// transport bench's event-to-visible tail). Dropping a few per write spreads that
+    /// work over the next writes; since each write adds at most one grave, the backlog
+    /// shrinks by at least `GRAVES_PER_WRITE - 1` a write and never outgrows a batch or two.
+    const GRAVES_PER_WRITE: usize = 4;
 
     /// Garbage values (one per writer guard) per seize batch. Retiring a batch costs a
     /// process-wide memory barrier (`membarrier`, an interrupt on every core running
@@ -278,13 +328,22 @@ mod scheme {
 
     impl Default for Domain {
         fn default() -> Self {
-            Domain { collector: seize::Collector::new().batch_size(BATCH), graveyard: Box::default() }
+            Domain {
+                collector: seize::Collector::new().batch_size(BATCH),
+                graveyard: Box::default(),
+                backlog: Mutex::new(Vec::new()),
+            }
         }
     }
 
     impl Domain {
         pub(crate) fn pin(&self) -> Guard<'_> {
-            Guard { inner: self.collector.enter(), graveyard: &self.graveyard, retired: RefCell::new(Vec::new()) }
+            Guard {
+                inner: self.collector.enter(),
+                graveyard: &self.graveyard,
+                backlog: &self.backlog,
+                retired: RefCell::new(Vec::new()),
+            }
         }
     }
 
@@ -317,8 +376,35 @@ mod scheme {
         pub(crate) fn flush(&self) {
             self.seal();
             self.inner.flush();
+            // Everything, backlog included: callers flush to get memory (or ids) back now.
+            drop(std::mem::take(&mut *lock(self.backlog)));
             self.graveyard.free_all();
         }
+
+        /// Moves what reclaimers buried to the backlog and drops up to `GRAVES_PER_WRITE`
+        /// graves from it.
+        fn free_some(&self) {
+            let mut backlog = lock(self.backlog);
+            let taken = self.graveyard.take_all();
+            if !taken.is_empty() {
+                backlog.push(taken);
+            }
+            let mut budget = GRAVES_PER_WRITE;
+            while budget > 0 {
+                let Some(oldest) = backlog.first_mut() else { break };
+                budget -= oldest.drop_some(budget);
+                if oldest.is_empty() {
+                    backlog.remove(0);
+                }
+            }
+        }
+    }
+
+    /// The backlog's lock: taken by writers only, one at a time in practice (they hold
+    /// the index's writer lock or are the sole writer of a staged rank). A panic while
+    /// it was held left a list of graves, still sound to drop.
+    fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     impl Drop for Guard<'_> {
@@ -327,10 +413,57 @@ mod scheme {
                 return;
             }
             self.seal();
-            // Only writers retire, so only writers get here: free what readers buried.
-            self.graveyard.free_all();
+            // Only writers retire, so only writers get here: free some of what readers
+            // and earlier writers buried.
+            self.free_some();
         }
     }
 }
 
 pub(crate) use scheme::{Domain, Guard};
+
+#[cfg(all(test, not(feature = "crossbeam"), not(loom)))]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::Domain;
+
+    /// Counts its drops.
+    struct Counted(Arc<AtomicUsize>);
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// One writer guard retiring one value.
+    fn write(domain: &Domain, dropped: &Arc<AtomicUsize>) {
+        let guard = domain.pin();
+        // SAFETY: a fresh box, reachable from nowhere, retired once.
+        unsafe { guard.retire(Box::into_raw(Box::new(Counted(dropped.clone())))) };
+    }
+
+    #[test]
+    fn a_finished_batch_is_freed_a_few_graves_per_write_never_all_at_once() {
+        // Mirrors the scheme's constants: seize batch 4096, 4 graves per write.
+        const BATCH: usize = 4096;
+        const PER_WRITE: usize = 4;
+        let domain = Domain::default();
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let mut most_in_one_write = 0;
+        for _ in 0..3 * BATCH {
+            let before = dropped.load(Ordering::SeqCst);
+            write(&domain, &dropped);
+            most_in_one_write = most_in_one_write.max(dropped.load(Ordering::SeqCst) - before);
+        }
+        // With no reader pinned, each full batch's grace period ends at once: thousands of
+        // graves buried together, yet no write dropped more than its share...
+        assert!(most_in_one_write <= PER_WRITE, "one write dropped {most_in_one_write} values");
+        // ...and the backlog keeps up: the first two batches are gone by now.
+        assert!(dropped.load(Ordering::SeqCst) >= 2 * BATCH, "{} dropped", dropped.load(Ordering::SeqCst));
+        drop(domain);
+        assert_eq!(dropped.load(Ordering::SeqCst), 3 * BATCH, "the domain's drop frees the rest");
+    }
+}
