@@ -13,22 +13,46 @@
 //! hash, flagged) that the router stores during the dump and removes at its end, so the
 //! replayed state equals this one exactly, holes included.
 
+use std::collections::hash_map::Entry;
+use std::hash::{Hash, Hasher};
+
 use crate::event::{KvEventData, StoredBlock};
 use crate::ids::{BlockHash, EngineHash};
 use crate::index::prehashed::PrehashedMap;
 use crate::wire::DumpBlock;
 
-/// Slot of a position in [`RankState::positions`].
-type PositionSlot = usize;
+/// Slot of a position in [`RankState::positions`]. 32 bits keep a position at 24 bytes
+/// and a map entry at 16: the publisher's `publish` walks these per block, so their
+/// cache footprint is its cost.
+type PositionSlot = u32;
+
+/// `parent` of a root position.
+const ROOT: PositionSlot = PositionSlot::MAX;
 
 #[derive(Clone, Debug)]
 struct Position {
-    parent: Option<PositionSlot>,
-    content: BlockHash,
+    /// [`ROOT`] for a first block.
+    parent: PositionSlot,
     /// Engine hashes of the rank at this position (0: a ghost, kept for its children).
-    holders: usize,
+    holders: u32,
+    content: BlockHash,
     /// Positions directly below this one.
-    children: usize,
+    children: u32,
+}
+
+/// A position's identity: its parent and its content hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PathKey {
+    parent: PositionSlot,
+    content: BlockHash,
+}
+
+impl Hash for PathKey {
+    /// One word for the map's one-multiply hasher: content hashes are already uniform,
+    /// and the parent slot is spread over the high bits so that siblings differ too.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.content.0 ^ u64::from(self.parent).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    }
 }
 
 /// One rank's blocks in one tier. See the module docs.
@@ -37,7 +61,7 @@ pub struct RankState {
     /// Slab of positions; `None` slots are free and listed in `free`.
     positions: Vec<Option<Position>>,
     free: Vec<PositionSlot>,
-    by_path: PrehashedMap<(Option<PositionSlot>, BlockHash), PositionSlot>,
+    by_path: PrehashedMap<PathKey, PositionSlot>,
     blocks: PrehashedMap<EngineHash, PositionSlot>,
 }
 
@@ -95,20 +119,17 @@ impl RankState {
     pub fn dump(&self) -> Vec<DumpBlock> {
         let mut held_at: Vec<Vec<EngineHash>> = vec![Vec::new(); self.positions.len()];
         for (&hash, &slot) in &self.blocks {
-            if let Some(list) = held_at.get_mut(slot) {
+            if let Some(list) = held_at.get_mut(slot as usize) {
                 list.push(hash);
             }
         }
         let mut roots = Vec::new();
         let mut children: Vec<Vec<(BlockHash, PositionSlot)>> = vec![Vec::new(); self.positions.len()];
-        for (&(parent, content), &slot) in &self.by_path {
-            match parent {
-                None => roots.push((content, slot)),
-                Some(parent) => {
-                    if let Some(list) = children.get_mut(parent) {
-                        list.push((content, slot));
-                    }
-                }
+        for (&PathKey { parent, content }, &slot) in &self.by_path {
+            if parent == ROOT {
+                roots.push((content, slot));
+            } else if let Some(list) = children.get_mut(parent as usize) {
+                list.push((content, slot));
             }
         }
         let mut placeholders = PlaceholderHashes { next: u64::MAX, held: &self.blocks };
@@ -118,7 +139,7 @@ impl RankState {
         let mut stack: Vec<(PositionSlot, Option<EngineHash>)> = roots.into_iter().map(|(_, s)| (s, None)).collect();
         while let Some((slot, parent)) = stack.pop() {
             let Some(position) = self.position(slot) else { continue };
-            let hashes = held_at.get_mut(slot).map(std::mem::take).unwrap_or_default();
+            let hashes = held_at.get_mut(slot as usize).map(std::mem::take).unwrap_or_default();
             let stands_for = if hashes.is_empty() {
                 let hash = placeholders.next_hash();
                 let block = StoredBlock { engine_hash: hash, content_hash: position.content };
@@ -134,7 +155,7 @@ impl RankState {
                 // The last one, so that a child right after it continues the same run.
                 hashes.last().copied().unwrap_or(EngineHash(0))
             };
-            if let Some(list) = children.get_mut(slot) {
+            if let Some(list) = children.get_mut(slot as usize) {
                 list.sort_unstable_by_key(|&(content, _)| std::cmp::Reverse(content));
                 stack.extend(list.drain(..).map(|(_, child)| (child, Some(stands_for))));
             }
@@ -151,8 +172,8 @@ impl RankState {
             .iter()
             .map(|(&hash, &slot)| {
                 let mut path = Vec::new();
-                let mut at = Some(slot);
-                while let Some(position) = at.and_then(|s| self.position(s)) {
+                let mut at = slot;
+                while let Some(position) = self.position(at) {
                     path.push(position.content);
                     at = position.parent;
                 }
@@ -165,75 +186,93 @@ impl RankState {
     }
 
     fn position(&self, slot: PositionSlot) -> Option<&Position> {
-        self.positions.get(slot).and_then(Option::as_ref)
+        self.positions.get(slot as usize).and_then(Option::as_ref)
     }
 
     fn position_mut(&mut self, slot: PositionSlot) -> Option<&mut Position> {
-        self.positions.get_mut(slot).and_then(Option::as_mut)
+        self.positions.get_mut(slot as usize).and_then(Option::as_mut)
     }
 
     fn store(&mut self, parent: Option<EngineHash>, blocks: &[StoredBlock]) {
         let mut at = match parent {
-            None => None,
+            None => ROOT,
             Some(parent) => match self.blocks.get(&parent) {
-                Some(&slot) => Some(slot),
+                Some(&slot) => slot,
                 None => return,
             },
         };
         for block in blocks {
-            if let Some(&slot) = self.blocks.get(&block.engine_hash) {
-                at = Some(slot);
-                continue;
-            }
-            let slot = self.position_below(at, block.content_hash);
-            if let Some(position) = self.position_mut(slot) {
+            // One probe per block: a held engine hash continues the chain from where it
+            // sits; a new one is placed below `at`.
+            let vacant = match self.blocks.entry(block.engine_hash) {
+                Entry::Occupied(held) => {
+                    at = *held.get();
+                    continue;
+                }
+                Entry::Vacant(vacant) => vacant,
+            };
+            let Some(slot) =
+                Self::position_below(&mut self.positions, &mut self.free, &mut self.by_path, at, block.content_hash)
+            else {
+                // Past 2^32 - 1 positions (about 100 GB of them): the rest is not kept.
+                return;
+            };
+            vacant.insert(slot);
+            if let Some(Some(position)) = self.positions.get_mut(slot as usize) {
                 position.holders += 1;
             }
-            self.blocks.insert(block.engine_hash, slot);
-            at = Some(slot);
+            at = slot;
         }
     }
 
-    /// The position `content` below `parent` (the root when `None`), created if new.
-    fn position_below(&mut self, parent: Option<PositionSlot>, content: BlockHash) -> PositionSlot {
-        if let Some(&slot) = self.by_path.get(&(parent, content)) {
-            return slot;
-        }
+    /// The position `content` below `parent` ([`ROOT`] for none), created if new; `None`
+    /// only when the slab is out of slot numbers.
+    fn position_below(
+        positions: &mut Vec<Option<Position>>,
+        free: &mut Vec<PositionSlot>,
+        by_path: &mut PrehashedMap<PathKey, PositionSlot>,
+        parent: PositionSlot,
+        content: BlockHash,
+    ) -> Option<PositionSlot> {
+        let vacant = match by_path.entry(PathKey { parent, content }) {
+            Entry::Occupied(existing) => return Some(*existing.get()),
+            Entry::Vacant(vacant) => vacant,
+        };
         let position = Position { parent, content, holders: 0, children: 0 };
-        let slot = match self.free.pop() {
+        let slot = match free.pop() {
             Some(slot) => {
-                if let Some(free) = self.positions.get_mut(slot) {
+                if let Some(free) = positions.get_mut(slot as usize) {
                     *free = Some(position);
                 }
                 slot
             }
             None => {
-                self.positions.push(Some(position));
-                self.positions.len() - 1
+                let slot = PositionSlot::try_from(positions.len()).ok().filter(|&s| s != ROOT)?;
+                positions.push(Some(position));
+                slot
             }
         };
-        self.by_path.insert((parent, content), slot);
-        if let Some(parent) = parent.and_then(|p| self.position_mut(p)) {
+        vacant.insert(slot);
+        if let Some(Some(parent)) = positions.get_mut(parent as usize) {
             parent.children += 1;
         }
-        slot
+        Some(slot)
     }
 
     /// Drops `slot` if nothing holds it and nothing hangs below it, then its parent likewise.
     fn prune(&mut self, slot: PositionSlot) {
-        let mut at = Some(slot);
-        while let Some(slot) = at {
-            let Some(position) = self.position(slot) else { return };
+        let mut at = slot;
+        while let Some(position) = self.position(at) {
             if position.holders > 0 || position.children > 0 {
                 return;
             }
             let (parent, content) = (position.parent, position.content);
-            self.by_path.remove(&(parent, content));
-            if let Some(free) = self.positions.get_mut(slot) {
+            self.by_path.remove(&PathKey { parent, content });
+            if let Some(free) = self.positions.get_mut(at as usize) {
                 *free = None;
             }
-            self.free.push(slot);
-            if let Some(parent) = parent.and_then(|p| self.position_mut(p)) {
+            self.free.push(at);
+            if let Some(parent) = self.position_mut(parent) {
                 parent.children = parent.children.saturating_sub(1);
             }
             at = parent;
