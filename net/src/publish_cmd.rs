@@ -91,6 +91,8 @@ pub fn run(args: &PublishArgs) -> Result<(), PublishError> {
     if !(args.rate >= 0.0 && args.rate.is_finite()) {
         return Err(error("--rate must be a finite number >= 0"));
     }
+    // Best effort (see `huge_pages`): without it, only the publisher's tail latency suffers.
+    let _ = kvroute_net::huge_pages::disable_transparent_huge_pages();
     let workers: Vec<WorkerId> = args.workers.ids().take(4097).collect();
     if workers.is_empty() || workers.len() * args.dp_size as usize > kvroute_core::index::MAX_RANKS {
         return Err(error(format!("--workers x --dp-size must be 1..={} ranks", kvroute_core::index::MAX_RANKS)));

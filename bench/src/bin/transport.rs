@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p kvroute-bench --bin transport -- [--workers 8 --dp-size 2]
 //!     [--block-size 16] [--batch-delays-us 1000,0] [--loads 10,50,90] [--phase-seconds 3]
+//!     [--reference-rate BLOCK_EVENTS_PER_SEC]
 //! ```
 //!
 //! Method. The shipped trace runs through the core engine-cache simulator (`Fleet`,
@@ -22,6 +23,11 @@
 //!    publish time) goes through the same path. Latency = from just before `publish` to the
 //!    moment the router's index `apply` for the probe returned (from then on any lookup sees
 //!    it), measured in the sink.
+//!
+//! With `--reference-rate R` the throughput run is skipped and the loads are percentages
+//! of `R` (for comparing builds at the same offered rates). Like `kvroute serve` and
+//! `kvroute publish`, the bench turns transparent huge pages off for itself
+//! (`kvroute_net::huge_pages`).
 //!
 //! Both runs are repeated for each `--batch-delays-us` (the publisher's `BatchConfig::
 //! max_delay`; 0 is the default configuration, which writes a batch as soon as the queue is
@@ -88,6 +94,10 @@ struct Args {
     /// Interval between latency probes, microseconds.
     #[arg(long, default_value_t = 500)]
     probe_interval_us: u64,
+    /// Skip the throughput run and take this as the 100% block-event rate of the latency
+    /// runs (block events/s), so that runs at fixed loads compare across builds.
+    #[arg(long, value_name = "BLOCK_EVENTS_PER_SEC")]
+    reference_rate: Option<f64>,
     /// Diagnostic: the router takes the events but does not apply them to its index (to
     /// see the transport's own cost).
     #[arg(long)]
@@ -96,6 +106,8 @@ struct Args {
 
 fn main() -> Result<(), String> {
     let args = Args::parse();
+    // As `kvroute serve` and `kvroute publish` do (see `kvroute_net::huge_pages`).
+    kvroute_net::huge_pages::disable_transparent_huge_pages().map_err(|e| format!("turning huge pages off: {e}"))?;
     let trace = args
         .trace
         .clone()
@@ -120,7 +132,13 @@ fn main() -> Result<(), String> {
         let mut source = EventSource::new(&args, &requests);
         let bench = Bench::start(&args, certs.path(), &publisher_files, Duration::from_micros(delay_us))?;
         println!("\n== publisher batch max_delay {delay_us} us ==");
-        let rate = bench.throughput(&args, &mut source)?;
+        let rate = match args.reference_rate {
+            Some(rate) => {
+                println!("reference rate (--reference-rate): {:.2} M block events/s", rate / 1e6);
+                rate
+            }
+            None => bench.throughput(&args, &mut source)?,
+        };
         for &load in &args.loads {
             let target = rate * f64::from(load) / 100.0;
             bench.latency(&args, &mut source, load, target)?;

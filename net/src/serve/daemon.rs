@@ -31,6 +31,11 @@ pub fn run(args: &ServeArgs) -> Result<(), ServeError> {
         return Ok(());
     }
     init_logging(&config.log)?;
+    match crate::huge_pages::disable_transparent_huge_pages() {
+        Ok(true) => tracing::debug!("transparent huge pages off for this process"),
+        Ok(false) => {}
+        Err(error) => tracing::warn!(%error, "could not turn transparent huge pages off; expect write stalls"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -26,11 +26,24 @@ pub struct QuicTuning {
     /// A connection with nothing received for this long is closed (a crashed peer, a cut
     /// network). Must exceed `keep_alive`.
     pub idle_timeout: Duration,
+    /// Receive buffer the router asks the kernel for on its UDP socket, bytes (0: the
+    /// system default). Publishers burst: a delta of a long prompt is hundreds of
+    /// datagrams, and a datagram the kernel drops for want of buffer while the router is
+    /// applying costs a QUIC loss recovery (milliseconds) on that connection. Linux caps
+    /// the request at `net.core.rmem_max` (the router logs what it got).
+    pub udp_receive_buffer: usize,
 }
+
+/// Default [`QuicTuning::udp_receive_buffer`]: 8 MiB, about 80 ms of deltas at 100 MB/s.
+pub const DEFAULT_UDP_RECEIVE_BUFFER: usize = 8 << 20;
 
 impl Default for QuicTuning {
     fn default() -> Self {
-        QuicTuning { keep_alive: Duration::from_secs(1), idle_timeout: Duration::from_secs(10) }
+        QuicTuning {
+            keep_alive: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(10),
+            udp_receive_buffer: DEFAULT_UDP_RECEIVE_BUFFER,
+        }
     }
 }
 

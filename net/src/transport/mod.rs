@@ -68,7 +68,7 @@ pub mod publisher;
 mod quic;
 pub mod sink;
 
-pub use config::{Backoff, QuicTuning, TlsMode};
+pub use config::{Backoff, QuicTuning, TlsMode, DEFAULT_UDP_RECEIVE_BUFFER};
 pub use error::{PublishError, StreamError, TransportError};
 pub use ingest::{IngestConfig, IngestHandle, IngestServer, RankCursorState};
 pub use metrics::{IngestMetrics, IngestMetricsSnapshot};

@@ -62,7 +62,39 @@ pub(crate) fn server_endpoint(
         .max_incoming(ROUTER_MAX_INCOMING)
         .incoming_buffer_size(ROUTER_INCOMING_BUFFER)
         .incoming_buffer_size_total(ROUTER_INCOMING_BUFFER_TOTAL);
-    quinn::Endpoint::server(config, listen).map_err(|error| TransportError::Bind { addr: listen, error })
+    let bind = |error| TransportError::Bind { addr: listen, error };
+    let socket = std::net::UdpSocket::bind(listen).map_err(bind)?;
+    if tuning.udp_receive_buffer > 0 {
+        request_receive_buffer(&socket, tuning.udp_receive_buffer);
+    }
+    let runtime = quinn::default_runtime().ok_or_else(|| bind(std::io::Error::other("no tokio runtime")))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime).map_err(bind)
+}
+
+/// Asks for a `bytes` receive buffer on `socket` and logs what the kernel granted; a
+/// refusal only costs burst tolerance, so it is logged, never fatal.
+fn request_receive_buffer(socket: &std::net::UdpSocket, bytes: usize) {
+    let state = match quinn::udp::UdpSocketState::new(socket.into()) {
+        Ok(state) => state,
+        Err(error) => {
+            tracing::warn!(%error, "cannot inspect the UDP socket; keeping its receive buffer");
+            return;
+        }
+    };
+    if let Err(error) = state.set_recv_buffer_size(socket.into(), bytes) {
+        tracing::warn!(%error, bytes, "the kernel refused the UDP receive buffer size");
+    }
+    match state.recv_buffer_size(socket.into()) {
+        // Linux reports twice what it grants (bookkeeping included) and caps the request
+        // at net.core.rmem_max.
+        Ok(granted) if granted < bytes => tracing::warn!(
+            requested = bytes,
+            granted,
+            "UDP receive buffer smaller than requested (raise net.core.rmem_max); bursts may be dropped and recovered"
+        ),
+        Ok(granted) => tracing::debug!(requested = bytes, granted, "UDP receive buffer"),
+        Err(error) => tracing::debug!(%error, "cannot read the UDP receive buffer size"),
+    }
 }
 
 /// A publisher's client configuration for the router at `addr`, accepting up to

@@ -76,7 +76,7 @@ impl Certs {
 
 /// Timers short enough for tests.
 pub fn fast_quic() -> QuicTuning {
-    QuicTuning { keep_alive: Duration::from_millis(500), idle_timeout: Duration::from_secs(5) }
+    QuicTuning { keep_alive: Duration::from_millis(500), idle_timeout: Duration::from_secs(5), ..QuicTuning::default() }
 }
 
 pub fn ingest_config(tls: TlsMode) -> IngestConfig {
