@@ -3,31 +3,24 @@
 //! (`http_token_file`). The API is driven in process with `tower::ServiceExt::oneshot`
 //! and, for the daemon, over a socket; the connection cap with real publishers.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use axum::http::{Method, Request, StatusCode};
-use clap::Parser;
-use kvroute_core::event::{KvEventData, StoredBlock};
-use kvroute_core::hashing::{BlockHasher, HashScheme};
-use kvroute_core::route::{RouterConfig, StorageTier};
-use kvroute_core::{EngineHash, RankKey};
+use kvroute_core::route::RouterConfig;
+use kvroute_core::RankKey;
 use kvroute_net::serve::config::ConfigError;
-use kvroute_net::serve::{http, ApiLimits, AppState, BearerToken, ServeArgs, ServeConfig, ServeOptions, TlsMode};
+use kvroute_net::serve::{http, BearerToken, ServeArgs, ServeConfig, TlsMode};
 use kvroute_net::transport::{IngestConfig, IngestServer, Publisher, PublisherConfig, PublisherHandle, RouterTarget};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-const BLOCK_SIZE: u32 = 16;
-const TOKEN: &str = "s3cret-Token_42";
+mod support;
+use support::*;
 
-fn state() -> AppState {
-    let config = RouterConfig { block_size: BLOCK_SIZE, room_seed: 1000, ..RouterConfig::default() };
-    AppState::with_router_config(config, ApiLimits::default()).expect("router config")
-}
+const TOKEN: &str = "s3cret-Token_42";
 
 fn token() -> BearerToken {
     BearerToken::new(TOKEN).expect("token")
@@ -151,22 +144,6 @@ async fn without_a_token_the_api_is_open_as_before() {
 
 // ---- configuration ----
 
-#[derive(Parser)]
-struct ServeCli {
-    #[command(flatten)]
-    args: ServeArgs,
-}
-
-fn parse_flags(flags: &[&str]) -> ServeArgs {
-    ServeCli::try_parse_from(std::iter::once("serve").chain(flags.iter().copied())).expect("flags parse").args
-}
-
-fn temp_file(text: &str) -> tempfile::NamedTempFile {
-    let mut file = tempfile::NamedTempFile::new().expect("temp file");
-    file.write_all(text.as_bytes()).expect("write");
-    file
-}
-
 fn invalid_field(flags: &[&str]) -> (String, String) {
     match ServeConfig::load(&parse_flags(flags)) {
         Err(ConfigError::Invalid { field, reason }) => (field, reason),
@@ -233,71 +210,11 @@ fn an_unreadable_token_file_stops_the_binary() {
 
 // ---- the daemon ----
 
-/// A raw HTTP/1.1 exchange over a socket: status code and body.
-async fn http_over_socket(addr: SocketAddr, method: &str, path: &str, auth: Option<&str>) -> (u16, String) {
-    let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
-    let request =
-        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
-    tokio::task::spawn_blocking(move || {
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        stream.write_all(request.as_bytes()).expect("write");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("read");
-        let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status line");
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-        (status, body)
-    })
-    .await
-    .expect("client thread")
-}
-
+/// A JSON POST over a socket that must answer 200: the body as JSON.
 async fn post_json(addr: SocketAddr, path: &str, body: &Value) -> Value {
-    let body = body.to_string();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let text = tokio::task::spawn_blocking(move || {
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        stream.write_all(request.as_bytes()).expect("write");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("read");
-        response
-    })
-    .await
-    .expect("client thread");
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
-    serde_json::from_str(body).expect("JSON body")
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("udp bind").port()
-}
-
-type DaemonTask = tokio::task::JoinHandle<Result<(), kvroute_net::serve::ServeError>>;
-
-async fn start_daemon(toml: &str) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, DaemonTask) {
-    let config = ServeConfig::resolve(ServeOptions::from_toml(toml).expect("options")).expect("config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(kvroute_net::serve::serve_on(config, listener, async move {
-        let _ = stopped.await;
-    }));
-    (addr, stop, daemon)
-}
-
-async fn stop_daemon(stop: tokio::sync::oneshot::Sender<()>, daemon: DaemonTask) {
-    stop.send(()).expect("daemon running");
-    tokio::time::timeout(Duration::from_secs(20), daemon)
-        .await
-        .expect("shuts down in time")
-        .expect("daemon task")
-        .expect("clean shutdown");
+    let (status, text) = http_over_socket(addr, "POST", path, None, Some(&body.to_string())).await;
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str(&text).expect("JSON body")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,31 +226,18 @@ async fn daemon_requires_the_token_from_its_file() {
         free_udp_port()
     );
     let (addr, stop, daemon) = start_daemon(&toml).await;
-    assert_eq!(http_over_socket(addr, "GET", "/healthz", None).await, (200, "ok".to_owned()));
-    let (status, body) = http_over_socket(addr, "GET", "/v1/workers", None).await;
+    assert_eq!(http_over_socket(addr, "GET", "/healthz", None, None).await, (200, "ok".to_owned()));
+    let (status, body) = http_over_socket(addr, "GET", "/v1/workers", None, None).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(serde_json::from_str::<Value>(&body).expect("JSON error")["kind"], "unauthorized");
-    assert_eq!(http_over_socket(addr, "GET", "/v1/workers", Some("Bearer wrong")).await.0, 401);
-    let (status, body) = http_over_socket(addr, "GET", "/v1/workers", Some(&format!("Bearer {TOKEN}"))).await;
+    assert_eq!(http_over_socket(addr, "GET", "/v1/workers", Some("Bearer wrong"), None).await.0, 401);
+    let (status, body) = http_over_socket(addr, "GET", "/v1/workers", Some(&format!("Bearer {TOKEN}")), None).await;
     assert_eq!(status, 200, "{body}");
-    let (status, metrics) = http_over_socket(addr, "GET", "/metrics", Some(&format!("Bearer {TOKEN}"))).await;
+    let (status, metrics) = http_over_socket(addr, "GET", "/metrics", Some(&format!("Bearer {TOKEN}")), None).await;
     assert_eq!(status, 200);
     assert_eq!(sample(&metrics, r#"kvroute_http_unauthorized_total{reason="missing"}"#), 1.0);
     assert_eq!(sample(&metrics, r#"kvroute_http_unauthorized_total{reason="wrong_token"}"#), 1.0);
-    stop_daemon(stop, daemon).await;
-}
-
-fn prompt(seed: u32, len: u32) -> Vec<u32> {
-    (0..len).map(|i| seed.wrapping_mul(1_000_003).wrapping_add(i)).collect()
-}
-
-/// Publishes `tokens` as stored blocks of `rank` (engine hashes from `first_engine_hash`).
-fn publish_prompt(publisher: &PublisherHandle, rank: RankKey, tokens: &[u32], first_engine_hash: u64) {
-    let hasher = BlockHasher::with_scheme(BLOCK_SIZE as usize, HashScheme::Kv64).expect("hasher");
-    let blocks = (hasher.hash_blocks(tokens).into_iter().enumerate())
-        .map(|(i, content_hash)| StoredBlock { engine_hash: EngineHash(first_engine_hash + i as u64), content_hash })
-        .collect();
-    publisher.publish(rank, StorageTier::Device, KvEventData::Stored { parent: None, blocks }).expect("publish");
+    stop_daemon(stop, daemon, Duration::from_secs(20)).await;
 }
 
 /// Routes `tokens` (dry) until `rank` holds `want` blocks of it, or 20 s pass.
@@ -354,7 +258,7 @@ async fn wait_for_overlap(addr: SocketAddr, tokens: &[u32], rank: RankKey, want:
 async fn wait_for_metric(addr: SocketAddr, series: &str, ok: impl Fn(f64) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (status, metrics) = http_over_socket(addr, "GET", "/metrics", None).await;
+        let (status, metrics) = http_over_socket(addr, "GET", "/metrics", None, None).await;
         assert_eq!(status, 200);
         if ok(sample(&metrics, series)) {
             return metrics;
@@ -422,7 +326,7 @@ async fn publisher_connections_beyond_the_cap_are_refused_until_one_ends() {
     assert_eq!(second.metrics().connects, 1);
 
     second.shutdown().await;
-    stop_daemon(stop, daemon).await;
+    stop_daemon(stop, daemon, Duration::from_secs(20)).await;
 }
 
 #[tokio::test]

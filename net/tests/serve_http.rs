@@ -2,36 +2,22 @@
 //! `tower::ServiceExt::oneshot` (no socket), one test serves it on an ephemeral port and
 //! shuts it down, and the config tests parse files and flags as the binary does.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use clap::Parser;
-use kvroute_core::event::{KvEventData, StoredBlock};
 use kvroute_core::hashing::{BlockHasher, HashScheme};
-use kvroute_core::route::{RouterConfig, StorageTier};
-use kvroute_core::{EngineHash, RankKey};
+use kvroute_core::RankKey;
 use kvroute_net::serve::config::ConfigError;
-use kvroute_net::serve::{
-    http, ApiLimits, AppState, MetricKind, MetricSample, ServeArgs, ServeConfig, ServeOptions, TlsMode,
-};
+use kvroute_net::serve::{http, ApiLimits, MetricKind, MetricSample, ServeArgs, ServeConfig, ServeOptions, TlsMode};
 use kvroute_net::transport::{Publisher, PublisherConfig, RouterTarget};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-const BLOCK_SIZE: u32 = 16;
-
-fn state_with(limits: ApiLimits) -> AppState {
-    let config = RouterConfig { block_size: BLOCK_SIZE, room_seed: 1000, ..RouterConfig::default() };
-    AppState::with_router_config(config, limits).expect("router config")
-}
-
-fn state() -> AppState {
-    state_with(ApiLimits::default())
-}
+mod support;
+use support::*;
 
 /// One request through the app: status and body text.
 async fn call(app: &axum::Router, method: Method, path: &str, body: Option<&str>) -> (StatusCode, String) {
@@ -69,10 +55,6 @@ async fn register(app: &axum::Router, body: Value) {
     assert_eq!(status, StatusCode::CREATED, "register {body}: {listing}");
     assert_eq!(listing["worker_id"], body["worker_id"]);
     assert_eq!(listing["mode"], "approximate");
-}
-
-fn prompt(seed: u32, len: u32) -> Vec<u32> {
-    (0..len).map(|i| seed.wrapping_mul(1_000_003).wrapping_add(i)).collect()
 }
 
 #[tokio::test]
@@ -415,48 +397,6 @@ async fn healthz_is_ok_until_shutdown() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
-/// A raw HTTP/1.1 exchange over a socket (`Connection: close`): status code and body.
-async fn http_over_socket(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    let body = body.unwrap_or("").to_owned();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    tokio::task::spawn_blocking(move || {
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        stream.write_all(request.as_bytes()).expect("write");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("read");
-        let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status line");
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-        (status, body)
-    })
-    .await
-    .expect("client thread")
-}
-
-/// A UDP port free a moment ago, for the ingest.
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("udp bind").port()
-}
-
-/// Starts the daemon on an ephemeral HTTP port: its address, the stop sender and the task.
-async fn start_daemon(
-    toml: &str,
-) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), kvroute_net::serve::ServeError>>)
-{
-    let config = ServeConfig::resolve(ServeOptions::from_toml(toml).expect("options")).expect("config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(kvroute_net::serve::serve_on(config, listener, async move {
-        let _ = stopped.await;
-    }));
-    (addr, stop, daemon)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_serves_on_a_socket_and_shuts_down_gracefully() {
     let toml = format!(
@@ -475,21 +415,19 @@ async fn daemon_serves_on_a_socket_and_shuts_down_gracefully() {
     );
     let (addr, stop, daemon) = start_daemon(&toml).await;
 
-    assert_eq!(http_over_socket(addr, "GET", "/healthz", None).await, (200, "ok".to_owned()));
+    assert_eq!(http_over_socket(addr, "GET", "/healthz", None, None).await, (200, "ok".to_owned()));
     let body = r#"{"tokens": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]}"#;
-    let (status, text) = http_over_socket(addr, "POST", "/v1/route", Some(body)).await;
+    let (status, text) = http_over_socket(addr, "POST", "/v1/route", None, Some(body)).await;
     assert_eq!(status, 200, "{text}");
     let decision: Value = serde_json::from_str(&text).expect("decision JSON");
     assert_eq!(decision["worker_id"], 7, "a configured worker is registered at start");
-    let (status, metrics) = http_over_socket(addr, "GET", "/metrics", None).await;
+    let (status, metrics) = http_over_socket(addr, "GET", "/metrics", None, None).await;
     assert_eq!(status, 200);
     let samples = parse_exposition(&metrics);
     assert_eq!(find(&samples, "kvroute_ingest_connections_open", &[]), 0.0, "the ingest's counters are exposed");
     find(&samples, "kvroute_ingest_events_applied_total", &[]);
 
-    stop.send(()).expect("daemon running");
-    let result = tokio::time::timeout(Duration::from_secs(10), daemon).await.expect("shuts down in time");
-    result.expect("daemon task").expect("clean shutdown");
+    stop_daemon(stop, daemon, Duration::from_secs(10)).await;
     assert!(TcpStream::connect(addr).is_err(), "the listener is closed after shutdown");
 }
 
@@ -518,17 +456,13 @@ async fn daemon_routes_by_kv_events_from_a_publisher() {
     ))
     .expect("publisher");
     let tokens = prompt(11, 64);
-    let hasher = BlockHasher::with_scheme(BLOCK_SIZE as usize, HashScheme::Kv64).expect("hasher");
-    let blocks = (hasher.hash_blocks(&tokens).into_iter().enumerate())
-        .map(|(i, content_hash)| StoredBlock { engine_hash: EngineHash(i as u64 + 1), content_hash })
-        .collect();
-    publisher.publish(rank, StorageTier::Device, KvEventData::Stored { parent: None, blocks }).expect("publish");
+    publish_prompt(&publisher, rank, &tokens, 1);
 
     // The event travels publisher -> QUIC -> index; then rank 1 holds the whole prompt.
     let body = json!({"tokens": tokens, "dry_run": true}).to_string();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let decision = loop {
-        let (status, text) = http_over_socket(addr, "POST", "/v1/route", Some(&body)).await;
+        let (status, text) = http_over_socket(addr, "POST", "/v1/route", None, Some(&body)).await;
         assert_eq!(status, 200, "{text}");
         let decision: Value = serde_json::from_str(&text).expect("decision JSON");
         if decision["overlap_blocks"] == 4 || std::time::Instant::now() > deadline {
@@ -537,10 +471,10 @@ async fn daemon_routes_by_kv_events_from_a_publisher() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!((&decision["dp_rank"], &decision["overlap_blocks"]), (&json!(1), &json!(4)), "{decision}");
-    let (_, workers) = http_over_socket(addr, "GET", "/v1/workers", None).await;
+    let (_, workers) = http_over_socket(addr, "GET", "/v1/workers", None, None).await;
     let workers: Value = serde_json::from_str(&workers).expect("workers JSON");
     assert_eq!(workers["workers"][0]["mode"], "exact", "the first event switches the worker to exact mode");
-    let (_, metrics) = http_over_socket(addr, "GET", "/metrics", None).await;
+    let (_, metrics) = http_over_socket(addr, "GET", "/metrics", None, None).await;
     let samples = parse_exposition(&metrics);
     // Published before the router subscribed, the block arrives in the rank's dump (or, if
     // the subscription won the race, as a live event).
@@ -553,9 +487,7 @@ async fn daemon_routes_by_kv_events_from_a_publisher() {
     assert_eq!(find(&samples, "kvroute_workers", &[("mode", "exact")]), 1.0);
 
     publisher.shutdown().await;
-    stop.send(()).expect("daemon running");
-    let result = tokio::time::timeout(Duration::from_secs(10), daemon).await.expect("shuts down in time");
-    result.expect("daemon task").expect("clean shutdown");
+    stop_daemon(stop, daemon, Duration::from_secs(10)).await;
 }
 
 /// Routes `tokens` (dry) until the overlap is `want` or 20 s pass; returns the decision.
@@ -563,7 +495,7 @@ async fn route_until_overlap(addr: SocketAddr, tokens: &[u32], want: u64) -> Val
     let body = json!({"tokens": tokens, "dry_run": true}).to_string();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let (status, text) = http_over_socket(addr, "POST", "/v1/route", Some(&body)).await;
+        let (status, text) = http_over_socket(addr, "POST", "/v1/route", None, Some(&body)).await;
         assert_eq!(status, 200, "{text}");
         let decision: Value = serde_json::from_str(&text).expect("decision JSON");
         if decision["overlap_blocks"] == want || std::time::Instant::now() > deadline {
@@ -602,31 +534,21 @@ async fn daemon_restarts_from_its_snapshot() {
     ))
     .expect("publisher");
     let tokens = prompt(5, 96);
-    let hasher = BlockHasher::with_scheme(BLOCK_SIZE as usize, HashScheme::Kv64).expect("hasher");
-    let blocks = (hasher.hash_blocks(&tokens).into_iter().enumerate())
-        .map(|(i, content_hash)| StoredBlock { engine_hash: EngineHash(i as u64 + 1), content_hash })
-        .collect();
-    publisher.publish(rank, StorageTier::Device, KvEventData::Stored { parent: None, blocks }).expect("publish");
+    publish_prompt(&publisher, rank, &tokens, 1);
     let decision = route_until_overlap(addr, &tokens, 6).await;
     assert_eq!((&decision["dp_rank"], &decision["overlap_blocks"]), (&json!(1), &json!(6)), "{decision}");
     publisher.shutdown().await;
-    stop.send(()).expect("daemon running");
-    tokio::time::timeout(Duration::from_secs(20), daemon)
-        .await
-        .expect("shuts down in time")
-        .expect("daemon task")
-        .expect("clean shutdown");
+    stop_daemon(stop, daemon, Duration::from_secs(20)).await;
     assert!(snapshot.exists(), "the final snapshot is written at shutdown");
 
     // A new daemon with no publisher: the index comes back from the file alone.
     let (addr, stop, daemon) = start_daemon(&toml).await;
     let decision = route_until_overlap(addr, &tokens, 6).await;
     assert_eq!((&decision["dp_rank"], &decision["overlap_blocks"]), (&json!(1), &json!(6)), "{decision}");
-    let (_, workers) = http_over_socket(addr, "GET", "/v1/workers", None).await;
+    let (_, workers) = http_over_socket(addr, "GET", "/v1/workers", None, None).await;
     let workers: Value = serde_json::from_str(&workers).expect("workers JSON");
     assert_eq!(workers["workers"][0]["mode"], "exact", "the worker's mode is restored too");
-    stop.send(()).expect("daemon running");
-    tokio::time::timeout(Duration::from_secs(20), daemon).await.expect("shuts down").expect("task").expect("clean");
+    stop_daemon(stop, daemon, Duration::from_secs(20)).await;
 
     // A corrupt file is ignored with a warning: the daemon starts empty.
     let mut bytes = std::fs::read(&snapshot).expect("read snapshot");
@@ -635,32 +557,14 @@ async fn daemon_restarts_from_its_snapshot() {
     std::fs::write(&snapshot, &bytes).expect("corrupt snapshot");
     let (addr, stop, daemon) = start_daemon(&toml).await;
     let body = json!({"tokens": tokens, "dry_run": true}).to_string();
-    let (status, text) = http_over_socket(addr, "POST", "/v1/route", Some(&body)).await;
+    let (status, text) = http_over_socket(addr, "POST", "/v1/route", None, Some(&body)).await;
     assert_eq!(status, 200, "{text}");
     let decision: Value = serde_json::from_str(&text).expect("decision JSON");
     assert_eq!(decision["overlap_blocks"], 0, "a corrupt snapshot must not be trusted: {decision}");
-    stop.send(()).expect("daemon running");
-    tokio::time::timeout(Duration::from_secs(20), daemon).await.expect("shuts down").expect("task").expect("clean");
+    stop_daemon(stop, daemon, Duration::from_secs(20)).await;
 }
 
 // ---- configuration ----
-
-/// `kvroute serve`'s arguments, parsed as the binary parses them.
-#[derive(Parser)]
-struct ServeCli {
-    #[command(flatten)]
-    args: ServeArgs,
-}
-
-fn parse_flags(flags: &[&str]) -> ServeArgs {
-    ServeCli::try_parse_from(std::iter::once("serve").chain(flags.iter().copied())).expect("flags parse").args
-}
-
-fn write_config(text: &str) -> tempfile::NamedTempFile {
-    let mut file = tempfile::NamedTempFile::new().expect("temp file");
-    file.write_all(text.as_bytes()).expect("write config");
-    file
-}
 
 #[test]
 fn config_round_trips_through_toml() {
@@ -717,13 +621,13 @@ fn unknown_config_keys_are_errors() {
         ("[[workers]]\nworker_id = 1\ndp_size = 1\nrank = 0\n", "rank"),
         ("[routr]\n", "routr"),
     ] {
-        let file = write_config(text);
+        let file = temp_file(text);
         let args = ServeArgs { config: Some(file.path().to_owned()), ..ServeArgs::default() };
         let error = ServeConfig::load(&args).expect_err("unknown key");
         assert!(matches!(error, ConfigError::Parse { .. }), "{error:?}");
         assert!(error.to_string().contains(key), "error should name `{key}`: {error}");
     }
-    let file = write_config("shutdown_grace = \"soon\"\n");
+    let file = temp_file("shutdown_grace = \"soon\"\n");
     let args = ServeArgs { config: Some(file.path().to_owned()), ..ServeArgs::default() };
     let error = ServeConfig::load(&args).expect_err("bad duration").to_string();
     assert!(error.contains("shutdown_grace") && error.contains("soon"), "{error}");
@@ -731,7 +635,7 @@ fn unknown_config_keys_are_errors() {
 
 #[test]
 fn flags_override_the_file() {
-    let file = write_config(
+    let file = temp_file(
         r#"
         http_listen = "127.0.0.1:9001"
         ingest_listen = "127.0.0.1:9002"
@@ -791,7 +695,7 @@ fn invalid_settings_name_their_field() {
     assert_eq!(field, "workers[0] (worker_id 1)");
     assert!(reason.contains("bootstrap"), "{reason}");
     // Two flags with one id: the last wins. Two file entries with one id: an error.
-    let file = write_config("[[workers]]\nworker_id = 1\ndp_size = 2\n[[workers]]\nworker_id = 1\ndp_size = 3\n");
+    let file = temp_file("[[workers]]\nworker_id = 1\ndp_size = 2\n[[workers]]\nworker_id = 1\ndp_size = 3\n");
     let path = file.path().to_str().expect("utf-8 path");
     let (field, reason) = invalid(&["--insecure-loopback", "--config", path]);
     assert_eq!(field, "workers[1] (worker_id 1)");
@@ -800,7 +704,7 @@ fn invalid_settings_name_their_field() {
 
 #[test]
 fn bad_configuration_exits_with_code_2() {
-    let file = write_config("[router]\nblok_size = 16\n");
+    let file = temp_file("[router]\nblok_size = 16\n");
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_kvroute"))
         .args(["serve", "--config"])
         .arg(file.path())

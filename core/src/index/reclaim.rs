@@ -230,6 +230,7 @@ mod scheme {
 mod scheme {
     use std::cell::RefCell;
 
+    use std::collections::VecDeque;
     use std::sync::Mutex;
 
     use super::graveyard::{Grave, Graveyard, Taken};
@@ -294,7 +295,7 @@ mod scheme {
         // every batch still pending into the graveyard, which is dropped (freed) after.
         collector: seize::Collector,
         graveyard: Box<Graveyard<Garbage>>,
-        backlog: Mutex<Vec<Taken<Garbage>>>,
+        backlog: Mutex<VecDeque<Taken<Garbage>>>,
     }
 
     /// A pinned section. A writer's guard also gathers what it retires and hands it to
@@ -303,7 +304,7 @@ mod scheme {
     pub(crate) struct Guard<'a> {
         inner: seize::LocalGuard<'a>,
         graveyard: &'a Graveyard<Garbage>,
-        backlog: &'a Mutex<Vec<Taken<Garbage>>>,
+        backlog: &'a Mutex<VecDeque<Taken<Garbage>>>,
         retired: RefCell<Vec<Retired>>,
     }
 
@@ -331,7 +332,7 @@ mod scheme {
             Domain {
                 collector: seize::Collector::new().batch_size(BATCH),
                 graveyard: Box::default(),
-                backlog: Mutex::new(Vec::new()),
+                backlog: Mutex::new(VecDeque::new()),
             }
         }
     }
@@ -387,14 +388,14 @@ mod scheme {
             let mut backlog = lock(self.backlog);
             let taken = self.graveyard.take_all();
             if !taken.is_empty() {
-                backlog.push(taken);
+                backlog.push_back(taken);
             }
             let mut budget = GRAVES_PER_WRITE;
             while budget > 0 {
-                let Some(oldest) = backlog.first_mut() else { break };
+                let Some(oldest) = backlog.front_mut() else { break };
                 budget -= oldest.drop_some(budget);
                 if oldest.is_empty() {
-                    backlog.remove(0);
+                    backlog.pop_front();
                 }
             }
         }

@@ -415,12 +415,15 @@ impl WriterState {
             };
             self.counters.blocks_removed += 1;
             let Some((node, offset)) = self.resolve(loc) else { continue };
-            if let Entry::Occupied(mut extra) = self.copies.entry((rank, node, offset)) {
-                *extra.get_mut() -= 1;
-                if *extra.get() == 0 {
-                    extra.remove();
+            // Copies are rare: skip hashing the key when there are none at all.
+            if !self.copies.is_empty() {
+                if let Entry::Occupied(mut extra) = self.copies.entry((rank, node, offset)) {
+                    *extra.get_mut() -= 1;
+                    if *extra.get() == 0 {
+                        extra.remove();
+                    }
+                    continue;
                 }
-                continue;
             }
             targets.push(Loc { node, offset });
         }

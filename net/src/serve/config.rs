@@ -4,9 +4,10 @@
 //!
 //! Resolution reads the file, layers the flags over it, fills defaults, then checks every
 //! value: ranges, TLS mode (insecure mode only on a loopback ingest address), that the TLS
-//! files exist, the HTTP bearer token (read here, once, from `http_token_file`), that the log filter parses, and that the `[[workers]]` register cleanly (on
-//! a scratch router, so a duplicate id or a prefill worker without a bootstrap host is a
-//! config error, not a start-up failure later).
+//! files exist, the HTTP bearer token (read here, once, from `http_token_file`), that the
+//! log filter parses, and that the `[[workers]]` register cleanly (on a scratch router, so
+//! a duplicate id or a prefill worker without a bootstrap host is a config error, not a
+//! start-up failure later).
 
 use std::collections::hash_map::RandomState;
 use std::fmt;
@@ -31,8 +32,6 @@ const ROOM_SEED_LIMIT: u64 = 1 << 62;
 const MIN_FRAME_LEN: u32 = 1024;
 /// Smallest accepted `max_body_bytes`.
 const MIN_BODY_BYTES: u64 = 1024;
-// The daemon's default cap is the ingest's.
-const _: () = assert!(DEFAULT_MAX_PUBLISHER_CONNECTIONS as usize == crate::transport::ingest::DEFAULT_MAX_CONNECTIONS);
 
 /// A configuration that cannot be used; `kvroute serve` exits with code 2 on it.
 #[derive(Debug)]

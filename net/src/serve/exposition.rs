@@ -2,9 +2,10 @@
 //!
 //! Each family is a `# HELP` and a `# TYPE` line, then samples `name{label="value"} value`.
 //! Families: routing calls by endpoint and outcome, decision latency histograms, request
-//! lifecycle calls, requests refused for their bearer token, active requests, workers by mode, per-rank load gauges, the index's
-//! event counters per storage tier, the shutting-down flag, and the ingest's counters
-//! when a source is plugged in ([`super::metrics::IngestCounterSource`]).
+//! lifecycle calls, requests refused for their bearer token, active requests, workers by
+//! mode, per-rank load gauges, the index's event counters per storage tier, the
+//! shutting-down flag, and the ingest's counters when a source is plugged in
+//! ([`super::metrics::IngestCounterSource`]).
 
 use std::fmt::{Display, Write};
 

@@ -1,7 +1,7 @@
 //! What the daemon counts about itself: [`ServeMetrics`] (routing calls by endpoint and
 //! outcome, decision latency histograms, request lifecycle calls, requests refused for
-//! their bearer token), all lock-free atomic
-//! counters bumped on the request path, plus the [`IngestCounterSource`] seam through which
+//! their bearer token), all lock-free atomic counters bumped on the request path, plus
+//! the [`IngestCounterSource`] seam through which
 //! the QUIC ingest's counters reach `/metrics` without this module depending on the
 //! transport. Rendering them, with the router's own state, is [`super::exposition`]'s job.
 

@@ -24,8 +24,8 @@ pub const DEFAULT_INGEST_LISTEN: &str = "127.0.0.1:4433";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 << 20;
 /// Default prompt length limit: 1 Mi tokens.
 pub const DEFAULT_MAX_PROMPT_TOKENS: u64 = 1 << 20;
-/// Default cap on QUIC publisher connections (the ingest's own default).
-pub const DEFAULT_MAX_PUBLISHER_CONNECTIONS: u32 = 1024;
+/// Default cap on QUIC publisher connections: the ingest's own default.
+pub const DEFAULT_MAX_PUBLISHER_CONNECTIONS: u32 = crate::transport::ingest::DEFAULT_MAX_CONNECTIONS as u32;
 
 /// `kvroute serve`: the routing daemon (HTTP/JSON API, QUIC KV event ingest, metrics).
 #[derive(clap::Args, Clone, Debug, Default)]

@@ -1,6 +1,7 @@
 //! [`AppState`]: what every HTTP handler shares — the [`Router`], the daemon's
 //! [`ServeMetrics`], the API limits, the shutting-down flag that `/healthz` reports, and
-//! optionally the ingest's counters and the bearer token the API requires. Cloning it clones `Arc`s.
+//! optionally the ingest's counters and the bearer token the API requires. Cloning it
+//! clones `Arc`s.
 //!
 //! [`monotonic_clock`] is the router's clock in the daemon (milliseconds since start).
 
