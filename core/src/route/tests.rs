@@ -579,9 +579,15 @@ fn decisions_see_the_old_or_the_new_dump_never_a_mix() {
     let short = stored_from_root(&short_hashes, 2);
     router.replace_rank(StorageTier::Device, rank, std::slice::from_ref(&long)).expect("replace");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Decisions taken while the swaps run: the swaps go on (500 at least) until the
+    // deciders have taken 100 of them, so a slow thread start cannot leave the swaps
+    // unobserved.
+    let during = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let swapping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let deciders: Vec<_> = (0..2)
         .map(|_| {
             let (router, stop, prompt) = (router.clone(), stop.clone(), prompt.clone());
+            let (during, swapping) = (during.clone(), swapping.clone());
             std::thread::spawn(move || {
                 let fixed = RouteOptions { rank: Some(rank), dry_run: true, ..RouteOptions::default() };
                 let mut decisions = 0u64;
@@ -589,14 +595,23 @@ fn decisions_see_the_old_or_the_new_dump_never_a_mix() {
                     let overlap = router.best_worker(Prompt::Blocks(&prompt), &fixed).expect("route").overlap_blocks;
                     assert!(overlap == 64 || overlap == 16, "torn replacement: overlap {overlap}");
                     decisions += 1;
+                    if swapping.load(Ordering::Relaxed) {
+                        during.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 decisions
             })
         })
         .collect();
-    for swap in 0..500 {
+    swapping.store(true, Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    let mut swap = 0;
+    // A decider that stopped early panicked: its join below reports why.
+    while (swap < 500 || during.load(Ordering::Relaxed) < 100) && !deciders.iter().any(|d| d.is_finished()) {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the deciders never ran during the swaps");
         let next = if swap % 2 == 0 { &short } else { &long };
         router.replace_rank(StorageTier::Device, rank, std::slice::from_ref(next)).expect("replace");
+        swap += 1;
     }
     stop.store(true, Ordering::Relaxed);
     let decisions: u64 = deciders.into_iter().map(|d| d.join().expect("a decision saw a torn state")).sum();
