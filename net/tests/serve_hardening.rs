@@ -310,6 +310,11 @@ async fn publisher_connections_beyond_the_cap_are_refused_until_one_ends() {
     assert_eq!(sample(&metrics, "kvroute_ingest_connections_open"), 1.0);
     assert_eq!(sample(&metrics, "kvroute_ingest_connections_total"), 1.0);
     assert_eq!(sample(&metrics, "kvroute_ingest_handshakes_in_flight"), 0.0);
+    // The publisher learns of a refusal a moment after the router counts it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while second.metrics().connect_failures < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(second.metrics().connect_failures >= 2, "{:?}", second.metrics());
     assert_eq!(second.metrics().connects, 0);
 
