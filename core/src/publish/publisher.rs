@@ -139,7 +139,7 @@ impl RankPublisher {
     pub fn dump(&self) -> RankDump {
         let tiers = StorageTier::ALL
             .iter()
-            .filter(|&&tier| self.state(tier).position_count() > 0)
+            .filter(|&&tier| self.state(tier).entry_count() > 0)
             .map(|&tier| TierDump { tier, blocks: self.state(tier).dump() })
             .collect();
         RankDump { as_of_seq: self.ring.last_seq(), tiers }

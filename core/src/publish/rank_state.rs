@@ -2,67 +2,59 @@
 //! them after applying the same events, and its [`dump`](RankState::dump) for subscribers
 //! that cannot resume from the ring.
 //!
-//! It follows the index's rules exactly (see `crate::reference`): a block sits at a
-//! *position*, the path of content hashes from the root; a `Stored` whose parent the rank
-//! does not hold is dropped whole; a stored engine hash the rank already holds stays where
-//! it is and the chain continues from it; two engine hashes may share a position (copies).
+//! Shape: a slab of *entries*, one per stored engine hash, each naming its parent entry and
+//! its content hash, plus one map from held engine hash to entry. An entry's position in the
+//! index is the path of content hashes up its parent links. It follows the index's rules
+//! exactly (see `crate::reference`): a `Stored` whose parent the rank does not hold is
+//! dropped whole; a stored engine hash the rank already holds stays where it is and the
+//! chain continues from it.
 //!
-//! Removing a block whose descendants are still held keeps its position as a *ghost*: the
-//! descendants' place in the tree depends on it. A dump lists every held block, parents
-//! before children, and stands in for each ghost with a placeholder block (a made-up engine
-//! hash, flagged) that the router stores during the dump and removes at its end, so the
-//! replayed state equals this one exactly, holes included.
+//! Removing a block whose entry still has children keeps the entry as a *ghost*: the
+//! children's place in the tree depends on it. Entries are not merged by path: two
+//! engine hashes stored at one path (copies), or a block stored where a ghost sits, get an
+//! entry each, and the router's index merges them into one node when it replays them. So
+//! `publish` costs one map probe per stored or removed block and no lookup by path; the
+//! slab's free list hands the slots of evicted blocks to the next stores, which keeps the
+//! slab's hot part small.
+//!
+//! A dump lists every entry, parents before children, depth first: each held one as its
+//! block, each ghost as a placeholder block (a made-up engine hash, flagged) that the router
+//! stores during the dump and removes at its end, so the replayed state equals this one
+//! exactly, holes included.
 
 use std::collections::hash_map::Entry;
-use std::hash::{Hash, Hasher};
 
 use crate::event::{KvEventData, StoredBlock};
 use crate::ids::{BlockHash, EngineHash};
 use crate::index::prehashed::PrehashedMap;
 use crate::wire::DumpBlock;
 
-/// Slot of a position in [`RankState::positions`]. 32 bits keep a position at 24 bytes
-/// and a map entry at 16: the publisher's `publish` walks these per block, so their
-/// cache footprint is its cost.
-type PositionSlot = u32;
+/// Slot of an entry in [`RankState::entries`]. 32 bits keep a map entry at 16 bytes: the
+/// publisher's `publish` probes the map once per block, so its cache footprint is its cost.
+type Slot = u32;
 
-/// `parent` of a root position.
-const ROOT: PositionSlot = PositionSlot::MAX;
+/// `parent` of a first block.
+const ROOT: Slot = Slot::MAX;
 
 #[derive(Clone, Debug)]
-struct Position {
+struct BlockEntry {
     /// [`ROOT`] for a first block.
-    parent: PositionSlot,
-    /// Engine hashes of the rank at this position (0: a ghost, kept for its children).
-    holders: u32,
-    content: BlockHash,
-    /// Positions directly below this one.
+    parent: Slot,
+    /// Entries whose parent this one is.
     children: u32,
-}
-
-/// A position's identity: its parent and its content hash.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct PathKey {
-    parent: PositionSlot,
     content: BlockHash,
-}
-
-impl Hash for PathKey {
-    /// One word for the map's one-multiply hasher: content hashes are already uniform,
-    /// and the parent slot is spread over the high bits so that siblings differ too.
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.content.0 ^ u64::from(self.parent).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    }
+    /// The engine hash stored here; `None` once removed (a ghost, kept for its children).
+    held: Option<EngineHash>,
 }
 
 /// One rank's blocks in one tier. See the module docs.
 #[derive(Clone, Debug, Default)]
 pub struct RankState {
-    /// Slab of positions; `None` slots are free and listed in `free`.
-    positions: Vec<Option<Position>>,
-    free: Vec<PositionSlot>,
-    by_path: PrehashedMap<PathKey, PositionSlot>,
-    blocks: PrehashedMap<EngineHash, PositionSlot>,
+    /// Slab of entries; `None` slots are free and listed in `free`.
+    entries: Vec<Option<BlockEntry>>,
+    free: Vec<Slot>,
+    /// Held engine hash to its entry (ghosts are not here).
+    blocks: PrehashedMap<EngineHash, Slot>,
 }
 
 impl RankState {
@@ -86,12 +78,12 @@ impl RankState {
     /// Content hash of a held block.
     pub fn content_hash(&self, engine_hash: EngineHash) -> Option<BlockHash> {
         let slot = *self.blocks.get(&engine_hash)?;
-        self.position(slot).map(|p| p.content)
+        self.entry(slot).map(|e| e.content)
     }
 
-    /// Positions kept: held ones and ghosts (removed blocks with held descendants).
-    pub fn position_count(&self) -> usize {
-        self.by_path.len()
+    /// Entries kept: held blocks and ghosts (removed blocks with entries below them).
+    pub fn entry_count(&self) -> usize {
+        self.entries.len() - self.free.len()
     }
 
     /// Applies one event, by the index's rules.
@@ -101,8 +93,8 @@ impl RankState {
             KvEventData::Removed { blocks } => {
                 for hash in blocks {
                     if let Some(slot) = self.blocks.remove(hash) {
-                        if let Some(position) = self.position_mut(slot) {
-                            position.holders = position.holders.saturating_sub(1);
+                        if let Some(entry) = self.entry_mut(slot) {
+                            entry.held = None;
                         }
                         self.prune(slot);
                     }
@@ -114,50 +106,45 @@ impl RankState {
 
     /// Every held block, and a placeholder for every ghost, each after its parent; chains
     /// come out contiguous (depth first), so the router can replay runs of them as single
-    /// `Stored` events. Deterministic: children in content-hash order, copies in
-    /// engine-hash order.
+    /// `Stored` events. Deterministic for a given history: siblings in content-hash order,
+    /// held ones by engine hash before ghosts by slot.
     pub fn dump(&self) -> Vec<DumpBlock> {
-        let mut held_at: Vec<Vec<EngineHash>> = vec![Vec::new(); self.positions.len()];
-        for (&hash, &slot) in &self.blocks {
-            if let Some(list) = held_at.get_mut(slot as usize) {
-                list.push(hash);
-            }
-        }
         let mut roots = Vec::new();
-        let mut children: Vec<Vec<(BlockHash, PositionSlot)>> = vec![Vec::new(); self.positions.len()];
-        for (&PathKey { parent, content }, &slot) in &self.by_path {
-            if parent == ROOT {
-                roots.push((content, slot));
-            } else if let Some(list) = children.get_mut(parent as usize) {
-                list.push((content, slot));
+        let mut children: Vec<Vec<Slot>> = vec![Vec::new(); self.entries.len()];
+        for (slot, entry) in (0..).zip(&self.entries) {
+            let Some(entry) = entry else { continue };
+            if entry.parent == ROOT {
+                roots.push(slot);
+            } else if let Some(list) = children.get_mut(entry.parent as usize) {
+                list.push(slot);
             }
         }
+        // Popped from the end of the stack: sorted last-first.
+        let order = |slot: &Slot| {
+            let entry = self.entry(*slot);
+            std::cmp::Reverse((
+                entry.map(|e| e.content),
+                entry.map(|e| e.held.is_none()),
+                entry.and_then(|e| e.held),
+                *slot,
+            ))
+        };
         let mut placeholders = PlaceholderHashes { next: u64::MAX, held: &self.blocks };
-        let mut out = Vec::with_capacity(self.blocks.len());
-        // Depth first; each entry carries the engine hash its parent position got in the dump.
-        roots.sort_unstable_by_key(|&(content, _)| std::cmp::Reverse(content));
-        let mut stack: Vec<(PositionSlot, Option<EngineHash>)> = roots.into_iter().map(|(_, s)| (s, None)).collect();
+        let mut out = Vec::with_capacity(self.entry_count());
+        // Depth first; each stack item carries the engine hash its parent got in the dump.
+        roots.sort_unstable_by_key(order);
+        let mut stack: Vec<(Slot, Option<EngineHash>)> = roots.into_iter().map(|s| (s, None)).collect();
         while let Some((slot, parent)) = stack.pop() {
-            let Some(position) = self.position(slot) else { continue };
-            let hashes = held_at.get_mut(slot as usize).map(std::mem::take).unwrap_or_default();
-            let stands_for = if hashes.is_empty() {
-                let hash = placeholders.next_hash();
-                let block = StoredBlock { engine_hash: hash, content_hash: position.content };
-                out.push(DumpBlock { parent, block, placeholder: true });
-                hash
-            } else {
-                let mut hashes = hashes;
-                hashes.sort_unstable();
-                for &hash in &hashes {
-                    let block = StoredBlock { engine_hash: hash, content_hash: position.content };
-                    out.push(DumpBlock { parent, block, placeholder: false });
-                }
-                // The last one, so that a child right after it continues the same run.
-                hashes.last().copied().unwrap_or(EngineHash(0))
+            let Some(entry) = self.entry(slot) else { continue };
+            let (engine_hash, placeholder) = match entry.held {
+                Some(hash) => (hash, false),
+                None => (placeholders.next_hash(), true),
             };
+            let block = StoredBlock { engine_hash, content_hash: entry.content };
+            out.push(DumpBlock { parent, block, placeholder });
             if let Some(list) = children.get_mut(slot as usize) {
-                list.sort_unstable_by_key(|&(content, _)| std::cmp::Reverse(content));
-                stack.extend(list.drain(..).map(|(_, child)| (child, Some(stands_for))));
+                list.sort_unstable_by_key(order);
+                stack.extend(list.drain(..).map(|child| (child, Some(engine_hash))));
             }
         }
         out
@@ -173,9 +160,9 @@ impl RankState {
             .map(|(&hash, &slot)| {
                 let mut path = Vec::new();
                 let mut at = slot;
-                while let Some(position) = self.position(at) {
-                    path.push(position.content);
-                    at = position.parent;
+                while let Some(entry) = self.entry(at) {
+                    path.push(entry.content);
+                    at = entry.parent;
                 }
                 path.reverse();
                 (hash, path)
@@ -185,12 +172,12 @@ impl RankState {
         out
     }
 
-    fn position(&self, slot: PositionSlot) -> Option<&Position> {
-        self.positions.get(slot as usize).and_then(Option::as_ref)
+    fn entry(&self, slot: Slot) -> Option<&BlockEntry> {
+        self.entries.get(slot as usize).and_then(Option::as_ref)
     }
 
-    fn position_mut(&mut self, slot: PositionSlot) -> Option<&mut Position> {
-        self.positions.get_mut(slot as usize).and_then(Option::as_mut)
+    fn entry_mut(&mut self, slot: Slot) -> Option<&mut BlockEntry> {
+        self.entries.get_mut(slot as usize).and_then(Option::as_mut)
     }
 
     fn store(&mut self, parent: Option<EngineHash>, blocks: &[StoredBlock]) {
@@ -203,7 +190,7 @@ impl RankState {
         };
         for block in blocks {
             // One probe per block: a held engine hash continues the chain from where it
-            // sits; a new one is placed below `at`.
+            // sits; a new one gets an entry below `at`.
             let vacant = match self.blocks.entry(block.engine_hash) {
                 Entry::Occupied(held) => {
                     at = *held.get();
@@ -211,68 +198,45 @@ impl RankState {
                 }
                 Entry::Vacant(vacant) => vacant,
             };
-            let Some(slot) =
-                Self::position_below(&mut self.positions, &mut self.free, &mut self.by_path, at, block.content_hash)
-            else {
-                // Past 2^32 - 1 positions (about 100 GB of them): the rest is not kept.
-                return;
+            let entry =
+                BlockEntry { parent: at, children: 0, content: block.content_hash, held: Some(block.engine_hash) };
+            let slot = match self.free.pop() {
+                Some(slot) => {
+                    if let Some(free) = self.entries.get_mut(slot as usize) {
+                        *free = Some(entry);
+                    }
+                    slot
+                }
+                None => match Slot::try_from(self.entries.len()).ok().filter(|&s| s != ROOT) {
+                    Some(slot) => {
+                        self.entries.push(Some(entry));
+                        slot
+                    }
+                    // Past 2^32 - 1 entries (about 100 GB of them): the rest is not kept.
+                    None => return,
+                },
             };
             vacant.insert(slot);
-            if let Some(Some(position)) = self.positions.get_mut(slot as usize) {
-                position.holders += 1;
+            if let Some(parent) = self.entry_mut(at) {
+                parent.children += 1;
             }
             at = slot;
         }
     }
 
-    /// The position `content` below `parent` ([`ROOT`] for none), created if new; `None`
-    /// only when the slab is out of slot numbers.
-    fn position_below(
-        positions: &mut Vec<Option<Position>>,
-        free: &mut Vec<PositionSlot>,
-        by_path: &mut PrehashedMap<PathKey, PositionSlot>,
-        parent: PositionSlot,
-        content: BlockHash,
-    ) -> Option<PositionSlot> {
-        let vacant = match by_path.entry(PathKey { parent, content }) {
-            Entry::Occupied(existing) => return Some(*existing.get()),
-            Entry::Vacant(vacant) => vacant,
-        };
-        let position = Position { parent, content, holders: 0, children: 0 };
-        let slot = match free.pop() {
-            Some(slot) => {
-                if let Some(free) = positions.get_mut(slot as usize) {
-                    *free = Some(position);
-                }
-                slot
-            }
-            None => {
-                let slot = PositionSlot::try_from(positions.len()).ok().filter(|&s| s != ROOT)?;
-                positions.push(Some(position));
-                slot
-            }
-        };
-        vacant.insert(slot);
-        if let Some(Some(parent)) = positions.get_mut(parent as usize) {
-            parent.children += 1;
-        }
-        Some(slot)
-    }
-
-    /// Drops `slot` if nothing holds it and nothing hangs below it, then its parent likewise.
-    fn prune(&mut self, slot: PositionSlot) {
+    /// Frees `slot` if it is a ghost with no children, then its parent likewise.
+    fn prune(&mut self, slot: Slot) {
         let mut at = slot;
-        while let Some(position) = self.position(at) {
-            if position.holders > 0 || position.children > 0 {
+        while let Some(entry) = self.entry(at) {
+            if entry.held.is_some() || entry.children > 0 {
                 return;
             }
-            let (parent, content) = (position.parent, position.content);
-            self.by_path.remove(&PathKey { parent, content });
-            if let Some(free) = self.positions.get_mut(at as usize) {
+            let parent = entry.parent;
+            if let Some(free) = self.entries.get_mut(at as usize) {
                 *free = None;
             }
             self.free.push(at);
-            if let Some(parent) = self.position_mut(parent) {
+            if let Some(parent) = self.entry_mut(parent) {
                 parent.children = parent.children.saturating_sub(1);
             }
             at = parent;
@@ -284,7 +248,7 @@ impl RankState {
 /// holds (at most `held.len()` skips in all).
 struct PlaceholderHashes<'a> {
     next: u64,
-    held: &'a PrehashedMap<EngineHash, PositionSlot>,
+    held: &'a PrehashedMap<EngineHash, Slot>,
 }
 
 impl PlaceholderHashes<'_> {

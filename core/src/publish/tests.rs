@@ -107,7 +107,7 @@ proptest! {
             replayed.apply(event);
         }
         prop_assert_eq!(replayed.paths(), state.paths());
-        prop_assert_eq!(replayed.position_count(), state.position_count());
+        prop_assert_eq!(replayed.entry_count(), state.entry_count());
         prop_assert_eq!(replayed.dump(), dump);
 
         // The index's own model agrees: the original events and the replay answer every
@@ -252,7 +252,7 @@ fn a_hole_is_dumped_as_a_placeholder_and_removed_after() {
     state.apply(&KvEventData::Stored { parent: None, blocks: vec![block(1, 10), block(2, 20), block(3, 30)] });
     state.apply(&KvEventData::Removed { blocks: vec![EngineHash(2)] });
     assert_eq!(state.len(), 2);
-    assert_eq!(state.position_count(), 3);
+    assert_eq!(state.entry_count(), 3);
     let dump = state.dump();
     let placeholder = EngineHash(u64::MAX);
     assert_eq!(
@@ -284,7 +284,7 @@ fn a_hole_is_dumped_as_a_placeholder_and_removed_after() {
     );
     // Removing c as well lets the ghost go.
     state.apply(&KvEventData::Removed { blocks: vec![EngineHash(3)] });
-    assert_eq!(state.position_count(), 1);
+    assert_eq!(state.entry_count(), 1);
 }
 
 #[test]
@@ -312,7 +312,7 @@ fn a_store_under_an_unknown_parent_is_dropped_and_so_are_its_later_runs() {
     let removed = KvEventData::Removed { blocks: (1..=5).map(EngineHash).collect() };
     assert_eq!(publisher.publish_in(StorageTier::Device, removed), 7);
     assert!(publisher.state(StorageTier::Device).is_empty());
-    assert_eq!(publisher.state(StorageTier::Device).position_count(), 0);
+    assert_eq!(publisher.state(StorageTier::Device).entry_count(), 0);
 }
 
 #[test]
