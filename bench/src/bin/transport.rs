@@ -102,6 +102,10 @@ struct Args {
     /// see the transport's own cost).
     #[arg(long)]
     no_index: bool,
+    /// Diagnostic: write every probe of the latency runs to FILE, one line each:
+    /// load percent, publish time and latency (nanoseconds), to see when the tail happens.
+    #[arg(long, value_name = "FILE")]
+    probe_log: Option<PathBuf>,
 }
 
 fn main() -> Result<(), String> {
@@ -194,6 +198,8 @@ struct ProbeSink {
     no_index: bool,
     epoch: Instant,
     latencies: Mutex<Histogram<u64>>,
+    /// `(publish time, latency)` of every probe, with `--probe-log`.
+    probe_log: Option<Mutex<Vec<(u64, u64)>>>,
 }
 
 impl ProbeSink {
@@ -216,6 +222,9 @@ impl IngestSink for ProbeSink {
             let now = self.epoch.elapsed().as_nanos() as u64;
             let mut latencies = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
             let _ = latencies.record(now.saturating_sub(published).max(1));
+            if let Some(log) = &self.probe_log {
+                log.lock().unwrap_or_else(|e| e.into_inner()).push((published, now.saturating_sub(published)));
+            }
         }
     }
 
@@ -267,7 +276,9 @@ impl Bench {
                 .map_err(|e| e.to_string())?;
         }
         let histogram = Histogram::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| e.to_string())?;
-        let sink = Arc::new(ProbeSink { router, no_index: args.no_index, epoch, latencies: Mutex::new(histogram) });
+        let probe_log = args.probe_log.as_ref().map(|_| Mutex::new(Vec::new()));
+        let sink =
+            Arc::new(ProbeSink { router, no_index: args.no_index, epoch, latencies: Mutex::new(histogram), probe_log });
         let ingest = {
             let _guard = router_runtime.enter();
             let tls = TlsMode::Mutual(TlsFiles::in_dir(certs, "router"));
@@ -360,6 +371,9 @@ impl Bench {
     fn latency(&self, args: &Args, source: &mut EventSource<'_>, load: u32, rate: f64) -> Result<(), String> {
         let events = source.take((rate * args.phase_seconds) as u64);
         self.sink.latencies.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        if let Some(log) = &self.sink.probe_log {
+            log.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
         let probe_interval = Duration::from_micros(args.probe_interval_us.max(1));
         let start = Instant::now();
         let mut next_probe = start;
@@ -397,6 +411,16 @@ impl Bench {
             us(0.999),
             latencies.max() as f64 / 1000.0,
         );
+        if let (Some(path), Some(log)) = (&args.probe_log, &self.sink.probe_log) {
+            let probes = std::mem::take(&mut *log.lock().unwrap_or_else(|e| e.into_inner()));
+            let lines: String = probes.iter().map(|(at, latency)| format!("{load} {at} {latency}\n")).collect();
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            std::io::Write::write_all(&mut file, lines.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
         Ok(())
     }
 
