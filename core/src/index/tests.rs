@@ -299,3 +299,28 @@ fn rank_limit_is_an_error() {
     // Re-registering an existing rank is idempotent.
     assert_eq!(index.register_rank(RankKey::new(5, 0)), Ok(RankId(5)));
 }
+
+#[test]
+fn a_removal_in_any_order_cuts_each_stretch_once() {
+    // Two ranks hold one 8-block node; the second evicts blocks 2..8 in two touching
+    // pieces, out of order. One cut must result (nodes 0..2 held by both, 2..8 by the
+    // first), as if the blocks had come in chain order.
+    let (a, b) = (RankKey::new(1, 0), RankKey::new(2, 0));
+    let chain = |base: u64| -> Vec<StoredBlock> {
+        (0..8).map(|i| StoredBlock { engine_hash: EngineHash(base + i), content_hash: BlockHash(i) }).collect()
+    };
+    for order in [[5u64, 6, 7, 2, 3, 4], [4, 3, 2, 7, 6, 5], [2, 7, 3, 6, 4, 5]] {
+        let index = KvIndex::new();
+        for (rank, base) in [(a, 100), (b, 200)] {
+            index.register_rank(rank).unwrap();
+            let data = KvEventData::Stored { parent: None, blocks: chain(base) };
+            index.apply(&KvEvent { rank, event_id: 1, data });
+        }
+        assert_eq!(index.stats().nodes, 1);
+        let removed = order.iter().map(|&i| EngineHash(200 + i)).collect();
+        index.apply(&KvEvent { rank: b, event_id: 2, data: KvEventData::Removed { blocks: removed } });
+        assert_eq!(index.stats().nodes, 2, "order {order:?}");
+        let request: Vec<BlockHash> = (0..8).map(BlockHash).collect();
+        assert_eq!(index.find_matches(&request).sorted(), vec![(a, 8), (b, 2)], "order {order:?}");
+    }
+}

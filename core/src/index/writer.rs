@@ -45,6 +45,14 @@ pub(crate) struct Loc {
     offset: u32,
 }
 
+/// Positions `lo..=hi` of `node`.
+#[derive(Clone, Copy, Debug)]
+struct PositionRun {
+    node: NodePtr,
+    lo: u32,
+    hi: u32,
+}
+
 pub(crate) struct RankState {
     pub(crate) key: RankKey,
     pub(crate) entries: PrehashedMap<EngineHash, Loc>,
@@ -61,8 +69,10 @@ pub(crate) struct WriterState {
     copies: PrehashedMap<(u32, NodePtr, u32), u32>,
     pub(crate) counters: EventCounters,
     pub(crate) nodes: usize,
-    /// Reused per event: positions matched by a store, or positions a removal drops.
+    /// Reused per event: positions matched by a store.
     scratch: Vec<Loc>,
+    /// Reused per event: the stretches of positions a removal drops.
+    runs: Vec<PositionRun>,
     /// Rank ids replaced by a promoted staged rank: no longer live in the published
     /// table, but lookups that loaded the previous table may still walk their bits, so
     /// they are released only once the flag (set by a retired marker's drop, i.e. after
@@ -102,6 +112,7 @@ impl WriterState {
             counters: EventCounters::default(),
             nodes: 0,
             scratch: Vec::new(),
+            runs: Vec::new(),
             retiring: Vec::new(),
         }
     }
@@ -406,8 +417,8 @@ impl WriterState {
     }
 
     fn remove(&mut self, guard: &Guard, rank: u32, entries: &mut PrehashedMap<EngineHash, Loc>, blocks: &[EngineHash]) {
-        let mut targets = std::mem::take(&mut self.scratch);
-        targets.clear();
+        let mut runs = std::mem::take(&mut self.runs);
+        runs.clear();
         for hash in blocks {
             let Some(loc) = entries.remove(hash) else {
                 self.counters.unknown_remove += 1;
@@ -425,23 +436,31 @@ impl WriterState {
                     continue;
                 }
             }
-            targets.push(Loc { node, offset });
-        }
-        // One cut per stretch of consecutive positions in a node (an evicted chain is
-        // usually one stretch), highest offsets first so the node keeps its lower part.
-        targets.sort_unstable_by_key(|t| (t.node.0 as usize, std::cmp::Reverse(t.offset)));
-        let mut i = 0;
-        while i < targets.len() {
-            let Loc { node, offset: hi } = targets[i];
-            let mut lo = hi;
-            while i + 1 < targets.len() && targets[i + 1].node == node && targets[i + 1].offset + 1 == lo {
-                i += 1;
-                lo -= 1;
+            // An evicted chain comes in chain order, one way or the other: it grows one run.
+            match runs.last_mut() {
+                Some(run) if run.node == node && offset + 1 == run.lo => run.lo = offset,
+                Some(run) if run.node == node && offset == run.hi + 1 => run.hi = offset,
+                _ => runs.push(PositionRun { node, lo: offset, hi: offset }),
             }
+        }
+        // One cut per maximal stretch of consecutive positions in a node (runs of a node
+        // that touch are joined), highest offsets first so the node keeps its lower part
+        // and the runs still to come keep their offsets. Sorting runs, not blocks: an
+        // eviction is usually one run.
+        if runs.len() > 1 {
+            runs.sort_unstable_by_key(|r| (r.node.0 as usize, std::cmp::Reverse(r.hi)));
+        }
+        let mut i = 0;
+        while i < runs.len() {
+            let PositionRun { node, mut lo, hi } = runs[i];
             i += 1;
+            while i < runs.len() && runs[i].node == node && runs[i].hi + 1 == lo {
+                lo = runs[i].lo;
+                i += 1;
+            }
             self.drop_positions(guard, rank, node, lo, hi - lo + 1);
         }
-        self.scratch = targets;
+        self.runs = runs;
     }
 
     /// `rank` stops holding positions `offset..offset + count` of `node`.
