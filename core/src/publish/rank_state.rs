@@ -121,13 +121,8 @@ impl RankState {
         }
         // Popped from the end of the stack: sorted last-first.
         let order = |slot: &Slot| {
-            let entry = self.entry(*slot);
-            std::cmp::Reverse((
-                entry.map(|e| e.content),
-                entry.map(|e| e.held.is_none()),
-                entry.and_then(|e| e.held),
-                *slot,
-            ))
+            let key = self.entry(*slot).map(|e| (e.content, e.held.is_none(), e.held));
+            std::cmp::Reverse((key, *slot))
         };
         let mut placeholders = PlaceholderHashes { next: u64::MAX, held: &self.blocks };
         let mut out = Vec::with_capacity(self.entry_count());
