@@ -54,12 +54,8 @@ pub(crate) fn common_prefix(run: &[BlockHash], request: &[BlockHash]) -> usize {
 
 #[inline(always)]
 fn child_of(guard: &Guard, shape: &Shape, key: BlockHash) -> Option<*mut Node> {
-    let table = guard.load(&shape.children);
-    if table.is_null() {
-        return None;
-    }
     // SAFETY: the table was loaded under `guard`, so it is not freed before the guard is.
-    unsafe { &*(table as *const ChildTable) }.get(key.0)
+    unsafe { ChildTable::from_packed(guard.load(&shape.children)) }?.get(key.0)
 }
 
 /// Where a walk writes its scores: `(RankKey, overlap)` pairs for callers, or overlaps

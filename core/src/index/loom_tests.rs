@@ -44,7 +44,7 @@ use loom::sync::atomic::AtomicPtr;
 use loom::sync::Arc;
 use loom::thread;
 
-use super::child_table::{home, ChildTable};
+use super::child_table::{home, ChildTable, OwnedTable};
 use super::lookup::{common_prefix, ScoreSink};
 use super::node::{empty_holders, Node, Shape};
 use super::rank_table::RankTable;
@@ -221,7 +221,7 @@ fn child_table_pairs_each_child_with_its_key() {
     let ka = 1;
     let kb = (2..).find(|&k| home(k, shift) == home(ka, shift)).unwrap();
     check(None, move || {
-        let table = Arc::new(*ChildTable::with_capacity(SLOTS));
+        let table = Arc::new(ChildTable::with_capacity(SLOTS));
         let witnesses = Arc::new(Witnesses::new());
         let leaves = [(Ptr::leaf(ka), ka), (Ptr::leaf(ka), ka), (Ptr::leaf(kb), kb)];
         let [(a, _), (a2, _), (b, _)] = leaves;
@@ -327,10 +327,8 @@ impl<T> Drop for Guarded<T> {
 /// # Safety
 /// The table and its children are owned by the caller and freed once.
 unsafe fn free_children(shape: &Shape) {
-    let table = shape.children.load(Ordering::Relaxed);
-    if !table.is_null() {
-        // SAFETY: per the contract.
-        let table = unsafe { Box::from_raw(table) };
+    // SAFETY: per the contract.
+    if let Some(table) = unsafe { OwnedTable::from_packed(shape.children.load(Ordering::Relaxed)) } {
         // SAFETY: per the contract; the leaves have no children of their own.
         table.children().for_each(|(_, child)| unsafe { Ptr(child).free() });
     }
@@ -365,7 +363,7 @@ fn split_publishes_shape_table_and_tail() {
                 let tail = Box::into_raw(Node::new(run, 1, tail_shape, ptr::null_mut()));
                 let table = ChildTable::with_capacity(2);
                 table.insert(h1.0, tail);
-                node_shape.publish(*Shape::new(1, Box::into_raw(table), head_holders))
+                node_shape.publish(*Shape::new(1, table.into_packed(), head_holders))
             })
         };
         let request = [h0, h1];
@@ -381,10 +379,10 @@ fn split_publishes_shape_table_and_tail() {
                     }
                     assert_eq!(m, shape.len as usize, "the head run diverged from the request");
                     // `child_of`: the table pointer (std memory here, inside the shape's cell).
-                    let table = shape.children.load(Ordering::Acquire);
-                    assert!(!table.is_null(), "a split head shape without its child table");
                     // SAFETY: freed only after the threads are joined.
-                    let tail = unsafe { &*table }.get(request[m].0).expect("the tail is missing from the new table");
+                    let table = unsafe { ChildTable::from_packed(shape.children.load(Ordering::Acquire)) };
+                    let table = table.expect("a split head shape without its child table");
+                    let tail = table.get(request[m].0).expect("the tail is missing from the new table");
                     // SAFETY: as above; the tail's shape is never replaced in this model.
                     let (tail, tail_shape) = unsafe { (&*tail, &*(*tail).shape.load(Ordering::Acquire)) };
                     assert!(tail_shape.holds(0), "the tail lost its holder");
@@ -414,20 +412,20 @@ fn insert_child_publishes_new_and_rebuilt_tables() {
     check(None, || {
         let (k1, k2) = (21, 22);
         let (c1, c2) = (Ptr::leaf(k1), Ptr::leaf(k2));
-        let children = Arc::new(Guarded::<ChildTable>::new(None));
+        let children = Arc::new(Guarded::<OwnedTable>::new(None));
         let writer = {
             let children = children.clone();
             thread::spawn(move || {
                 let first = ChildTable::with_capacity(2);
                 first.insert(k1, c1.get());
-                assert!(children.publish(*first).is_none());
+                assert!(children.publish(first).is_none());
                 let rebuilt = children.read(|current| {
                     let current = current.unwrap();
                     assert!(current.needs_rebuild(), "the model means to exercise the rebuild arm");
                     current.rebuilt()
                 });
                 rebuilt.insert(k2, c2.get());
-                children.publish(*rebuilt)
+                children.publish(rebuilt)
             })
         };
         let lookup = {

@@ -44,7 +44,7 @@ mod writer;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use child_table::ChildTable;
+use child_table::{ChildTable, OwnedTable};
 use node::{empty_holders, Node, Shape};
 pub use rank_table::MAX_RANKS;
 use rank_table::{IdReturn, RankTable};
@@ -406,9 +406,8 @@ impl KvIndex {
         while let Some(node) = stack.pop() {
             // SAFETY: under the writer lock nothing is unlinked or freed concurrently.
             let shape = unsafe { &*(*node).shape.load(Ordering::Relaxed) };
-            let table = shape.children.load(Ordering::Relaxed);
             // SAFETY: as above.
-            let table = (!table.is_null()).then(|| unsafe { &*table });
+            let table = unsafe { ChildTable::from_packed(shape.children.load(Ordering::Relaxed)) };
             if node != self.root.0 {
                 stats.nodes += 1;
                 let holders = shape.holder_count() as usize;
@@ -450,9 +449,7 @@ impl Drop for KvIndex {
             unsafe {
                 let node = Box::from_raw(node);
                 let shape = Box::from_raw(node.shape.load(Ordering::Relaxed));
-                let table = shape.children.load(Ordering::Relaxed);
-                if !table.is_null() {
-                    let table: Box<ChildTable> = Box::from_raw(table);
+                if let Some(table) = OwnedTable::from_packed(shape.children.load(Ordering::Relaxed)) {
                     stack.extend(table.children().map(|(_, c)| c));
                 }
             }

@@ -27,20 +27,20 @@
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::child_table::ChildTable;
+use super::child_table::PackedTable;
 use crate::ids::BlockHash;
 
 pub(crate) struct Shape {
     /// Positions this node spans (>= 1 except for the root).
     pub(crate) len: u32,
-    /// Null when the node has no children table yet.
-    pub(crate) children: AtomicPtr<ChildTable>,
+    /// The children table's packed pointer (`child_table`); null when the node has none.
+    pub(crate) children: AtomicPtr<PackedTable>,
     /// Bit `r` set iff rank id `r` holds every position of this node.
     pub(crate) holders: Box<[AtomicU64]>,
 }
 
 impl Shape {
-    pub(crate) fn new(len: u32, children: *mut ChildTable, holders: Box<[AtomicU64]>) -> Box<Shape> {
+    pub(crate) fn new(len: u32, children: *mut PackedTable, holders: Box<[AtomicU64]>) -> Box<Shape> {
         Box::new(Shape { len, children: AtomicPtr::new(children), holders })
     }
 

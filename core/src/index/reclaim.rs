@@ -21,8 +21,10 @@
 //! is the default.
 //!
 //! Nothing else in the index names either crate, so switching scheme is a feature flag.
-//! The index retires only `Box`-allocated values; dropping the box runs the value's
-//! `Drop`, which is how a recycled rank id is handed back after a grace period.
+//! The index retires `Box`-allocated values (dropping the box runs the value's `Drop`,
+//! which is how a recycled rank id is handed back after a grace period) and child tables,
+//! which are one allocation of a header and slots freed by their own function
+//! (`retire_with`).
 
 use std::sync::atomic::{AtomicPtr, Ordering};
 
@@ -218,6 +220,20 @@ mod scheme {
             }
         }
 
+        /// Calls `free(ptr)` once no pinned reader can see `ptr`: for values not boxed
+        /// as one `T` (the child tables' packed pointers).
+        ///
+        /// # Safety
+        /// `free(ptr)` is sound once, after the grace period; `ptr` is unreachable from
+        /// shared memory for readers that pin after this call and retired exactly once.
+        pub(crate) unsafe fn retire_with(&self, ptr: *mut (), free: unsafe fn(*mut ())) {
+            let addr = ptr as usize;
+            // SAFETY: per the contract; the closure runs after the grace period.
+            unsafe {
+                self.inner.defer_unchecked(move || free(addr as *mut ()));
+            }
+        }
+
         /// Pushes this thread's deferred garbage towards collection (used by tests and
         /// memory reports; never needed for correctness).
         pub(crate) fn flush(&self) {
@@ -360,6 +376,12 @@ mod scheme {
         /// As for the crossbeam scheme: a leaked box, unlinked, retired once.
         pub(crate) unsafe fn retire<T>(&self, ptr: *mut T) {
             self.retired.borrow_mut().push(Retired { ptr: ptr.cast(), drop: drop_box::<T> });
+        }
+
+        /// # Safety
+        /// As for the crossbeam scheme: `free(ptr)` sound once, after the grace period.
+        pub(crate) unsafe fn retire_with(&self, ptr: *mut (), free: unsafe fn(*mut ())) {
+            self.retired.borrow_mut().push(Retired { ptr, drop: free });
         }
 
         /// Hands what this guard retired so far to seize as one value.

@@ -22,7 +22,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::child_table::ChildTable;
+use super::child_table::{ChildTable, OwnedTable};
 use super::node::{empty_holders, Node, Shape};
 use super::prehashed::PrehashedMap;
 use super::reclaim::Guard;
@@ -94,10 +94,19 @@ fn node_ref<'a>(node: NodePtr) -> &'a Node {
 }
 
 fn table<'a>(shape: &Shape) -> Option<&'a ChildTable> {
-    let table = shape.children.load(Ordering::Relaxed);
     // SAFETY: a non-null table pointer in a live shape is a live table (tables are
     // retired only after being unlinked from the node's current shape).
-    (!table.is_null()).then(|| unsafe { &*table })
+    unsafe { ChildTable::from_packed(shape.children.load(Ordering::Relaxed)) }
+}
+
+/// Retires a table that was just unlinked from its node's current shape.
+///
+/// # Safety
+/// `packed` is a live table's packed pointer, no longer reachable for readers that pin
+/// from now on, retired once.
+unsafe fn retire_table(guard: &Guard, packed: *mut super::child_table::PackedTable) {
+    // SAFETY: per the contract; `free_packed` frees exactly such a pointer.
+    unsafe { guard.retire_with(packed.cast(), OwnedTable::free_packed) };
 }
 
 impl WriterState {
@@ -161,7 +170,7 @@ impl WriterState {
         }
         let head_table = ChildTable::with_capacity(2);
         head_table.insert(n.hash_at(at).0, tail.0);
-        let head_shape = Shape::new(at, Box::into_raw(head_table), old.copy_holders(self.words));
+        let head_shape = Shape::new(at, head_table.into_packed(), old.copy_holders(self.words));
         // Release (in swap_shape): a reader that loads the new shape sees the new table,
         // the tail node and its shape fully initialised.
         self.swap_shape(guard, node, head_shape);
@@ -216,16 +225,16 @@ impl WriterState {
                 let t = ChildTable::with_capacity(2);
                 t.insert(key, child.0);
                 // Release: publishes the table and the child.
-                s.children.store(Box::into_raw(t), Ordering::Release);
+                s.children.store(t.into_packed(), Ordering::Release);
             }
             Some(t) if t.needs_rebuild() => {
                 let rebuilt = t.rebuilt();
                 rebuilt.insert(key, child.0);
                 // Release: publishes the rebuilt table and the child.
-                s.children.store(Box::into_raw(rebuilt), Ordering::Release);
+                s.children.store(rebuilt.into_packed(), Ordering::Release);
                 // SAFETY: the old table is unlinked from the current shape. Older shapes
                 // retired earlier may still name it, but only pinned readers hold those.
-                unsafe { guard.retire(current) };
+                unsafe { retire_table(guard, current) };
             }
             Some(t) => t.insert(key, child.0),
         }
@@ -247,7 +256,7 @@ impl WriterState {
                 if t.live() == 0 {
                     let old = ps.children.swap(std::ptr::null_mut(), Ordering::Release);
                     // SAFETY: unlinked from the parent's current shape; retired once.
-                    unsafe { guard.retire(old) };
+                    unsafe { retire_table(guard, old) };
                 }
             }
             n.dead.store(true, Ordering::Relaxed);
@@ -256,7 +265,7 @@ impl WriterState {
             // readers that pin from here on; each is retired exactly once.
             unsafe {
                 if !own_table.is_null() {
-                    guard.retire(own_table);
+                    retire_table(guard, own_table);
                 }
                 guard.retire(n.shape.load(Ordering::Relaxed));
                 guard.retire(node.0);
