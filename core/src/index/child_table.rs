@@ -1,5 +1,6 @@
 //! A node's children: an open-addressing table from a child's first content hash to the
-//! child, read without locks and written only under the index's writer lock.
+//! child's current shape (`node::Shape`), read without locks and written only under the
+//! index's writer lock.
 //!
 //! Layout: one allocation, aligned to a cache line: a 16-byte header (writer-only counts)
 //! followed by a power-of-two array of 16-byte slots `(key, child)`, so a two-slot table
@@ -37,11 +38,11 @@ use loom::sync::atomic::{AtomicPtr, AtomicU64};
 #[cfg(not(loom))]
 use std::sync::atomic::{AtomicPtr, AtomicU64};
 
-use super::node::Node;
+use super::node::Shape;
 
 /// Marks a slot whose child was removed.
 /// (A dangling, aligned address: never the address of a live allocation.)
-const TOMBSTONE: *mut Node = std::ptr::dangling_mut();
+const TOMBSTONE: *mut Shape = std::ptr::dangling_mut();
 
 /// Alignment of a table's allocation; its low bits carry the size in a packed pointer.
 const TABLE_ALIGN: usize = 64;
@@ -50,7 +51,7 @@ const SIZE_BITS: usize = TABLE_ALIGN - 1;
 #[repr(C)]
 struct Slot {
     key: AtomicU64,
-    child: AtomicPtr<Node>,
+    child: AtomicPtr<Shape>,
 }
 
 /// The pointee type of a packed table pointer (see the module docs). Never dereferenced
@@ -206,10 +207,10 @@ impl ChildTable {
         64 - self.slots.len().trailing_zeros()
     }
 
-    /// The child whose first content hash is `key`, if any. Lock-free; the caller is
-    /// pinned so a returned child is not freed while it uses it.
+    /// The shape of the child whose first content hash is `key`, if any. Lock-free; the
+    /// caller is pinned so a returned shape is not freed while it uses it.
     #[inline]
-    pub(crate) fn get(&self, key: u64) -> Option<*mut Node> {
+    pub(crate) fn get(&self, key: u64) -> Option<*mut Shape> {
         let mask = self.mask();
         let mut i = home(key, self.shift());
         for _ in 0..self.slots.len() {
@@ -239,7 +240,7 @@ impl ChildTable {
 
     /// Inserts `child` under `key` (absent). Writer only. The table must have room
     /// (`!needs_rebuild()`).
-    pub(crate) fn insert(&self, key: u64, child: *mut Node) {
+    pub(crate) fn insert(&self, key: u64, child: *mut Shape) {
         debug_assert!(!self.needs_rebuild());
         let mask = self.mask();
         let mut i = home(key, self.shift());
@@ -267,6 +268,28 @@ impl ChildTable {
         }
     }
 
+    /// Points the live entry under `key` at `child` (the child's new shape). Writer only.
+    /// Returns false if there is no such entry.
+    pub(crate) fn replace(&self, key: u64, child: *mut Shape) -> bool {
+        let mask = self.mask();
+        let mut i = home(key, self.shift());
+        for _ in 0..self.slots.len() {
+            let slot = &self.slots[i];
+            let current = slot.child.load(Ordering::Relaxed);
+            if current.is_null() {
+                return false;
+            }
+            if current != TOMBSTONE && slot.key.load(Ordering::Relaxed) == key {
+                // Release: publishes the new shape's contents (and everything it points to)
+                // to readers that load this slot with `Acquire` in `get`.
+                slot.child.store(child, Ordering::Release);
+                return true;
+            }
+            i = (i + 1) & mask;
+        }
+        false
+    }
+
     /// Removes the child under `key`, leaving a tombstone. Writer only.
     pub(crate) fn remove(&self, key: u64) -> bool {
         let mask = self.mask();
@@ -288,7 +311,7 @@ impl ChildTable {
     }
 
     /// Live children. Writer only (or with a pinned guard, for a racy snapshot).
-    pub(crate) fn children(&self) -> impl Iterator<Item = (u64, *mut Node)> + '_ {
+    pub(crate) fn children(&self) -> impl Iterator<Item = (u64, *mut Shape)> + '_ {
         self.slots.iter().filter_map(|slot| {
             let child = slot.child.load(Ordering::Acquire);
             (!child.is_null() && child != TOMBSTONE).then(|| (slot.key.load(Ordering::Relaxed), child))
@@ -317,7 +340,7 @@ mod tests {
         for &capacity in sizes {
             let table = ChildTable::with_capacity(capacity);
             for key in 0..(capacity as u64 / 2) {
-                table.insert(key * 7 + 1, std::ptr::without_provenance_mut::<Node>(key as usize * 16 + 16));
+                table.insert(key * 7 + 1, std::ptr::without_provenance_mut::<Shape>(key as usize * 16 + 16));
             }
             let (address, slots) = (std::ptr::addr_of!(*table).cast::<u8>(), table.slots.len());
             let packed = table.into_packed();
@@ -329,7 +352,7 @@ mod tests {
             for key in 0..(capacity as u64 / 2) {
                 assert_eq!(
                     view.get(key * 7 + 1),
-                    Some(std::ptr::without_provenance_mut::<Node>(key as usize * 16 + 16))
+                    Some(std::ptr::without_provenance_mut::<Shape>(key as usize * 16 + 16))
                 );
             }
             assert_eq!(view.get(3), None);

@@ -1,6 +1,10 @@
 //! The read path: `find_matches` walks the tree from the root along the request's
 //! content hashes without taking a lock, waiting for a writer, or writing shared memory.
 //!
+//! Per level the walk touches a child table slot and the child's shape (the table points
+//! at shapes, see `node`): two dependent cache misses, plus the run's hashes and holder
+//! words, whose addresses are known together once the shape is in.
+//!
 //! The walk keeps `alive`, the set of ranks that hold every position matched so far, as
 //! a bitset on the stack. Entering a node, the ranks not among its holders drop out and
 //! score the number of blocks matched before the node; the node's run is then compared
@@ -53,7 +57,7 @@ pub(crate) fn common_prefix(run: &[BlockHash], request: &[BlockHash]) -> usize {
 }
 
 #[inline(always)]
-fn child_of(guard: &Guard, shape: &Shape, key: BlockHash) -> Option<*mut Node> {
+fn child_of(guard: &Guard, shape: &Shape, key: BlockHash) -> Option<*mut Shape> {
     // SAFETY: the table was loaded under `guard`, so it is not freed before the guard is.
     unsafe { ChildTable::from_packed(guard.load(&shape.children)) }?.get(key.0)
 }
@@ -129,15 +133,15 @@ pub(crate) fn find_matches_into<S: ScoreSink>(
     let words = ranks.words.min(MAX_WORDS);
     let mut alive = [0u64; MAX_WORDS];
     alive[..words].copy_from_slice(&ranks.live[..words]);
-    // SAFETY (all derefs below): nodes and shapes are loaded through `guard` or from
-    // tables loaded through it; the reclamation scheme keeps them alive until it drops.
+    // SAFETY (all derefs below): the root's shape is loaded through `guard`, every other
+    // shape from a slot of a table loaded through a shape loaded so; the reclamation scheme
+    // keeps them (and the nodes whose runs they point into) alive until the guard drops.
     let root_shape = unsafe { &*guard.load(&root.shape) };
     let mut next = child_of(guard, root_shape, first);
     let mut matched = 0usize;
     let mut reserved = false;
-    while let Some(node) = next {
-        let node = unsafe { &*node };
-        let shape = unsafe { &*guard.load(&node.shape) };
+    while let Some(shape) = next {
+        let shape = unsafe { &*shape };
         if !reserved {
             // Only ranks holding the first node can score: one reservation, no regrowth.
             // Relaxed: a capacity hint; a bit set since then only costs a regrowth.
@@ -160,7 +164,7 @@ pub(crate) fn find_matches_into<S: ScoreSink>(
         if any == 0 {
             return;
         }
-        let run = node.hashes(shape.len);
+        let run = shape.hashes();
         let m = common_prefix(run, &request[matched..]);
         matched += m;
         if m < run.len() || matched == request.len() {

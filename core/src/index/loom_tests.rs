@@ -15,7 +15,7 @@
 //! [`insert_child_publishes_new_and_rebuilt_tables`], [`rank_table_snapshot_is_whole`]) are
 //! minimal models of the pointer ([`Guarded`], standing for the writer's `Release`
 //! store/swap and the reader's `Acquire` `Guard::load`), while the values they publish are
-//! built and read by the real code (`Shape::new`, `Node::new`, `ChildTable`, `RankTable::new`,
+//! built and read by the real code (`Shape::reshaped`, `Node::new`, `ChildTable`, `RankTable::new`,
 //! the lookup's `common_prefix` and `ScoreSink::emit`).
 //!
 //! Loom checks plain memory only through its own `UnsafeCell`, so the models keep each
@@ -149,7 +149,7 @@ fn graveyard_pushes_and_emptiers_race() {
 // ---------------------------------------------------------------------------------------
 // 2. Child-table slots: real code.
 
-/// A node pointer to hand to a model thread.
+/// A node pointer to hand to a model thread (a leaf: one position, no children).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Ptr(*mut Node);
 
@@ -160,12 +160,14 @@ unsafe impl Send for Ptr {}
 impl Ptr {
     /// A one-position node holding `hash` (run `[hash]`, no holders, no children).
     fn leaf(hash: u64) -> Ptr {
-        let shape = Shape::new(1, ptr::null_mut(), empty_holders(1));
-        Ptr(Box::into_raw(Node::new(std::sync::Arc::from(vec![BlockHash(hash)]), 0, shape, ptr::null_mut())))
+        let run = std::sync::Arc::from(vec![BlockHash(hash)]);
+        Ptr(Node::new(run, 0, 1, ptr::null_mut(), empty_holders(1), ptr::null_mut()))
     }
 
-    fn get(self) -> *mut Node {
-        self.0
+    /// The node's shape: what a child table holds.
+    fn get(self) -> *mut Shape {
+        // SAFETY: the node is alive until `free`; its shape is set by `Node::new`.
+        unsafe { (*self.0).shape.load(Ordering::Relaxed) }
     }
 
     /// # Safety
@@ -241,7 +243,7 @@ fn child_table_pairs_each_child_with_its_key() {
         let reader = {
             let (table, witnesses) = (table.clone(), witnesses.clone());
             thread::spawn(move || {
-                let index = |child: *mut Node| leaves.iter().position(|(leaf, _)| leaf.get() == child);
+                let index = |child: *mut Shape| leaves.iter().position(|(leaf, _)| leaf.get() == child);
                 let got_b = table.get(kb);
                 assert!(got_b.is_none() || got_b == Some(b.get()), "get(kb) returned {got_b:?}");
                 let got_a = table.get(ka);
@@ -330,7 +332,7 @@ unsafe fn free_children(shape: &Shape) {
     // SAFETY: per the contract.
     if let Some(table) = unsafe { OwnedTable::from_packed(shape.children.load(Ordering::Relaxed)) } {
         // SAFETY: per the contract; the leaves have no children of their own.
-        table.children().for_each(|(_, child)| unsafe { Ptr(child).free() });
+        table.children().for_each(|(_, child)| unsafe { Ptr((*child).node).free() });
     }
 }
 
@@ -338,13 +340,14 @@ unsafe fn free_children(shape: &Shape) {
 ///
 /// A rank holds a two-position node `[h0, h1]`. The writer splits it at 1 as `split` does,
 /// with the real constructors: a tail node for `h1` (same holders), a child table holding
-/// it, a head shape of length 1 pointing at that table, published in place of the old
-/// shape. The lookup, as `lookup::find_matches_into` walks it, loads the node's shape once
-/// and follows it; whichever shape it sees, it must match both positions for the rank (the
-/// split changes no holdings). Seeing the new shape without the table or the tail fully
-/// initialised would be a loom causality violation (the shape's cell, the table's slot
-/// atomics) or a short match. The tail node's own fields are std memory, which loom cannot
-/// check; they are published by the same `Release`, which the table's atomics witness.
+/// the tail's shape, a head shape of length 1 pointing at that table, published in place
+/// of the old shape (in the index, in the parent's table slot and the node). The lookup,
+/// as `lookup::find_matches_into` walks it, loads the shape once and follows it; whichever
+/// shape it sees, it must match both positions for the rank (the split changes no
+/// holdings). Seeing the new shape without the table or the tail's shape fully initialised
+/// would be a loom causality violation (the shape's cell, the table's slot atomics) or a
+/// short match. The tail's shape and node are std memory, which loom cannot check; they
+/// are published by the same `Release`, which the table's atomics witness.
 #[test]
 fn split_publishes_shape_table_and_tail() {
     check(None, || {
@@ -352,28 +355,32 @@ fn split_publishes_shape_table_and_tail() {
         let run: std::sync::Arc<[BlockHash]> = std::sync::Arc::from(vec![h0, h1]);
         let holders = empty_holders(1);
         holders[0].store(1, Ordering::Relaxed);
-        let node_shape = Arc::new(Guarded::new(Some(*Shape::new(2, ptr::null_mut(), holders))));
+        let head = Ptr(Node::new(run.clone(), 0, 2, ptr::null_mut(), holders, ptr::null_mut()));
+        // SAFETY: the node is freed only at the end, after the threads are joined.
+        let first = unsafe { &*head.get() };
+        let node_shape = Arc::new(Guarded::new(Some(*first.reshaped(2, ptr::null_mut(), first.copy_holders(1)))));
         let writer = {
-            let (node_shape, run) = (node_shape.clone(), run.clone());
+            let node_shape = node_shape.clone();
             thread::spawn(move || {
-                let (tail_shape, head_holders) = node_shape.read(|old| {
+                let head_shape = node_shape.read(|old| {
                     let old = old.unwrap();
-                    (Shape::new(old.len - 1, ptr::null_mut(), old.copy_holders(1)), old.copy_holders(1))
+                    let tail_holders = old.copy_holders(1);
+                    let tail = Node::new(run, 1, old.len - 1, ptr::null_mut(), tail_holders, ptr::null_mut());
+                    let table = ChildTable::with_capacity(2);
+                    table.insert(h1.0, Ptr(tail).get());
+                    old.reshaped(1, table.into_packed(), old.copy_holders(1))
                 });
-                let tail = Box::into_raw(Node::new(run, 1, tail_shape, ptr::null_mut()));
-                let table = ChildTable::with_capacity(2);
-                table.insert(h1.0, tail);
-                node_shape.publish(*Shape::new(1, table.into_packed(), head_holders))
+                node_shape.publish(*head_shape)
             })
         };
         let request = [h0, h1];
         let lookup = {
-            let (node_shape, run) = (node_shape.clone(), run.clone());
+            let node_shape = node_shape.clone();
             thread::spawn(move || {
                 node_shape.read(|shape| {
                     let shape = shape.unwrap();
                     assert!(shape.holds(0), "the node lost its holder");
-                    let m = common_prefix(&run[..shape.len as usize], &request);
+                    let m = common_prefix(shape.hashes(), &request);
                     if m == request.len() {
                         return m;
                     }
@@ -384,9 +391,9 @@ fn split_publishes_shape_table_and_tail() {
                     let table = table.expect("a split head shape without its child table");
                     let tail = table.get(request[m].0).expect("the tail is missing from the new table");
                     // SAFETY: as above; the tail's shape is never replaced in this model.
-                    let (tail, tail_shape) = unsafe { (&*tail, &*(*tail).shape.load(Ordering::Acquire)) };
+                    let tail_shape = unsafe { &*tail };
                     assert!(tail_shape.holds(0), "the tail lost its holder");
-                    m + common_prefix(tail.hashes(tail_shape.len), &request[m..])
+                    m + common_prefix(tail_shape.hashes(), &request[m..])
                 })
             })
         };
@@ -397,6 +404,8 @@ fn split_publishes_shape_table_and_tail() {
         drop(old);
         // SAFETY: all threads are joined; the tail and its table are freed once, here.
         node_shape.read(|shape| unsafe { free_children(shape.unwrap()) });
+        // SAFETY: as above; the head node and its first shape, once.
+        unsafe { head.free() };
     });
 }
 

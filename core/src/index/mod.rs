@@ -12,7 +12,8 @@
 //!
 //! # Lookup
 //! [`KvIndex::find_matches`] pins the reclamation epoch, walks from the root comparing
-//! the request against each run with a tight loop, and ANDs a stack bitset of ranks
+//! the request against each run with a tight loop (going from shape to child table to
+//! child shape, never through a `Node`), and ANDs a stack bitset of ranks
 //! still matching with each node's holders; a rank that drops out scores the blocks
 //! matched before that node. No lock, no retry, no shared write, no allocation but the
 //! result. See [`lookup`].
@@ -20,8 +21,9 @@
 //! # Writes
 //! Events are applied under one writer mutex (readers never touch it). Each rank keeps
 //! `engine hash -> (node, offset)` to resolve `parent` links and removals. A writer
-//! changes a node's length and children together by swapping the node's `Shape`
-//! pointer, so a reader always sees a consistent node, and sets holder bits bottom-up so
+//! changes a node's length and children together by swapping in a new `Shape` (in the
+//! node and in the parent's child-table slot, which is where lookups find it), so a
+//! reader always sees a consistent node, and sets holder bits bottom-up so
 //! a reader never credits a rank with more than it held before or after an event. See
 //! [`writer`].
 //!
@@ -45,7 +47,7 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use child_table::{ChildTable, OwnedTable};
-use node::{empty_holders, Node, Shape};
+use node::{empty_holders, Node};
 pub use rank_table::MAX_RANKS;
 use rank_table::{IdReturn, RankTable};
 use reclaim::Domain;
@@ -182,8 +184,14 @@ impl Default for KvIndex {
 
 impl KvIndex {
     pub fn new() -> Self {
-        let root_shape = Shape::new(0, std::ptr::null_mut(), empty_holders(1));
-        let root = Box::into_raw(Node::new(std::sync::Arc::from(Vec::new()), 0, root_shape, std::ptr::null_mut()));
+        let root = Node::new(
+            std::sync::Arc::from(Vec::new()),
+            0,
+            0,
+            std::ptr::null_mut(),
+            empty_holders(1),
+            std::ptr::null_mut(),
+        );
         KvIndex {
             root: NodePtr(root),
             ranks: AtomicPtr::new(Box::into_raw(RankTable::new(&[]))),
@@ -420,7 +428,8 @@ impl KvIndex {
                 }
             }
             if let Some(table) = table {
-                stack.extend(table.children().map(|(_, c)| c));
+                // SAFETY: as above: a linked table's shapes and their nodes are live.
+                stack.extend(table.children().map(|(_, c)| unsafe { (*c).node }));
             }
         }
         debug_assert_eq!(stats.nodes, w.nodes);
@@ -450,7 +459,7 @@ impl Drop for KvIndex {
                 let node = Box::from_raw(node);
                 let shape = Box::from_raw(node.shape.load(Ordering::Relaxed));
                 if let Some(table) = OwnedTable::from_packed(shape.children.load(Ordering::Relaxed)) {
-                    stack.extend(table.children().map(|(_, c)| c));
+                    stack.extend(table.children().map(|(_, c)| (*c).node));
                 }
             }
         }

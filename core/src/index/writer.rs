@@ -93,6 +93,19 @@ fn node_ref<'a>(node: NodePtr) -> &'a Node {
     unsafe { &*node.0 }
 }
 
+/// The node a child-table slot's shape belongs to.
+#[inline(always)]
+fn node_of(shape: *mut Shape) -> NodePtr {
+    // SAFETY: a shape found in a linked table under the writer lock is live.
+    NodePtr(unsafe { (*shape).node })
+}
+
+/// `node`'s current shape pointer, to store in a child table.
+#[inline(always)]
+fn shape_ptr(node: NodePtr) -> *mut Shape {
+    node_ref(node).shape.load(Ordering::Relaxed)
+}
+
 fn table<'a>(shape: &Shape) -> Option<&'a ChildTable> {
     // SAFETY: a non-null table pointer in a live shape is a live table (tables are
     // retired only after being unlinked from the node's current shape).
@@ -140,15 +153,28 @@ impl WriterState {
                 return Some((node, offset));
             }
             let key = node_ref(node).hash_at(s.len);
-            node = NodePtr(table(s)?.get(key.0)?);
+            node = node_of(table(s)?.get(key.0)?);
             offset -= s.len;
         }
     }
 
-    /// Publishes `new` as `node`'s shape and retires the old one.
+    /// Publishes `new` as `node`'s shape, in the node and in its parent's table slot, and
+    /// retires the old one.
     fn swap_shape(&self, guard: &Guard, node: NodePtr, new: Box<Shape>) {
-        let old = node_ref(node).shape.swap(Box::into_raw(new), Ordering::Release);
-        // SAFETY: `old` is no longer reachable from the node; retired once, here.
+        let new = Box::into_raw(new);
+        let n = node_ref(node);
+        // Release: lookups load the root's shape from here (other nodes' only from slots).
+        let old = n.shape.swap(new, Ordering::Release);
+        if node != self.root {
+            let parent = NodePtr(n.parent.load(Ordering::Relaxed));
+            // Release (in `replace`): a lookup that loads the slot sees the new shape, its
+            // table and holder words fully initialised.
+            let replaced = table(shape(parent)).is_some_and(|t| t.replace(n.hash_at(0).0, new));
+            debug_assert!(replaced, "a linked node missing from its parent's table");
+        }
+        // SAFETY: `old` is no longer reachable from the node or its parent's table (older
+        // tables that still name it are retired, so only pinned readers hold it); retired
+        // once, here.
         unsafe { guard.retire(old) };
     }
 
@@ -160,17 +186,17 @@ impl WriterState {
         debug_assert!(at > 0 && at < old.len);
         let (run, start) = n.run();
         let moved_children = old.children.load(Ordering::Relaxed);
-        let tail_shape = Shape::new(old.len - at, moved_children, old.copy_holders(self.words));
-        let tail = NodePtr(Box::into_raw(Node::new(run.clone(), start + at, tail_shape, node.0)));
+        let tail_holders = old.copy_holders(self.words);
+        let tail = NodePtr(Node::new(run.clone(), start + at, old.len - at, moved_children, tail_holders, node.0));
         if let Some(children) = table(old) {
             for (_, child) in children.children() {
                 // Relaxed: writer-only field.
-                node_ref(NodePtr(child)).parent.store(tail.0, Ordering::Relaxed);
+                node_ref(node_of(child)).parent.store(tail.0, Ordering::Relaxed);
             }
         }
         let head_table = ChildTable::with_capacity(2);
-        head_table.insert(n.hash_at(at).0, tail.0);
-        let head_shape = Shape::new(at, head_table.into_packed(), old.copy_holders(self.words));
+        head_table.insert(n.hash_at(at).0, shape_ptr(tail));
+        let head_shape = old.reshaped(at, head_table.into_packed(), old.copy_holders(self.words));
         // Release (in swap_shape): a reader that loads the new shape sees the new table,
         // the tail node and its shape fully initialised.
         self.swap_shape(guard, node, head_shape);
@@ -202,7 +228,7 @@ impl WriterState {
         let (word, bit) = (rank as usize / 64, 1u64 << (rank % 64));
         let s = shape(node);
         if word >= s.holders.len() {
-            let wider = Shape::new(s.len, s.children.load(Ordering::Relaxed), s.copy_holders(self.words));
+            let wider = s.reshaped(s.len, s.children.load(Ordering::Relaxed), s.copy_holders(self.words));
             self.swap_shape(guard, node, wider);
         }
         // Release: a reader that sees this bit also sees bits set earlier (deeper nodes).
@@ -223,20 +249,20 @@ impl WriterState {
         match table(s) {
             None => {
                 let t = ChildTable::with_capacity(2);
-                t.insert(key, child.0);
+                t.insert(key, shape_ptr(child));
                 // Release: publishes the table and the child.
                 s.children.store(t.into_packed(), Ordering::Release);
             }
             Some(t) if t.needs_rebuild() => {
                 let rebuilt = t.rebuilt();
-                rebuilt.insert(key, child.0);
+                rebuilt.insert(key, shape_ptr(child));
                 // Release: publishes the rebuilt table and the child.
                 s.children.store(rebuilt.into_packed(), Ordering::Release);
                 // SAFETY: the old table is unlinked from the current shape. Older shapes
                 // retired earlier may still name it, but only pinned readers hold those.
                 unsafe { retire_table(guard, current) };
             }
-            Some(t) => t.insert(key, child.0),
+            Some(t) => t.insert(key, shape_ptr(child)),
         }
     }
 
@@ -353,7 +379,7 @@ impl WriterState {
             }
             if pos == shape(node).len {
                 if let Some(child) = table(shape(node)).and_then(|t| t.get(block.content_hash.0)) {
-                    (node, pos) = (NodePtr(child), 0);
+                    (node, pos) = (node_of(child), 0);
                 }
             }
             if pos < shape(node).len {
@@ -367,16 +393,15 @@ impl WriterState {
             }
             // Nothing here yet: the rest of the chain (up to a block the rank already
             // holds) becomes one new node, published with this rank as its holder.
-            let mut fresh = Node::unpublished(node.0);
-            let fresh_ptr = NodePtr(&mut *fresh as *mut Node);
-            slot.insert(Loc { node: fresh_ptr, offset: 0 });
+            let fresh = NodePtr(Node::unpublished(node.0));
+            slot.insert(Loc { node: fresh, offset: 0 });
             let mut contents = vec![block.content_hash];
             let mut j = i + 1;
             while j < blocks.len() {
                 match entries.entry(blocks[j].engine_hash) {
                     Entry::Occupied(_) => break,
                     Entry::Vacant(v) => {
-                        v.insert(Loc { node: fresh_ptr, offset: contents.len() as u32 });
+                        v.insert(Loc { node: fresh, offset: contents.len() as u32 });
                         contents.push(blocks[j].content_hash);
                     }
                 }
@@ -385,11 +410,9 @@ impl WriterState {
             let count = contents.len() as u32;
             let holders = empty_holders(self.words);
             holders[rank as usize / 64].store(1 << (rank % 64), Ordering::Relaxed);
-            fresh.init_run(Arc::from(contents), Shape::new(count, std::ptr::null_mut(), holders));
-            let first = block.content_hash.0;
-            let fresh = NodePtr(Box::into_raw(fresh));
-            debug_assert_eq!(fresh, fresh_ptr);
-            self.insert_child(guard, node, first, fresh);
+            // SAFETY: from `unpublished` just above, filled in once, published only below.
+            unsafe { Node::init_run(fresh.0, Arc::from(contents), holders) };
+            self.insert_child(guard, node, block.content_hash.0, fresh);
             self.nodes += 1;
             self.counters.blocks_stored += count as u64;
             (node, pos) = (fresh, count);
@@ -479,7 +502,7 @@ impl WriterState {
         let childless = table(s).is_none_or(|t| t.live() == 0);
         if sole_holder && childless && offset > 0 && offset + count == s.len {
             // The only holder evicts the node's tail: shorten the node, no new piece.
-            let shorter = Shape::new(offset, s.children.load(Ordering::Relaxed), s.copy_holders(self.words));
+            let shorter = s.reshaped(offset, s.children.load(Ordering::Relaxed), s.copy_holders(self.words));
             self.swap_shape(guard, node, shorter);
             return;
         }
