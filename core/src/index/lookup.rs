@@ -23,6 +23,9 @@ use super::rank_table::{RankTable, MAX_WORDS};
 use super::reclaim::Guard;
 use crate::ids::{BlockHash, RankKey};
 
+/// How far ahead of its comparison `common_prefix` prefetches the run, in hashes.
+const PREFETCH_AHEAD: usize = 64;
+
 /// Number of leading equal hashes of `run` and `request`.
 #[inline(always)]
 pub(crate) fn common_prefix(run: &[BlockHash], request: &[BlockHash]) -> usize {
@@ -34,11 +37,11 @@ pub(crate) fn common_prefix(run: &[BlockHash], request: &[BlockHash]) -> usize {
     while i + 8 <= n {
         // A deep match streams kilobytes of run from L3: ask for the line 64 hashes ahead.
         #[cfg(target_arch = "x86_64")]
-        if i + 64 < n {
+        if i + PREFETCH_AHEAD < n {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
             // SAFETY: a prefetch is a hint that never faults; SSE is baseline on x86-64;
             // the address is inside `run` anyway.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(run[i + 64..].as_ptr().cast()) };
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(run[i + PREFETCH_AHEAD..].as_ptr().cast()) };
         }
         let (a, b) = (&run[i..i + 8], &request[i..i + 8]);
         let mut diff = 0u64;
@@ -142,6 +145,15 @@ pub(crate) fn find_matches_into<S: ScoreSink>(
     let mut reserved = false;
     while let Some(shape) = next {
         let shape = unsafe { &*shape };
+        // If the whole run matches, the walk goes on at the child under the request's
+        // next hash: start that slot's cache miss now, alongside the holder words' and the
+        // run's, instead of after the comparison.
+        if let Some(&after) = request.get(matched + shape.len as usize) {
+            // SAFETY: as `child_of`: the table is loaded under `guard`.
+            if let Some(table) = unsafe { ChildTable::from_packed(guard.load(&shape.children)) } {
+                table.prefetch(after.0);
+            }
+        }
         if !reserved {
             // Only ranks holding the first node can score: one reservation, no regrowth.
             // Relaxed: a capacity hint; a bit set since then only costs a regrowth.
