@@ -21,14 +21,14 @@ mod quic_e2e {
 }
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvroute_core::route::StorageTier;
 use kvroute_core::wire::{Deltas, DumpBegin, DumpEnd, Frame};
 use kvroute_core::{BlockHash, EngineHash, KvEventData, RankKey, StoredBlock};
 use kvroute_net::snapshot_file::read_snapshot_file;
 use kvroute_net::tls::insecure_loopback_client_config;
-use kvroute_net::transport::{FaultInjection, IngestSink, TlsMode};
+use kvroute_net::transport::{FaultInjection, IngestSink, RouterTarget, TlsMode};
 use quic_e2e::harness::*;
 use quic_e2e::raw_peer::{bytes_of, random_bytes, RawPublisher};
 use quic_e2e::reference_sink::ReferenceSink;
@@ -474,7 +474,7 @@ async fn a_router_restarted_from_its_snapshot_file_resumes_without_dumps() {
     assert_eq!((m.gaps, m.rejected_frames), (0, 0), "{m:?}");
     let served = (p0.metrics().resumes_served, p1.metrics().resumes_served);
     assert!(served.0 >= served_before.0 + 2 && served.1 >= served_before.1 + 2, "{served:?}");
-    stop_after_outage(&[&p0, &p1]);
+    stop_after_outage(&[&p0, &p1]).await;
     second.shutdown().await;
 }
 
@@ -520,7 +520,7 @@ async fn a_router_down_longer_than_the_ring_covers_restarts_from_its_snapshot_wi
     assert!(m.resumes >= 2 && m.dumps >= 2, "asked to resume, answered with dumps: {m:?}");
     assert_eq!((m.gaps, m.rejected_frames), (0, 0), "{m:?}");
     assert!(p0.metrics().dumps_sent >= 2, "{:?}", p0.metrics());
-    stop_after_outage(&[&p0]);
+    stop_after_outage(&[&p0]).await;
     second.shutdown().await;
 }
 
@@ -566,6 +566,30 @@ async fn a_corrupt_snapshot_file_is_not_trusted_and_the_router_warms_up_from_dum
     assert_same_lookups(&index, &expected);
     let m = second.metrics().snapshot();
     assert!(m.dumps >= 2 && m.resumes == 0, "warmed up from dumps: {m:?}");
-    stop_after_outage(&[&p0]);
+    stop_after_outage(&[&p0]).await;
     second.shutdown().await;
+}
+
+/// A publisher whose router does not answer keeps a handshake in flight (quinn waits for it
+/// until the idle timeout, and a closed one drains for about 3 s more); shutting down must
+/// not sit that out. The "router" is a UDP socket that reads the publisher's first
+/// handshake packet and never replies. Before the fix this shutdown took over 3 s (the
+/// links' goodbye limit, then the endpoint's drain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_shuts_down_at_once_while_its_router_does_not_answer() {
+    let certs = Certs::new("0");
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut config = publisher_config(0, certs.publisher(0), &[]);
+    config.routers = vec![RouterTarget::new(silent.local_addr().unwrap(), "localhost")];
+    let p0 = start_publisher(config);
+    let mut packet = [0u8; 2048];
+    let first = tokio::time::timeout(Duration::from_secs(30), silent.recv_from(&mut packet)).await;
+    let (len, _) = first.expect("no handshake packet in 30 s").unwrap();
+    assert!(len > 0);
+    let started = Instant::now();
+    p0.shutdown().await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "shutdown took {took:?} with a handshake in flight");
+    assert_eq!(p0.metrics().connects, 0, "nothing answered, so nothing connected");
+    drop(silent);
 }

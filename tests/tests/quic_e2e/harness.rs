@@ -278,13 +278,11 @@ pub fn restore_router(config: &ServeConfig, workers: &[u64]) -> (Arc<Router>, Ve
     (restored, cursors)
 }
 
-/// Stops publishers that tried to connect while no router listened. `kill`, not
-/// `shutdown`: the orderly stop waits for an idle endpoint, and the endpoint still holds
-/// those unanswered handshake attempts (quinn keeps each until its idle timeout or three
-/// probe timeouts of draining), so it would sit out its 3 s limit. Nothing is checked
-/// after this.
-pub fn stop_after_outage(publishers: &[&PublisherHandle]) {
+/// Stops publishers that tried to connect while no router listened, in order
+/// (`shutdown`). Their endpoints still hold those unanswered handshakes, which the
+/// shutdown does not wait out (see `a_publisher_shuts_down_at_once_while_its_router_does_not_answer`).
+pub async fn stop_after_outage(publishers: &[&PublisherHandle]) {
     for publisher in publishers {
-        publisher.kill();
+        publisher.shutdown().await;
     }
 }

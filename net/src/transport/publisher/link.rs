@@ -54,7 +54,13 @@ pub(crate) async fn run(
         if current == LinkState::Shutdown {
             return;
         }
-        match connect(&endpoint, &client, &target).await {
+        // Racing the state: a shutdown (or the offline test hook) must not wait for a
+        // handshake with a router that does not answer, which lasts until the idle timeout.
+        let attempt = tokio::select! {
+            attempt = connect(&endpoint, &client, &target) => attempt,
+            _ = state.wait_for(|s| *s != LinkState::Online) => continue,
+        };
+        match attempt {
             Ok(conn) => {
                 bump(&shared.metrics.connects);
                 tracing::debug!(router = %target.addr, "connected");

@@ -47,6 +47,13 @@ use super::quic;
 /// How long `shutdown` waits for the links to say goodbye.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long `shutdown` lets the endpoint run after closing it, so that the close frames
+/// it queued go out. Not until it is idle: a closed connection stays in the endpoint for
+/// three probe timeouts of draining, and for a handshake no router ever answered (one
+/// still in flight after an outage) that is about 3 s with quinn's initial RTT estimate,
+/// time in which nothing more is sent. Connections that said goodbye are closed by then.
+const CLOSE_FLUSH: Duration = Duration::from_millis(200);
+
 /// State shared by the handle and the tasks.
 pub(crate) struct Shared {
     pub(crate) config: PublisherConfig,
@@ -184,7 +191,7 @@ impl PublisherHandle {
         })
         .await;
         self.inner.endpoint.close(0u32.into(), b"shutdown");
-        let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, self.inner.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(CLOSE_FLUSH, self.inner.endpoint.wait_idle()).await;
     }
 
     /// Test hook: stops everything at once, as a crash would (no goodbye; the endpoint is
