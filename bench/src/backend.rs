@@ -28,6 +28,8 @@ use crate::schedule::{Schedule, ScheduledEvent};
 pub struct BuildContext<'a> {
     pub ranks: &'a [RankKey],
     pub block_size: u32,
+    /// Each rank's KV cache capacity in blocks (what an engine reports when it registers).
+    pub capacity_blocks: usize,
     /// Event lanes of the replay: a backend with its own event threads gets this many.
     pub event_threads: usize,
     /// How Dynamo's `PositionalIndexer` is fed block hashes (see [`PositionalHashes`]).

@@ -128,6 +128,7 @@ impl Fixture<'_> {
         BuildContext {
             ranks: &self.schedule.ranks,
             block_size: self.config.block_size,
+            capacity_blocks: self.schedule.capacity_blocks,
             event_threads: self.config.event_threads,
             positional_hashes: self.config.positional_hashes,
         }

@@ -27,8 +27,10 @@ impl Backend for KvrouteBackend {
 
     fn build(ctx: &BuildContext<'_>) -> Result<Self, String> {
         let index = KvIndex::new();
+        // With each rank's capacity, as a frontend that knows its engines' cache sizes
+        // registers them: the engine-hash maps are sized up front.
         for &rank in ctx.ranks {
-            index.register_rank(rank).map_err(|e| format!("kvroute: {e}"))?;
+            index.register_rank_with_capacity(rank, ctx.capacity_blocks).map_err(|e| format!("kvroute: {e}"))?;
         }
         Ok(KvrouteBackend { index })
     }

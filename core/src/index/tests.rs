@@ -93,7 +93,12 @@ impl Harness {
     }
 
     fn register(&mut self, r: RankKey) {
-        self.index.register_rank(r).unwrap();
+        // Half the ranks come with a capacity hint: it must change nothing but memory.
+        if r.worker.0 % 2 == 0 {
+            self.index.register_rank_with_capacity(r, 3).unwrap();
+        } else {
+            self.index.register_rank(r).unwrap();
+        }
         self.reference.register_rank(r);
     }
 
@@ -323,4 +328,23 @@ fn a_removal_in_any_order_cuts_each_stretch_once() {
         let request: Vec<BlockHash> = (0..8).map(BlockHash).collect();
         assert_eq!(index.find_matches(&request).sorted(), vec![(a, 8), (b, 2)], "order {order:?}");
     }
+}
+
+#[test]
+fn a_capacity_hint_reserves_the_rank_map_up_to_a_cap() {
+    let index = KvIndex::new();
+    let (a, b) = (RankKey::new(1, 0), RankKey::new(2, 0));
+    let id = index.register_rank_with_capacity(a, 5000).unwrap();
+    // Idempotent, with or without a hint; a bigger hint grows the reservation.
+    assert_eq!(index.register_rank(a), Ok(id));
+    assert_eq!(index.register_rank_with_capacity(a, 9000), Ok(id));
+    let capacity = |rank: RankKey| {
+        let w = index.writer();
+        let id = w.rank_ids[&rank];
+        w.ranks[id as usize].as_ref().unwrap().entries.capacity()
+    };
+    assert!(capacity(a) >= 9000, "{}", capacity(a));
+    // A hint in the wrong unit does not allocate without bound.
+    index.register_rank_with_capacity(b, usize::MAX).unwrap();
+    assert!((writer::MAX_RESERVED_BLOCKS..4 * writer::MAX_RESERVED_BLOCKS).contains(&capacity(b)), "{}", capacity(b));
 }

@@ -39,6 +39,10 @@ pub(crate) struct NodePtr(pub(crate) *mut Node);
 // mutation) or by pinned readers, and nodes are only freed through the reclamation scheme.
 unsafe impl Send for NodePtr {}
 
+/// The most entries a capacity hint reserves in one rank's map (a hint beyond it, say a
+/// wrong unit, must not allocate gigabytes up front; the map still grows past it).
+pub(crate) const MAX_RESERVED_BLOCKS: usize = 1 << 20;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Loc {
     node: NodePtr,
@@ -141,6 +145,15 @@ impl WriterState {
 
     pub(crate) fn new_rank(key: RankKey) -> RankState {
         RankState { key, entries: PrehashedMap::default(), last_event_id: None }
+    }
+
+    /// Makes room for `blocks` entries (at most [`MAX_RESERVED_BLOCKS`]) in rank id
+    /// `rank`'s engine-hash map.
+    pub(crate) fn reserve_entries(&mut self, rank: u32, blocks: usize) {
+        if let Some(state) = self.ranks.get_mut(rank as usize).and_then(Option::as_mut) {
+            let blocks = blocks.min(MAX_RESERVED_BLOCKS);
+            state.entries.reserve(blocks.saturating_sub(state.entries.len()));
+        }
     }
 
     /// Current (node, offset) of a block placed at `loc`. `None` only if the tree's
