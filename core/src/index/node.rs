@@ -30,7 +30,7 @@
 //! Fields marked *writer-only* are read and written only under the index's writer lock;
 //! they are atomics (`Relaxed`) so that `Node` is `Sync` without `unsafe impl`.
 
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::child_table::PackedTable;
@@ -119,6 +119,9 @@ pub(crate) struct Node {
     pub(crate) parent: AtomicPtr<Node>,
     /// Writer-only: set when the node is unlinked and retired.
     pub(crate) dead: AtomicBool,
+    /// Writer-only: the node's number in the writer's node table (`writer::Loc` names
+    /// nodes by it).
+    pub(crate) id: AtomicU32,
 }
 
 impl Node {
@@ -151,6 +154,7 @@ impl Node {
             shape: AtomicPtr::new(std::ptr::null_mut()),
             parent: AtomicPtr::new(parent),
             dead: AtomicBool::new(false),
+            id: AtomicU32::new(u32::MAX),
         }))
     }
 

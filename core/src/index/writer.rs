@@ -43,9 +43,12 @@ unsafe impl Send for NodePtr {}
 /// wrong unit, must not allocate gigabytes up front; the map still grows past it).
 pub(crate) const MAX_RESERVED_BLOCKS: usize = 1 << 20;
 
+/// Where a block was placed: a node, by its number in the writer's node table, and an
+/// offset. Eight bytes, so that a rank's map entry (engine hash, `Loc`) is sixteen: these
+/// maps are most of the index's memory and of the cache misses of applying events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Loc {
-    node: NodePtr,
+    node: u32,
     offset: u32,
 }
 
@@ -73,6 +76,10 @@ pub(crate) struct WriterState {
     copies: PrehashedMap<(u32, NodePtr, u32), u32>,
     pub(crate) counters: EventCounters,
     pub(crate) nodes: usize,
+    /// Live nodes by number (`Loc::node`); a number is reused once its node is pruned
+    /// (no `Loc` names a pruned node: its blocks are held by no rank).
+    node_table: Vec<NodePtr>,
+    free_node_numbers: Vec<u32>,
     /// Reused per event: positions matched by a store.
     scratch: Vec<Loc>,
     /// Reused per event: the stretches of positions a removal drops.
@@ -137,6 +144,8 @@ impl WriterState {
             copies: PrehashedMap::default(),
             counters: EventCounters::default(),
             nodes: 0,
+            node_table: Vec::new(),
+            free_node_numbers: Vec::new(),
             scratch: Vec::new(),
             runs: Vec::new(),
             retiring: Vec::new(),
@@ -156,10 +165,33 @@ impl WriterState {
         }
     }
 
+    /// Gives a new node its number in the node table.
+    fn number(&mut self, node: NodePtr) {
+        let number = match self.free_node_numbers.pop() {
+            Some(n) => {
+                self.node_table[n as usize] = node;
+                n
+            }
+            None => {
+                self.node_table.push(node);
+                (self.node_table.len() - 1) as u32
+            }
+        };
+        // Relaxed: writer-only field.
+        node_ref(node).id.store(number, Ordering::Relaxed);
+    }
+
+    /// A `Loc` for position `offset` of `node` (a numbered node).
+    #[inline(always)]
+    fn loc(node: NodePtr, offset: u32) -> Loc {
+        // Relaxed: writer-only field.
+        Loc { node: node_ref(node).id.load(Ordering::Relaxed), offset }
+    }
+
     /// Current (node, offset) of a block placed at `loc`. `None` only if the tree's
     /// invariants were broken (never expected; the block is then treated as unknown).
     pub(crate) fn resolve(&self, loc: Loc) -> Option<(NodePtr, u32)> {
-        let (mut node, mut offset) = (loc.node, loc.offset);
+        let (mut node, mut offset) = (*self.node_table.get(loc.node as usize)?, loc.offset);
         loop {
             let s = shape(node);
             if offset < s.len {
@@ -201,6 +233,7 @@ impl WriterState {
         let moved_children = old.children.load(Ordering::Relaxed);
         let tail_holders = old.copy_holders(self.words);
         let tail = NodePtr(Node::new(run.clone(), start + at, old.len - at, moved_children, tail_holders, node.0));
+        self.number(tail);
         if let Some(children) = table(old) {
             for (_, child) in children.children() {
                 // Relaxed: writer-only field.
@@ -299,6 +332,8 @@ impl WriterState {
                 }
             }
             n.dead.store(true, Ordering::Relaxed);
+            // Relaxed: writer-only field. No `Loc` names the node (it holds nothing).
+            self.free_node_numbers.push(n.id.load(Ordering::Relaxed));
             let own_table = s.children.load(Ordering::Relaxed);
             // SAFETY: the node, its shape and its (empty) table are now unreachable for
             // readers that pin from here on; each is retired exactly once.
@@ -397,7 +432,7 @@ impl WriterState {
             }
             if pos < shape(node).len {
                 // The position exists (its hash matched, or it is a child's first one).
-                let loc = Loc { node, offset: pos };
+                let loc = Self::loc(node, pos);
                 slot.insert(loc);
                 matched.push(loc);
                 pos += 1;
@@ -407,14 +442,15 @@ impl WriterState {
             // Nothing here yet: the rest of the chain (up to a block the rank already
             // holds) becomes one new node, published with this rank as its holder.
             let fresh = NodePtr(Node::unpublished(node.0));
-            slot.insert(Loc { node: fresh, offset: 0 });
+            self.number(fresh);
+            slot.insert(Self::loc(fresh, 0));
             let mut contents = vec![block.content_hash];
             let mut j = i + 1;
             while j < blocks.len() {
                 match entries.entry(blocks[j].engine_hash) {
                     Entry::Occupied(_) => break,
                     Entry::Vacant(v) => {
-                        v.insert(Loc { node: fresh, offset: contents.len() as u32 });
+                        v.insert(Self::loc(fresh, contents.len() as u32));
                         contents.push(blocks[j].content_hash);
                     }
                 }
