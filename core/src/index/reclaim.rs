@@ -16,9 +16,10 @@
 //!   collects garbage, on whichever thread pinned, readers included.
 //!
 //! Measured with the replay (`cargo run --release -p kvroute-bench --bin replay --
-//! --backends kvroute`, then again with `--features crossbeam`), seize sustained about
-//! 18% more block ops/s on the 2-core machine, with half the p99.9 lookup latency, so it
-//! is the default.
+//! --backends kvroute`, then again with `--features crossbeam`; four alternating runs each
+//! on the 2-core machine, README), both sustain the same block ops/s within the machine's
+//! noise, and seize's lookup p99.9 is 6-7x lower (3.5-4.3 us against 24.6-27.7 us: the
+//! crossbeam scheme collects on readers' pins), so seize is the default.
 //!
 //! Nothing else in the index names either crate, so switching scheme is a feature flag.
 //! The index retires `Box`-allocated values (dropping the box runs the value's `Drop`,
