@@ -284,46 +284,43 @@ impl ChildTable {
         }
     }
 
-    /// Points the live entry under `key` at `child` (the child's new shape). Writer only.
-    /// Returns false if there is no such entry.
-    pub(crate) fn replace(&self, key: u64, child: *mut Shape) -> bool {
+    /// The slot holding the live entry under `key`, if any. Writer only (`Relaxed`: the
+    /// writer lock orders the writer's own accesses).
+    fn live_slot(&self, key: u64) -> Option<&Slot> {
         let mask = self.mask();
         let mut i = home(key, self.shift());
         for _ in 0..self.slots.len() {
             let slot = &self.slots[i];
             let current = slot.child.load(Ordering::Relaxed);
             if current.is_null() {
-                return false;
+                return None;
             }
             if current != TOMBSTONE && slot.key.load(Ordering::Relaxed) == key {
-                // Release: publishes the new shape's contents (and everything it points to)
-                // to readers that load this slot with `Acquire` in `get`.
-                slot.child.store(child, Ordering::Release);
-                return true;
+                return Some(slot);
             }
             i = (i + 1) & mask;
         }
-        false
+        None
+    }
+
+    /// Points the live entry under `key` at `child` (the child's new shape). Writer only.
+    /// Returns false if there is no such entry.
+    pub(crate) fn replace(&self, key: u64, child: *mut Shape) -> bool {
+        let Some(slot) = self.live_slot(key) else { return false };
+        // Release: publishes the new shape's contents (and everything it points to) to
+        // readers that load this slot with `Acquire` in `get`.
+        slot.child.store(child, Ordering::Release);
+        true
     }
 
     /// Removes the child under `key`, leaving a tombstone. Writer only.
     pub(crate) fn remove(&self, key: u64) -> bool {
-        let mask = self.mask();
-        let mut i = home(key, self.shift());
-        for _ in 0..self.slots.len() {
-            let slot = &self.slots[i];
-            let current = slot.child.load(Ordering::Relaxed);
-            if current.is_null() {
-                return false;
-            }
-            if current != TOMBSTONE && slot.key.load(Ordering::Relaxed) == key {
-                slot.child.store(TOMBSTONE, Ordering::Release);
-                self.live.fetch_sub(1, Ordering::Relaxed);
-                return true;
-            }
-            i = (i + 1) & mask;
-        }
-        false
+        let Some(slot) = self.live_slot(key) else { return false };
+        // Release: not needed by readers (a tombstone publishes nothing they read); kept so
+        // that every store of a child pointer is a release, as the loom model checks them.
+        slot.child.store(TOMBSTONE, Ordering::Release);
+        self.live.fetch_sub(1, Ordering::Relaxed);
+        true
     }
 
     /// Live children. Writer only (or with a pinned guard, for a racy snapshot).
