@@ -62,6 +62,8 @@ pub struct TrialRecord {
     /// `null`: as fast as possible (calibration).
     pub offered_block_ops_per_sec: Option<f64>,
     pub achieved_block_ops_per_sec: f64,
+    /// The lowest achieved rate of a single repeat.
+    pub lowest_repeat_block_ops_per_sec: f64,
     pub sustained: bool,
     pub repeats: u32,
     pub elapsed_s: f64,
@@ -78,6 +80,7 @@ impl From<&TrialResult> for TrialRecord {
         TrialRecord {
             offered_block_ops_per_sec: t.offered,
             achieved_block_ops_per_sec: t.achieved,
+            lowest_repeat_block_ops_per_sec: t.lowest_repeat,
             sustained: t.sustained(),
             repeats: t.repeats,
             elapsed_s: t.elapsed_s,
@@ -103,7 +106,7 @@ pub struct BackendReport {
     pub lookup_p50_ns_at_common_rate: Option<f64>,
     pub lookup_p99_ns_at_common_rate: Option<f64>,
     pub lookup_p999_ns_at_common_rate: Option<f64>,
-    /// Whether the common-rate trial sustained the rate (every repeat within 99%).
+    /// Whether the common-rate trial sustained the rate (99% over all its repeats).
     pub sustained_at_common_rate: Option<bool>,
     /// Whether any paced trial sustained its rate (else the latencies are the slowest trial's).
     pub sustained_found: bool,

@@ -127,8 +127,9 @@ struct Args {
     tolerance: f64,
 
     /// Repeat a paced rate until its trials add up to this many seconds of replay window
-    /// (at most --max-repeats times); the rate is sustained only if every repeat sustains
-    /// it, and its latency percentiles merge the repeats. Short schedules (large blocks)
+    /// (at most --max-repeats times); the repeats form one window (sustained when their
+    /// block ops over their summed time reach 99% of the rate), and its latency
+    /// percentiles merge the repeats. Short schedules (large blocks)
     /// thus get several trials per rate.
     #[arg(long, default_value_t = 1.0, value_parser = parse_positive)]
     min_seconds_per_rate: f64,
