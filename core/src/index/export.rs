@@ -208,10 +208,11 @@ mod tests {
     //! every lookup on the original, the replays and the reference model agrees, the
     //! replays export the same dump, and further events act alike on all of them.
 
-    use std::collections::{HashMap, HashSet};
+    use std::collections::HashSet;
 
     use proptest::prelude::*;
 
+    use super::super::test_chains::{chain, mix, HeldChains};
     use super::*;
     use crate::event::KvEvent;
     use crate::ids::BlockHash;
@@ -249,17 +250,11 @@ mod tests {
         ]
     }
 
-    fn mix(a: u64, b: u64) -> u64 {
-        let x = (a ^ b.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        x ^ (x >> 29)
-    }
-
     /// Drives indexes and the reference with the same events (same ids for all).
     struct Harness {
         indexes: Vec<KvIndex>,
         reference: ReferenceIndex,
-        paths: HashMap<(RankKey, EngineHash), Vec<BlockHash>>,
-        held: HashMap<RankKey, Vec<EngineHash>>,
+        chains: HeldChains,
         next_id: u64,
         probes: Vec<Vec<BlockHash>>,
     }
@@ -275,8 +270,7 @@ mod tests {
             Harness {
                 indexes: vec![index],
                 reference,
-                paths: HashMap::new(),
-                held: HashMap::new(),
+                chains: HeldChains::default(),
                 next_id: 1_000_000,
                 probes: Vec::new(),
             }
@@ -295,55 +289,28 @@ mod tests {
             match op.clone() {
                 Op::Store { rank, parent, contents, odd_engine } => {
                     let r = RANKS[rank];
-                    let held = self.held.entry(r).or_default().clone();
+                    let held = self.chains.held(r);
                     let parent = (parent % 4 != 0 && !held.is_empty()).then(|| held[parent % held.len()]);
-                    let mut path = parent.and_then(|p| self.paths.get(&(r, p)).cloned()).unwrap_or_default();
-                    let mut prev = parent.map_or(0, |p| p.0);
-                    let mut blocks = Vec::new();
-                    for (i, c) in contents.iter().enumerate() {
-                        let content = BlockHash(u64::from(*c) + 100);
-                        // Mostly chain-derived (shared across ranks); some copies of a
-                        // position under an odd hash, some duplicates of a held one.
-                        let engine = match odd_engine % 6 {
-                            0 if i == 0 => EngineHash(mix(prev, content.0) ^ 0x5555),
-                            1 if i == 1 && !held.is_empty() => held[odd_engine as usize % held.len()],
-                            // Near the placeholders' range: export must skip held ones.
-                            2 if i == 0 => EngineHash(u64::MAX - u64::from(odd_engine % 3)),
-                            _ => EngineHash(mix(prev, content.0)),
-                        };
-                        blocks.push(StoredBlock { engine_hash: engine, content_hash: content });
-                        prev = engine.0;
-                    }
-                    for b in &blocks {
-                        if let Some(existing) = self.paths.get(&(r, b.engine_hash)) {
-                            path = existing.clone();
-                        } else {
-                            path.push(b.content_hash);
-                            self.paths.insert((r, b.engine_hash), path.clone());
-                            self.held.entry(r).or_default().push(b.engine_hash);
-                        }
-                        self.probes.push(path.clone());
-                    }
+                    // Mostly chain-derived (shared across ranks); some copies of a position
+                    // under an odd hash, some duplicates of a held one.
+                    let blocks = chain(parent, &contents, |i, content, prev| match odd_engine % 6 {
+                        0 if i == 0 => Some(EngineHash(mix(prev, content.0) ^ 0x5555)),
+                        1 if i == 1 && !held.is_empty() => Some(held[odd_engine as usize % held.len()]),
+                        // Near the placeholders' range: export must skip held ones.
+                        2 if i == 0 => Some(EngineHash(u64::MAX - u64::from(odd_engine % 3))),
+                        _ => None,
+                    });
+                    self.chains.record_store(r, parent, &blocks, &mut self.probes);
                     self.send(r, KvEventData::Stored { parent, blocks });
                 }
                 Op::Remove { rank, picks } => {
                     let r = RANKS[rank];
-                    let held = self.held.entry(r).or_default();
-                    let mut gone = Vec::new();
-                    for p in picks {
-                        if !held.is_empty() {
-                            gone.push(held.swap_remove(p % held.len()));
-                        }
-                    }
-                    for g in &gone {
-                        self.paths.remove(&(r, *g));
-                    }
+                    let gone = self.chains.take(r, &picks);
                     self.send(r, KvEventData::Removed { blocks: gone });
                 }
                 Op::Clear { rank } => {
                     let r = RANKS[rank];
-                    self.held.remove(&r);
-                    self.paths.retain(|(k, _), _| *k != r);
+                    self.chains.forget_rank(r);
                     self.send(r, KvEventData::Cleared);
                 }
             }
@@ -413,7 +380,7 @@ mod tests {
             let replaced = fresh();
             for r in RANKS {
                 let dump = h.indexes[0].export_rank(r).expect("registered");
-                let held: HashSet<EngineHash> = h.held.get(&r).into_iter().flatten().copied().collect();
+                let held: HashSet<EngineHash> = h.chains.held(r).into_iter().collect();
                 check_dump_shape(&dump, &held);
                 // Through the transport's replay, in two chunks.
                 let mut replay = DumpReplay::new();

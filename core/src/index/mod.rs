@@ -487,4 +487,6 @@ mod loom_tests;
 #[cfg(test)]
 mod staging_tests;
 #[cfg(test)]
+mod test_chains;
+#[cfg(test)]
 mod tests;

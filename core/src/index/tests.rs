@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use proptest::prelude::*;
 
+use super::test_chains::{chain, mix, HeldChains};
 use super::*;
 use crate::event::{KvEventData, StoredBlock};
 use crate::ids::EngineHash;
@@ -60,18 +61,12 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn mix(a: u64, b: u64) -> u64 {
-    let x = (a ^ b.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    x ^ (x >> 29)
-}
-
 /// Drives the index and the reference with the same events and compares them.
 struct Harness {
     index: KvIndex,
     reference: ReferenceIndex,
-    /// Content path of every engine hash each rank was told to store (test bookkeeping).
-    paths: HashMap<(RankKey, EngineHash), Vec<BlockHash>>,
-    held: HashMap<RankKey, Vec<EngineHash>>,
+    /// What each rank was told to store (test bookkeeping).
+    chains: HeldChains,
     next_id: HashMap<RankKey, u64>,
     probes: Vec<Vec<BlockHash>>,
 }
@@ -81,8 +76,7 @@ impl Harness {
         let mut h = Harness {
             index: KvIndex::new(),
             reference: ReferenceIndex::new(),
-            paths: HashMap::new(),
-            held: HashMap::new(),
+            chains: HeldChains::default(),
             next_id: HashMap::new(),
             probes: Vec::new(),
         };
@@ -103,8 +97,7 @@ impl Harness {
     }
 
     fn forget(&mut self, r: RankKey) {
-        self.held.remove(&r);
-        self.paths.retain(|(k, _), _| *k != r);
+        self.chains.forget_rank(r);
         self.next_id.remove(&r);
     }
 
@@ -120,7 +113,7 @@ impl Harness {
         match op.clone() {
             Op::Store { rank, parent, contents, odd_engine } => {
                 let r = RANKS[rank];
-                let held = self.held.entry(r).or_default().clone();
+                let held = self.chains.held(r);
                 let parent = if parent % 4 == 0 || held.is_empty() {
                     None
                 } else if parent % 11 == 1 {
@@ -128,57 +121,30 @@ impl Harness {
                 } else {
                     Some(held[parent % held.len()])
                 };
-                let mut path = parent.and_then(|p| self.paths.get(&(r, p)).cloned()).unwrap_or_default();
-                let mut prev = parent.map_or(0, |p| p.0);
-                let mut blocks = Vec::new();
-                for (i, c) in contents.iter().enumerate() {
-                    let content = BlockHash(*c as u64 + 100);
-                    // Engine hashes are mostly a function of the chain (shared across
-                    // ranks); some are odd (copies of a position) or repeat (duplicates).
-                    let engine = match odd_engine % 8 {
-                        0 if i == 0 => EngineHash(mix(prev, content.0) ^ 0x5555),
-                        1 if i == 1 && !held.is_empty() => held[odd_engine as usize % held.len()],
-                        _ => EngineHash(mix(prev, content.0)),
-                    };
-                    blocks.push(StoredBlock { engine_hash: engine, content_hash: content });
-                    prev = engine.0;
-                }
-                let known_parent = parent.is_none_or(|p| self.paths.contains_key(&(r, p)));
+                // Engine hashes are mostly a function of the chain (shared across ranks);
+                // some are odd (copies of a position) or repeat (duplicates).
+                let blocks = chain(parent, &contents, |i, content, prev| match odd_engine % 8 {
+                    0 if i == 0 => Some(EngineHash(mix(prev, content.0) ^ 0x5555)),
+                    1 if i == 1 && !held.is_empty() => Some(held[odd_engine as usize % held.len()]),
+                    _ => None,
+                });
+                let known_parent = parent.is_none_or(|p| self.chains.paths.contains_key(&(r, p)));
                 if known_parent {
-                    for b in &blocks {
-                        if let Some(existing) = self.paths.get(&(r, b.engine_hash)) {
-                            path = existing.clone();
-                        } else {
-                            path.push(b.content_hash);
-                            self.paths.insert((r, b.engine_hash), path.clone());
-                            self.held.entry(r).or_default().push(b.engine_hash);
-                        }
-                        self.probes.push(path.clone());
-                    }
+                    self.chains.record_store(r, parent, &blocks, &mut self.probes);
                 }
                 self.send(r, KvEventData::Stored { parent, blocks });
             }
             Op::Remove { rank, picks, unknown } => {
                 let r = RANKS[rank];
-                let held = self.held.entry(r).or_default();
-                let mut gone = Vec::new();
-                for p in picks {
-                    if !held.is_empty() {
-                        gone.push(held.swap_remove(p % held.len()));
-                    }
-                }
+                let mut gone = self.chains.take(r, &picks);
                 if unknown {
                     gone.push(EngineHash(0xbeef));
-                }
-                for g in &gone {
-                    self.paths.remove(&(r, *g));
                 }
                 self.send(r, KvEventData::Removed { blocks: gone });
             }
             Op::Clear { rank } => {
                 let r = RANKS[rank];
-                self.held.remove(&r);
-                self.paths.retain(|(k, _), _| *k != r);
+                self.chains.forget_rank(r);
                 self.send(r, KvEventData::Cleared);
             }
             Op::Deregister { rank } => {
