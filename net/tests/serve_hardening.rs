@@ -281,17 +281,7 @@ fn publisher(ingest: SocketAddr, name: &str, rank: RankKey) -> PublisherHandle {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publisher_connections_beyond_the_cap_are_refused_until_one_ends() {
     let ingest_port = free_udp_port();
-    let toml = format!(
-        r#"
-        ingest_listen = "127.0.0.1:{ingest_port}"
-        max_publisher_connections = 1
-        [tls]
-        insecure_loopback = true
-        [[workers]]
-        worker_id = 7
-        dp_size = 2
-        "#
-    );
+    let toml = ingest_daemon_toml(ingest_port, "max_publisher_connections = 1");
     let (addr, stop, daemon) = start_daemon(&toml).await;
     let ingest: SocketAddr = ([127, 0, 0, 1], ingest_port).into();
     let (rank0, rank1) = (RankKey::new(7, 0), RankKey::new(7, 1));

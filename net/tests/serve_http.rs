@@ -434,16 +434,7 @@ async fn daemon_serves_on_a_socket_and_shuts_down_gracefully() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_routes_by_kv_events_from_a_publisher() {
     let ingest_port = free_udp_port();
-    let toml = format!(
-        r#"
-        ingest_listen = "127.0.0.1:{ingest_port}"
-        [tls]
-        insecure_loopback = true
-        [[workers]]
-        worker_id = 7
-        dp_size = 2
-        "#
-    );
+    let toml = ingest_daemon_toml(ingest_port, "");
     let (addr, stop, daemon) = start_daemon(&toml).await;
 
     let rank = RankKey::new(7, 1);
@@ -510,20 +501,11 @@ async fn daemon_restarts_from_its_snapshot() {
     let dir = tempfile::tempdir().expect("tempdir");
     let snapshot = dir.path().join("index.snapshot");
     let ingest_port = free_udp_port();
-    let toml = format!(
-        r#"
-        ingest_listen = "127.0.0.1:{ingest_port}"
-        snapshot_path = "{}"
-        snapshot_interval = "1h"
-        publisher_grace = "1h"
-        [tls]
-        insecure_loopback = true
-        [[workers]]
-        worker_id = 7
-        dp_size = 2
-        "#,
-        snapshot.display()
+    let extra = format!(
+        "snapshot_path = {:?}\nsnapshot_interval = \"1h\"\npublisher_grace = \"1h\"",
+        snapshot.display().to_string()
     );
+    let toml = ingest_daemon_toml(ingest_port, &extra);
     let (addr, stop, daemon) = start_daemon(&toml).await;
     let rank = RankKey::new(7, 1);
     let publisher = Publisher::start(PublisherConfig::new(

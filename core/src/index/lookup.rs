@@ -35,7 +35,8 @@ pub(crate) fn common_prefix(run: &[BlockHash], request: &[BlockHash]) -> usize {
     // Eight at a time with one branch: OR of XORs, which the compiler vectorises (SSE2
     // on any x86-64). Runs of hundreds of blocks make this loop most of a long lookup.
     while i + 8 <= n {
-        // A deep match streams kilobytes of run from L3: ask for the line 64 hashes ahead.
+        // A deep match streams kilobytes of run from L3: ask for the line PREFETCH_AHEAD
+        // hashes ahead.
         #[cfg(target_arch = "x86_64")]
         if i + PREFETCH_AHEAD < n {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
@@ -147,7 +148,8 @@ pub(crate) fn find_matches_into<S: ScoreSink>(
         let shape = unsafe { &*shape };
         // If the whole run matches, the walk goes on at the child under the request's
         // next hash: start that slot's cache miss now, alongside the holder words' and the
-        // run's, instead of after the comparison.
+        // run's, instead of after the comparison. Only a hint: `child_of` loads the table
+        // pointer again after this node's holders (their `Acquire` must come first).
         if let Some(&after) = request.get(matched + shape.len as usize) {
             // SAFETY: as `child_of`: the table is loaded under `guard`.
             if let Some(table) = unsafe { ChildTable::from_packed(guard.load(&shape.children)) } {

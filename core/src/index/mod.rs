@@ -444,7 +444,7 @@ impl KvIndex {
                 stack.extend(table.children().map(|(_, c)| unsafe { (*c).node }));
             }
         }
-        debug_assert_eq!(stats.nodes, w.nodes);
+        debug_assert_eq!(stats.nodes, w.node_count());
         stats
     }
 

@@ -75,7 +75,6 @@ pub(crate) struct WriterState {
     pub(crate) words: usize,
     copies: PrehashedMap<(u32, NodePtr, u32), u32>,
     pub(crate) counters: EventCounters,
-    pub(crate) nodes: usize,
     /// Live nodes by number (`Loc::node`); a number is reused once its node is pruned
     /// (no `Loc` names a pruned node: its blocks are held by no rank).
     node_table: Vec<NodePtr>,
@@ -143,7 +142,6 @@ impl WriterState {
             words: 1,
             copies: PrehashedMap::default(),
             counters: EventCounters::default(),
-            nodes: 0,
             node_table: Vec::new(),
             free_node_numbers: Vec::new(),
             scratch: Vec::new(),
@@ -165,8 +163,13 @@ impl WriterState {
         }
     }
 
-    /// Gives a new node its number in the node table.
-    fn number(&mut self, node: NodePtr) {
+    /// Live nodes, the root excepted (each has a number).
+    pub(crate) fn node_count(&self) -> usize {
+        self.node_table.len() - self.free_node_numbers.len()
+    }
+
+    /// Gives a new node its number in the node table, and returns it.
+    fn number(&mut self, node: NodePtr) -> u32 {
         let number = match self.free_node_numbers.pop() {
             Some(n) => {
                 self.node_table[n as usize] = node;
@@ -179,6 +182,7 @@ impl WriterState {
         };
         // Relaxed: writer-only field.
         node_ref(node).id.store(number, Ordering::Relaxed);
+        number
     }
 
     /// A `Loc` for position `offset` of `node` (a numbered node).
@@ -246,7 +250,6 @@ impl WriterState {
         // Release (in swap_shape): a reader that loads the new shape sees the new table,
         // the tail node and its shape fully initialised.
         self.swap_shape(guard, node, head_shape);
-        self.nodes += 1;
         if !self.copies.is_empty() {
             let moved: Vec<_> = self.copies.keys().filter(|(_, n, off)| *n == node && *off >= at).copied().collect();
             for key in moved {
@@ -344,7 +347,6 @@ impl WriterState {
                 guard.retire(n.shape.load(Ordering::Relaxed));
                 guard.retire(node.0);
             }
-            self.nodes -= 1;
             node = parent;
         }
     }
@@ -442,15 +444,15 @@ impl WriterState {
             // Nothing here yet: the rest of the chain (up to a block the rank already
             // holds) becomes one new node, published with this rank as its holder.
             let fresh = NodePtr(Node::unpublished(node.0));
-            self.number(fresh);
-            slot.insert(Self::loc(fresh, 0));
+            let number = self.number(fresh);
+            slot.insert(Loc { node: number, offset: 0 });
             let mut contents = vec![block.content_hash];
             let mut j = i + 1;
             while j < blocks.len() {
                 match entries.entry(blocks[j].engine_hash) {
                     Entry::Occupied(_) => break,
                     Entry::Vacant(v) => {
-                        v.insert(Self::loc(fresh, contents.len() as u32));
+                        v.insert(Loc { node: number, offset: contents.len() as u32 });
                         contents.push(blocks[j].content_hash);
                     }
                 }
@@ -462,7 +464,6 @@ impl WriterState {
             // SAFETY: from `unpublished` just above, filled in once, published only below.
             unsafe { Node::init_run(fresh.0, Arc::from(contents), holders) };
             self.insert_child(guard, node, block.content_hash.0, fresh);
-            self.nodes += 1;
             self.counters.blocks_stored += count as u64;
             (node, pos) = (fresh, count);
             i = j;

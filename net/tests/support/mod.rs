@@ -75,6 +75,15 @@ pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("udp bind").port()
 }
 
+/// A daemon configuration with QUIC ingest on `ingest_port` (insecure loopback) and
+/// worker 7 with 2 dp ranks; `extra` adds top-level keys (one `key = value` per line).
+pub fn ingest_daemon_toml(ingest_port: u16, extra: &str) -> String {
+    format!(
+        "ingest_listen = \"127.0.0.1:{ingest_port}\"\n{extra}\n[tls]\ninsecure_loopback = true\n\
+         [[workers]]\nworker_id = 7\ndp_size = 2\n"
+    )
+}
+
 pub type DaemonTask = tokio::task::JoinHandle<Result<(), ServeError>>;
 
 /// Starts the daemon on an ephemeral HTTP port: its address, the stop sender and the task.
