@@ -244,6 +244,35 @@ impl KvIndex {
         Ok(RankId(id))
     }
 
+    /// Registers several ranks (each idempotently, as [`register_rank`](Self::register_rank))
+    /// and makes them live together: one rank-table publication for all of them, where
+    /// one call per rank would build and retire a table per rank (for a worker with
+    /// thousands of ranks, megabytes of garbage). Returns each rank's outcome, in order:
+    /// once the index is full, that rank and every later new one get `TooManyRanks`; the
+    /// ranks registered before stay registered (and live), and a caller that wants all
+    /// or nothing deregisters them.
+    pub fn register_ranks(&self, ranks: &[RankKey]) -> Vec<Result<RankId, IndexError>> {
+        let mut w = self.writer();
+        let mut full = false;
+        let outcomes = ranks
+            .iter()
+            .map(|&rank| {
+                if let Some(&id) = w.rank_ids.get(&rank) {
+                    return Ok(RankId(id));
+                }
+                if full {
+                    return Err(IndexError::TooManyRanks);
+                }
+                let id = self.allocate_id(&mut w, rank).inspect_err(|_| full = true)?;
+                w.rank_ids.insert(rank, id);
+                Ok(RankId(id))
+            })
+            .collect();
+        let guard = self.domain.pin();
+        self.publish_ranks(&w, &guard);
+        outcomes
+    }
+
     /// A fresh (or recycled) id holding an empty state for `rank`; not yet live.
     ///
     /// Freed ids come back only after a grace period, which seize ends a batch of garbage
@@ -348,21 +377,37 @@ impl KvIndex {
 
     /// Removes a rank and every block it holds. Returns whether it was registered.
     pub fn deregister_rank(&self, rank: RankKey) -> bool {
+        self.deregister_ranks(&[rank]) == 1
+    }
+
+    /// Deregisters several ranks with one rank-table publication (see
+    /// [`register_ranks`](Self::register_ranks)); returns how many were registered.
+    pub fn deregister_ranks(&self, ranks: &[RankKey]) -> usize {
         let mut w = self.writer();
-        let Some(id) = w.rank_ids.remove(&rank) else { return false };
         let guard = self.domain.pin();
-        w.release_rank(&guard, id);
+        let mut released = Vec::new();
+        for rank in ranks {
+            if let Some(id) = w.rank_ids.remove(rank) {
+                w.release_rank(&guard, id);
+                released.push(id);
+            }
+        }
+        if released.is_empty() {
+            return 0;
+        }
         self.publish_ranks(&w, &guard);
-        let pool = w.free_ids.clone();
-        // SAFETY: a fresh box, retired once; its Drop returns the id after the grace period.
-        unsafe { guard.retire(Box::into_raw(Box::new(IdReturn { pool, id }))) };
-        true
+        for &id in &released {
+            let pool = w.free_ids.clone();
+            // SAFETY: a fresh box, retired once; its Drop returns the id after the grace period.
+            unsafe { guard.retire(Box::into_raw(Box::new(IdReturn { pool, id }))) };
+        }
+        released.len()
     }
 
     /// Removes every rank of `worker`; returns how many there were.
     pub fn remove_worker(&self, worker: WorkerId) -> usize {
         let ranks: Vec<RankKey> = self.writer().rank_ids.keys().filter(|k| k.worker == worker).copied().collect();
-        ranks.into_iter().filter(|&r| self.deregister_rank(r)).count()
+        self.deregister_ranks(&ranks)
     }
 
     /// Applies one event. Callable from many threads; a rank's events must be applied in

@@ -272,6 +272,38 @@ fn rank_limit_is_an_error() {
 }
 
 #[test]
+fn ranks_registered_together_are_live_together_and_stop_at_the_limit() {
+    let index = KvIndex::new();
+    let first = RankKey::new(0, 0);
+    let first_id = index.register_rank(first).unwrap();
+    // A batch: the registered rank keeps its id, the new ones get fresh ids, in order.
+    let batch: Vec<RankKey> = (0..4).map(|dp| RankKey::new(0, dp)).collect();
+    let ids: Vec<RankId> = index.register_ranks(&batch).into_iter().map(Result::unwrap).collect();
+    assert_eq!(ids[0], first_id);
+    assert_eq!(ids.iter().collect::<std::collections::HashSet<_>>().len(), 4, "distinct ids");
+    for (dp, &rank) in batch.iter().enumerate() {
+        let stored = StoredBlock { engine_hash: EngineHash(dp as u64), content_hash: BlockHash(1) };
+        index.apply(&KvEvent { rank, event_id: 1, data: KvEventData::Stored { parent: None, blocks: vec![stored] } });
+    }
+    let mut all: Vec<(RankKey, u32)> = batch.iter().map(|&r| (r, 1)).collect();
+    all.sort_unstable();
+    assert_eq!(index.find_matches(&[BlockHash(1)]).sorted(), all, "every rank of the batch is live");
+
+    // Past the limit: the ranks before the full point are registered, the rest refused.
+    let fill: Vec<RankKey> = (1..=MAX_RANKS as u64).map(|w| RankKey::new(w, 0)).collect();
+    let outcomes = index.register_ranks(&fill);
+    let room = MAX_RANKS - batch.len();
+    assert!(outcomes[..room].iter().all(Result::is_ok));
+    assert!(outcomes[room..].iter().all(|o| *o == Err(IndexError::TooManyRanks)));
+    assert_eq!(index.register_rank(fill[room - 1]), outcomes[room - 1], "registered ones stay registered");
+
+    // Deregistered together: they leave every lookup, and only registered ones count.
+    assert_eq!(index.deregister_ranks(&[batch[1], batch[2], RankKey::new(u64::MAX, 9)]), 2);
+    let left: Vec<(RankKey, u32)> = vec![(batch[0], 1), (batch[3], 1)];
+    assert_eq!(index.find_matches(&[BlockHash(1)]).sorted(), left);
+}
+
+#[test]
 fn a_removal_in_any_order_cuts_each_stretch_once() {
     // Two ranks hold one 8-block node; the second evicts blocks 2..8 in two touching
     // pieces, out of order. One cut must result (nodes 0..2 held by both, 2..8 by the

@@ -92,6 +92,10 @@ impl WorkerSpec {
         if self.dp_size == 0 {
             return Err(RouteError::ZeroDpSize(worker));
         }
+        if self.dp_size as usize > crate::index::MAX_RANKS {
+            // Refused before any rank is registered (each would be, then all rolled back).
+            return Err(RouteError::TooManyRanks);
+        }
         let needed = u64::from(self.dp_start) + u64::from(self.dp_size);
         if needed > u64::from(u32::MAX) {
             return Err(RouteError::DpWorldTooSmall { worker, world: u32::MAX, needed: u32::MAX });

@@ -235,21 +235,23 @@ impl Router {
             return Err(RouteError::WorkerExists(spec.worker));
         }
         let entry = Arc::new(WorkerEntry { spec: spec.clone(), exact: false });
-        let mut new_slots = Vec::with_capacity(spec.dp_size as usize);
-        for dp in spec.dp_start..spec.dp_start + spec.dp_size {
-            let key = RankKey { worker: spec.worker, dp_rank: DpRank(dp) };
-            match self.register_everywhere(key) {
-                Ok(ids) => {
-                    new_slots.push(RankSlot { key, role: spec.role, ids, load: Arc::default(), worker: entry.clone() })
+        let keys: Vec<RankKey> = (spec.dp_start..spec.dp_start + spec.dp_size)
+            .map(|dp| RankKey { worker: spec.worker, dp_rank: DpRank(dp) })
+            .collect();
+        let ids = match self.register_everywhere(&keys) {
+            Ok(ids) => ids,
+            Err(e) => {
+                for index in &self.indexes {
+                    index.remove_worker(spec.worker);
                 }
-                Err(e) => {
-                    for index in &self.indexes {
-                        index.remove_worker(spec.worker);
-                    }
-                    return Err(e);
-                }
+                return Err(e);
             }
-        }
+        };
+        let new_slots: Vec<RankSlot> = keys
+            .iter()
+            .zip(ids)
+            .map(|(&key, ids)| RankSlot { key, role: spec.role, ids, load: Arc::default(), worker: entry.clone() })
+            .collect();
         let mut workers = fleet.workers.clone();
         workers.insert(spec.worker, entry);
         let mut ranks = fleet.ranks.clone();
@@ -258,10 +260,14 @@ impl Router {
         Ok(())
     }
 
-    fn register_everywhere(&self, key: RankKey) -> Result<[RankId; 3], RouteError> {
-        let mut ids = [RankId(0); 3];
-        for (id, index) in ids.iter_mut().zip(&self.indexes) {
-            *id = index.register_rank(key)?;
+    /// Registers `keys` in every tier's index, one rank-table publication per index; the
+    /// ids of each key, one per tier. On an error some keys may stay registered.
+    fn register_everywhere(&self, keys: &[RankKey]) -> Result<Vec<[RankId; 3]>, RouteError> {
+        let mut ids = vec![[RankId(0); 3]; keys.len()];
+        for (tier, index) in self.indexes.iter().enumerate() {
+            for (slot, outcome) in ids.iter_mut().zip(index.register_ranks(keys)) {
+                slot[tier] = outcome?;
+            }
         }
         Ok(ids)
     }
@@ -346,13 +352,20 @@ impl Router {
         }
         let exact = Arc::new(WorkerEntry { spec: entry.spec.clone(), exact: true });
         let mut ranks = fleet.ranks.clone();
+        let keys: Vec<RankKey> = ranks.iter().filter(|s| s.key.worker == worker).map(|s| s.key).collect();
+        for &key in &keys {
+            approx.forget(key);
+        }
+        // Fresh device ids for the worker's ranks (the approximate blocks go with the old
+        // ones), all published at once.
+        let device = &self.indexes[StorageTier::Device.index()];
+        device.deregister_ranks(&keys);
+        // Re-registering ranks that were registered a moment ago cannot exceed the rank
+        // limit; were it to, such a rank keeps routing with no cached blocks. (`keys`
+        // lists the worker's slots in the order of this loop.)
+        let mut outcomes = device.register_ranks(&keys).into_iter();
         for slot in ranks.iter_mut().filter(|s| s.key.worker == worker) {
-            approx.forget(slot.key);
-            let device = &self.indexes[StorageTier::Device.index()];
-            device.deregister_rank(slot.key);
-            // Re-registering a rank that was registered a moment ago cannot exceed the
-            // rank limit; were it to, the rank keeps routing with no cached blocks.
-            if let Ok(id) = device.register_rank(slot.key) {
+            if let Some(Ok(id)) = outcomes.next() {
                 slot.ids[StorageTier::Device.index()] = id;
             }
             slot.worker = exact.clone();

@@ -287,6 +287,22 @@ fn load_accounting_is_exact_under_concurrency() {
 }
 
 #[test]
+fn a_worker_with_more_ranks_than_an_index_holds_is_refused_before_registering_any() {
+    let (router, _) = router();
+    let too_many = crate::index::MAX_RANKS as u32 + 1;
+    assert_eq!(router.add_worker(WorkerSpec::new(WorkerId(1), too_many, BS)), Err(RouteError::TooManyRanks));
+    assert!(router.rank_loads().is_empty(), "no rank of the refused worker is left");
+    // A worker that fills the index exactly is taken, and the next one refused whole.
+    router.add_worker(WorkerSpec::new(WorkerId(2), too_many - 1, BS)).unwrap();
+    assert_eq!(router.rank_loads().len(), too_many as usize - 1);
+    assert_eq!(router.add_worker(WorkerSpec::new(WorkerId(3), 2, BS)), Err(RouteError::TooManyRanks));
+    assert_eq!(router.rank_loads().len(), too_many as usize - 1);
+    router.remove_worker(WorkerId(2)).unwrap();
+    router.add_worker(WorkerSpec::new(WorkerId(3), 2, BS)).unwrap();
+    assert_eq!(router.rank_loads().len(), 2);
+}
+
+#[test]
 fn prefill_tokens_follow_the_lifecycle() {
     let (router, _) = router();
     router.add_worker(WorkerSpec::new(WorkerId(1), 1, BS)).unwrap();
