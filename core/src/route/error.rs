@@ -60,7 +60,13 @@ impl std::fmt::Display for RouteError {
                 f,
                 "same-rank disaggregation: no prefill dp rank exists on any decode worker (check the DP sizes)"
             ),
-            RouteError::TooManyRanks => write!(f, "too many ranks for one index"),
+            RouteError::TooManyRanks => {
+                write!(
+                    f,
+                    "too many ranks: an index holds at most {} (all workers' DP ranks together)",
+                    crate::index::MAX_RANKS
+                )
+            }
             RouteError::InvalidConfig(msg) => write!(f, "invalid configuration: {msg}"),
         }
     }
