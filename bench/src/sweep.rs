@@ -12,12 +12,20 @@
 //!    repeat had to: on this VM that measured its multi-millisecond stalls, a larger
 //!    share of a fast backend's 0.2 s repeat than of a slow one's); its latency
 //!    percentiles merge the repeats. (With 512-token blocks the whole trace is ~0.6 M block
-//!    ops, a window of tens of milliseconds, where one scheduler hiccup is a few percent.) The highest sustained rate found so far
-//!    and the lowest failed one (initially `1.05 C`, assumed to fail) bracket the answer;
+//!    ops, a window of tens of milliseconds, where one scheduler hiccup is a few percent.)
+//!    The highest sustained rate found so far and the lowest failed one bracket the answer;
 //!    while nothing has sustained the rate drops by 0.7x, afterwards the next rate is the
-//!    geometric midpoint of the bracket, until the bracket is within `tolerance` or
-//!    `max_runs` trials were spent. The backend's figures (`sustained_block_ops_per_sec`
-//!    and the latency percentiles) are those of its highest sustaining trial;
+//!    geometric midpoint of the bracket, until a failed rate is within `tolerance` of the
+//!    best sustained one or `max_runs` trials were spent. Until some rate fails, the top of
+//!    the bracket is only assumed: `1.05 C` at first, and whenever the best sustained rate
+//!    comes within `tolerance` of it, raised above that rate by `2 tolerance`, then twice
+//!    as much at each further raise; while nothing has failed the search offers that
+//!    ceiling itself, so that it climbs past `C` in growing steps until a rate fails. (Until 2026-11-21 it never offered more than about `1.01 C`: the calibration,
+//!    one short as-fast-as-possible run, capped every backend, Dynamo's CRTC most: it
+//!    sustains a paced load well above the rate it reaches with every deadline at the
+//!    start.) The backend's figures
+//!    (`sustained_block_ops_per_sec` and the latency percentiles) are those of its highest
+//!    sustaining trial;
 //! 3. **common rate**: the highest rate every exact backend sustains (the minimum of their
 //!    sustained rates); every backend is run once more at it (unless its search already ran
 //!    it) and reports its lookup percentiles there.
@@ -94,7 +102,7 @@ impl Default for BenchConfig {
             backends: BackendKind::ALL.to_vec(),
             pacing: Pacing::Ops,
             positional_hashes: PositionalHashes::DynamoChain,
-            max_runs: 5,
+            max_runs: 12,
             tolerance: 0.05,
             fixed_rate: None,
             min_seconds_per_rate: 1.0,
@@ -287,23 +295,64 @@ fn short(v: &[(kvroute_core::ids::RankKey, u32)]) -> String {
 
 /// The search of step 2 (see the module docs), as a `next` function for `Fixture::trials`.
 fn search(calibrated: f64, max_runs: usize, tolerance: f64) -> impl FnMut(&[TrialResult]) -> Option<Option<f64>> {
-    let mut failed_at = calibrated * 1.05;
-    let mut best: Option<f64> = None;
+    let mut search = RateSearch::new(calibrated, tolerance);
     move |results: &[TrialResult]| {
         let last = results.last()?;
-        let offered = last.offered?;
-        if last.sustained() {
-            best = Some(best.map_or(offered, |b: f64| b.max(offered)));
-        } else {
-            failed_at = failed_at.min(offered);
-        }
+        let next = search.next(last.offered?, last.sustained());
         if results.len() >= max_runs {
             return None;
         }
-        match best {
-            None => Some(Some(offered * 0.7)),
-            Some(b) if failed_at / b <= 1.0 + tolerance => None,
-            Some(b) => Some(Some((b * failed_at).sqrt())),
+        next.map(Some)
+    }
+}
+
+/// The rate bracket of step 2: each trial's outcome in, the next rate to offer out.
+#[derive(Debug)]
+struct RateSearch {
+    /// Top of the bracket while no rate has failed (assumed, never measured).
+    assumed_ceiling: f64,
+    /// Factor over the best sustained rate the assumed ceiling is next raised to; its
+    /// excess over 1 doubles at each raise, so a long climb takes few trials.
+    raise: f64,
+    /// Lowest offered rate that failed.
+    failed: Option<f64>,
+    /// Highest offered rate that was sustained.
+    best: Option<f64>,
+    tolerance: f64,
+}
+
+impl RateSearch {
+    fn new(calibrated: f64, tolerance: f64) -> Self {
+        RateSearch {
+            assumed_ceiling: calibrated * 1.05,
+            raise: 1.0 + 2.0 * tolerance,
+            failed: None,
+            best: None,
+            tolerance,
+        }
+    }
+
+    /// Records a trial at `offered`; the next rate to offer, or `None` once a failed rate
+    /// lies within the tolerance of the best sustained one.
+    fn next(&mut self, offered: f64, sustained: bool) -> Option<f64> {
+        if sustained {
+            self.best = Some(self.best.map_or(offered, |b| b.max(offered)));
+        } else {
+            self.failed = Some(self.failed.map_or(offered, |f| f.min(offered)));
+        }
+        let within = |top: f64, best: f64| top / best <= 1.0 + self.tolerance;
+        match (self.best, self.failed) {
+            (None, _) => Some(offered * 0.7),
+            (Some(best), Some(failed)) if within(failed, best) => None,
+            (Some(best), Some(failed)) => Some((best * failed).sqrt()),
+            (Some(best), None) => {
+                if within(self.assumed_ceiling, best) {
+                    self.assumed_ceiling = best * self.raise;
+                    self.raise = 1.0 + 2.0 * (self.raise - 1.0);
+                }
+                // Climbing: offer the ceiling itself; the first failure starts the halving.
+                Some(self.assumed_ceiling)
+            }
         }
     }
 }
@@ -516,4 +565,51 @@ pub fn run_bench(config: &BenchConfig) -> Result<Report, String> {
         },
         backends,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RateSearch;
+
+    /// Runs the search against a backend that sustains exactly the rates up to `capacity`;
+    /// returns (best sustained, lowest failed, trials).
+    fn settle(calibrated: f64, capacity: f64) -> (f64, f64, usize) {
+        let mut search = RateSearch::new(calibrated, 0.05);
+        let mut offered = calibrated * 0.9;
+        for trials in 1..100 {
+            match search.next(offered, offered <= capacity) {
+                Some(next) => offered = next,
+                None => return (search.best.unwrap(), search.failed.unwrap(), trials),
+            }
+        }
+        panic!("the search did not settle: {search:?}");
+    }
+
+    #[test]
+    fn the_search_brackets_a_capacity_below_the_calibration() {
+        let (best, failed, _) = settle(100.0, 80.0);
+        assert!(best <= 80.0 && failed > 80.0 && failed / best <= 1.05, "{best} {failed}");
+    }
+
+    #[test]
+    fn the_search_climbs_past_a_calibration_that_came_out_low() {
+        // The calibration run met a stall: the backend sustains 30% more than it showed.
+        let (best, failed, trials) = settle(100.0, 130.0);
+        assert!(best <= 130.0 && failed > 130.0 && failed / best <= 1.05, "{best} {failed}");
+        assert!(trials <= 10, "climbs in growing steps: {trials} trials");
+    }
+
+    #[test]
+    fn a_capacity_twice_the_calibration_is_bracketed_within_the_default_trials() {
+        let (best, failed, trials) = settle(100.0, 200.0);
+        assert!(best <= 200.0 && failed > 200.0 && failed / best <= 1.05, "{best} {failed}");
+        assert!(trials <= super::BenchConfig::default().max_runs, "{trials} trials");
+    }
+
+    #[test]
+    fn a_capacity_at_the_calibration_ends_with_a_measured_failure() {
+        let (best, failed, _) = settle(100.0, 100.0);
+        assert!((95.0..=100.0).contains(&best), "{best}");
+        assert!(failed > 100.0 && failed / best <= 1.05, "{failed}");
+    }
 }

@@ -118,8 +118,10 @@ struct Args {
     #[arg(long, value_enum, default_value_t = PositionalHashes::DynamoChain)]
     positional_hashes: PositionalHashes,
 
-    /// Rate-search trials per backend after the calibration (0: calibration only).
-    #[arg(long, default_value_t = 5)]
+    /// Rate-search trials per backend after the calibration (0: calibration only). While
+    /// rates are sustained the search climbs past the calibrated rate in growing steps,
+    /// then narrows the bracket to --tolerance.
+    #[arg(long, default_value_t = 12)]
     max_runs: usize,
 
     /// Stop the search once highest failed / highest sustained rate <= 1 + this.
