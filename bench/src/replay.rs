@@ -504,10 +504,11 @@ pub fn run_trial<B: Backend>(
     let elapsed = end.saturating_duration_since(start).as_secs_f64().max(1e-9);
     let mut latency = histogram();
     let mut lag = histogram();
+    let achieved = schedule.totals.total_block_ops as f64 / elapsed;
     let mut result = TrialResult {
         offered: spec.offered,
-        achieved: schedule.totals.total_block_ops as f64 / elapsed,
-        lowest_repeat: schedule.totals.total_block_ops as f64 / elapsed,
+        achieved,
+        lowest_repeat: achieved,
         elapsed_s: elapsed,
         repeats: 1,
         lookups: 0,

@@ -20,12 +20,12 @@
 //!    the bracket is only assumed: `1.05 C` at first, and whenever the best sustained rate
 //!    comes within `tolerance` of it, raised above that rate by `2 tolerance`, then twice
 //!    as much at each further raise; while nothing has failed the search offers that
-//!    ceiling itself, so that it climbs past `C` in growing steps until a rate fails. (Until 2026-11-21 it never offered more than about `1.01 C`: the calibration,
-//!    one short as-fast-as-possible run, capped every backend, Dynamo's CRTC most: it
-//!    sustains a paced load well above the rate it reaches with every deadline at the
-//!    start.) The backend's figures
-//!    (`sustained_block_ops_per_sec` and the latency percentiles) are those of its highest
-//!    sustaining trial;
+//!    ceiling itself, so that it climbs past `C` in growing steps until a rate fails.
+//!    (Until 2026-11-21 it never offered more than about `1.01 C`: the calibration, one
+//!    short as-fast-as-possible run, capped every backend, Dynamo's CRTC most: it sustains
+//!    a paced load well above the rate it reaches with every deadline at the start.) The
+//!    backend's figures (`sustained_block_ops_per_sec` and the latency percentiles) are
+//!    those of its highest sustaining trial;
 //! 3. **common rate**: the highest rate every exact backend sustains (the minimum of their
 //!    sustained rates); every backend is run once more at it (unless its search already ran
 //!    it) and reports its lookup percentiles there.

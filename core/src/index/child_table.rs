@@ -211,18 +211,25 @@ impl ChildTable {
     /// caller is pinned so a returned shape is not freed while it uses it.
     #[inline]
     pub(crate) fn get(&self, key: u64) -> Option<*mut Shape> {
+        // Acquire pairs with the Release that published the child, making its key and
+        // the child node's contents visible.
+        self.probe(key, Ordering::Acquire).map(|(_, child)| child)
+    }
+
+    /// The slot holding the live entry under `key`, and its child as loaded with `order`
+    /// (readers: `Acquire`; the writer: `Relaxed`, its lock orders its own accesses).
+    #[inline(always)]
+    fn probe(&self, key: u64, order: Ordering) -> Option<(&Slot, *mut Shape)> {
         let mask = self.mask();
         let mut i = home(key, self.shift());
         for _ in 0..self.slots.len() {
             let slot = &self.slots[i];
-            // Acquire pairs with the Release that published the child, making its key and
-            // the child node's contents visible.
-            let child = slot.child.load(Ordering::Acquire);
+            let child = slot.child.load(order);
             if child.is_null() {
                 return None;
             }
             if child != TOMBSTONE && slot.key.load(Ordering::Relaxed) == key {
-                return Some(child);
+                return Some((slot, child));
             }
             i = (i + 1) & mask;
         }
@@ -287,20 +294,7 @@ impl ChildTable {
     /// The slot holding the live entry under `key`, if any. Writer only (`Relaxed`: the
     /// writer lock orders the writer's own accesses).
     fn live_slot(&self, key: u64) -> Option<&Slot> {
-        let mask = self.mask();
-        let mut i = home(key, self.shift());
-        for _ in 0..self.slots.len() {
-            let slot = &self.slots[i];
-            let current = slot.child.load(Ordering::Relaxed);
-            if current.is_null() {
-                return None;
-            }
-            if current != TOMBSTONE && slot.key.load(Ordering::Relaxed) == key {
-                return Some(slot);
-            }
-            i = (i + 1) & mask;
-        }
-        None
+        self.probe(key, Ordering::Relaxed).map(|(slot, _)| slot)
     }
 
     /// Points the live entry under `key` at `child` (the child's new shape). Writer only.

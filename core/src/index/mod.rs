@@ -231,17 +231,8 @@ impl KvIndex {
     /// already registered; lookups and results are the same as without it. Hints are
     /// capped at 2^20 blocks per rank (the map grows past that as blocks come).
     pub fn register_rank_with_capacity(&self, rank: RankKey, blocks: usize) -> Result<RankId, IndexError> {
-        let mut w = self.writer();
-        if let Some(&id) = w.rank_ids.get(&rank) {
-            w.reserve_entries(id, blocks);
-            return Ok(RankId(id));
-        }
-        let id = self.allocate_id(&mut w, rank)?;
-        w.reserve_entries(id, blocks);
-        w.rank_ids.insert(rank, id);
-        let guard = self.domain.pin();
-        self.publish_ranks(&w, &guard);
-        Ok(RankId(id))
+        let outcome = self.register_all(&[rank], blocks).pop();
+        outcome.unwrap_or(Err(IndexError::TooManyRanks))
     }
 
     /// Registers several ranks (each idempotently, as [`register_rank`](Self::register_rank))
@@ -252,24 +243,36 @@ impl KvIndex {
     /// ranks registered before stay registered (and live), and a caller that wants all
     /// or nothing deregisters them.
     pub fn register_ranks(&self, ranks: &[RankKey]) -> Vec<Result<RankId, IndexError>> {
+        self.register_all(ranks, 0)
+    }
+
+    /// What `register_ranks` and `register_rank_with_capacity` do: registers `ranks`,
+    /// reserves `blocks` map entries for each, and publishes the rank table once if any
+    /// rank is new.
+    fn register_all(&self, ranks: &[RankKey], blocks: usize) -> Vec<Result<RankId, IndexError>> {
         let mut w = self.writer();
-        let mut full = false;
+        let (mut full, mut added) = (false, false);
         let outcomes = ranks
             .iter()
             .map(|&rank| {
-                if let Some(&id) = w.rank_ids.get(&rank) {
-                    return Ok(RankId(id));
-                }
-                if full {
-                    return Err(IndexError::TooManyRanks);
-                }
-                let id = self.allocate_id(&mut w, rank).inspect_err(|_| full = true)?;
-                w.rank_ids.insert(rank, id);
+                let id = match w.rank_ids.get(&rank) {
+                    Some(&id) => id,
+                    None if full => return Err(IndexError::TooManyRanks),
+                    None => {
+                        let id = self.allocate_id(&mut w, rank).inspect_err(|_| full = true)?;
+                        w.rank_ids.insert(rank, id);
+                        added = true;
+                        id
+                    }
+                };
+                w.reserve_entries(id, blocks);
                 Ok(RankId(id))
             })
             .collect();
-        let guard = self.domain.pin();
-        self.publish_ranks(&w, &guard);
+        if added {
+            let guard = self.domain.pin();
+            self.publish_ranks(&w, &guard);
+        }
         outcomes
     }
 

@@ -136,13 +136,8 @@ impl Node {
         parent: *mut Node,
     ) -> *mut Node {
         let node = Node::unpublished(parent);
-        // SAFETY: a fresh node, not shared yet; its run is set before its shape is built.
-        unsafe {
-            (*node).run = run;
-            (*node).start = start;
-            let shape = Shape::first(node, len, children, holders);
-            *(*node).shape.get_mut() = Box::into_raw(shape);
-        }
+        // SAFETY: a fresh node, not shared yet and not filled in.
+        unsafe { Node::fill(node, run, start, len, children, holders) };
         node
     }
 
@@ -163,13 +158,31 @@ impl Node {
     /// # Safety
     /// `node` came from [`Node::unpublished`], is not published yet and not filled in.
     pub(crate) unsafe fn init_run(node: *mut Node, run: Arc<[BlockHash]>, holders: Box<[AtomicU64]>) {
-        // SAFETY: per the contract, nothing else reads or writes the node yet.
+        let len = run.len() as u32;
+        // SAFETY: per the contract.
+        unsafe { Node::fill(node, run, 0, len, std::ptr::null_mut(), holders) };
+    }
+
+    /// Sets an unpublished node's run (positions `start..start + len` of `run`) and builds
+    /// its first shape.
+    ///
+    /// # Safety
+    /// `node` came from [`Node::unpublished`], is not published yet and not filled in.
+    unsafe fn fill(
+        node: *mut Node,
+        run: Arc<[BlockHash]>,
+        start: u32,
+        len: u32,
+        children: *mut PackedTable,
+        holders: Box<[AtomicU64]>,
+    ) {
+        // SAFETY: per the contract, nothing else reads or writes the node yet; its run is
+        // set before its shape is built from it.
         unsafe {
-            debug_assert!((*node).shape.get_mut().is_null(), "init_run on a node that has a shape");
-            let len = run.len() as u32;
+            debug_assert!((*node).shape.get_mut().is_null(), "a node filled in twice");
             (*node).run = run;
-            (*node).start = 0;
-            let shape = Shape::first(node, len, std::ptr::null_mut(), holders);
+            (*node).start = start;
+            let shape = Shape::first(node, len, children, holders);
             *(*node).shape.get_mut() = Box::into_raw(shape);
         }
     }

@@ -361,11 +361,10 @@ impl Router {
         let device = &self.indexes[StorageTier::Device.index()];
         device.deregister_ranks(&keys);
         // Re-registering ranks that were registered a moment ago cannot exceed the rank
-        // limit; were it to, such a rank keeps routing with no cached blocks. (`keys`
-        // lists the worker's slots in the order of this loop.)
-        let mut outcomes = device.register_ranks(&keys).into_iter();
-        for slot in ranks.iter_mut().filter(|s| s.key.worker == worker) {
-            if let Some(Ok(id)) = outcomes.next() {
+        // limit; were it to, such a rank keeps routing with no cached blocks.
+        let outcomes = device.register_ranks(&keys);
+        for (slot, outcome) in ranks.iter_mut().filter(|s| s.key.worker == worker).zip(outcomes) {
+            if let Ok(id) = outcome {
                 slot.ids[StorageTier::Device.index()] = id;
             }
             slot.worker = exact.clone();
