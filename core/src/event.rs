@@ -47,3 +47,14 @@ impl KvEvent {
         }
     }
 }
+
+/// One block of a dump: replayed as `Stored { parent, blocks: [block] }`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DumpBlock {
+    pub parent: Option<EngineHash>,
+    pub block: StoredBlock,
+    /// The rank does not hold this block; it stands for a removed block whose descendants
+    /// the rank still holds, so that they can be placed. Stored during the dump and
+    /// removed at its end. Its engine hash is made up by the publisher.
+    pub placeholder: bool,
+}

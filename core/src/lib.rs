@@ -31,8 +31,10 @@ pub mod reference;
 pub mod route;
 pub mod sim;
 pub mod snapshot;
+pub mod tier;
 pub mod trace;
 pub mod wire;
+pub mod worker;
 
 pub use event::{KvEvent, KvEventData, StoredBlock};
 pub use ids::{BlockHash, DpRank, EngineHash, RankId, RankKey, WorkerId};

@@ -53,6 +53,7 @@
 //! parent sequence hash then the block hash, each as 8 little-endian bytes) is
 //! [`dynamo_sequence_hashes`].
 
+mod extra_keys;
 mod kv64;
 mod xxh3;
 
@@ -63,6 +64,7 @@ use std::fmt;
 
 use crate::ids::BlockHash;
 
+pub use extra_keys::{extra_keys_hash, fold_block_keys, fold_extra_keys, KeyValue};
 pub use xxh3::xxh3_64_with_seed;
 
 /// The XXH3 seed Dynamo and the SGLang gateway use for block and sequence hashes.

@@ -35,9 +35,9 @@ use super::node::Shape;
 use super::prehashed::PrehashedMap;
 use super::writer::NodePtr;
 use super::KvIndex;
+use crate::event::DumpBlock;
 use crate::event::{KvEventData, StoredBlock};
 use crate::ids::{EngineHash, RankKey};
-use crate::wire::DumpBlock;
 
 /// A node of the rank's own tree (a node of the index holding, or leading to, its blocks).
 struct RankNode {
@@ -218,7 +218,7 @@ mod tests {
     use crate::ids::BlockHash;
     use crate::ingest::DumpReplay;
     use crate::reference::ReferenceIndex;
-    use crate::route::StorageTier;
+    use crate::tier::StorageTier;
 
     const RANKS: [RankKey; 3] = [RankKey::new(1, 0), RankKey::new(1, 1), RankKey::new(4, 2)];
 

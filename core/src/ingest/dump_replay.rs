@@ -1,10 +1,10 @@
 //! [`DumpReplay`]: turns the blocks of a dump into the events that rebuild the rank's
 //! state in the router's index.
 
+use crate::event::DumpBlock;
 use crate::event::{KvEventData, StoredBlock};
 use crate::ids::EngineHash;
-use crate::route::StorageTier;
-use crate::wire::DumpBlock;
+use crate::tier::StorageTier;
 
 /// Replay of one dump, from `DumpBegin` to `DumpEnd`. The caller applies `Cleared` to
 /// every tier of the rank at `DumpBegin`, the events of [`stored_events`] for each

@@ -10,7 +10,7 @@ use crate::event::{KvEvent, KvEventData, StoredBlock};
 use crate::ids::{BlockHash, EngineHash, RankKey};
 use crate::publish::{delta_frames, dump_frames, PublisherConfig, RankPublisher, SubscribeReply};
 use crate::reference::ReferenceIndex;
-use crate::route::StorageTier;
+use crate::tier::StorageTier;
 use crate::wire::{self, DecoderConfig, Deltas, DumpBlock, Frame, FrameDecoder};
 
 fn synced_at(applied: u64) -> RankCursor {

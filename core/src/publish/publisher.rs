@@ -3,10 +3,10 @@
 
 use super::rank_state::RankState;
 use super::ring::{Delta, DeltaRing};
+use crate::event::DumpBlock;
 use crate::event::KvEventData;
 use crate::ids::RankKey;
-use crate::route::StorageTier;
-use crate::wire::DumpBlock;
+use crate::tier::StorageTier;
 
 /// Publisher settings. `PublisherConfig::default()` is a working configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -24,10 +24,10 @@
 
 use std::collections::hash_map::Entry;
 
+use crate::event::DumpBlock;
 use crate::event::{KvEventData, StoredBlock};
 use crate::ids::{BlockHash, EngineHash};
 use crate::index::prehashed::PrehashedMap;
-use crate::wire::DumpBlock;
 
 /// Slot of an entry in [`RankState::entries`]. 32 bits keep a map entry at 16 bytes: the
 /// publisher's `publish` probes the map once per block, so its cache footprint is its cost.

@@ -4,7 +4,7 @@
 use std::collections::vec_deque::{self, VecDeque};
 
 use crate::event::KvEventData;
-use crate::route::StorageTier;
+use crate::tier::StorageTier;
 
 /// One event of a rank as published: its sequence number, tier and data.
 #[derive(Clone, Debug, PartialEq, Eq)]

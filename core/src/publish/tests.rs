@@ -9,7 +9,7 @@ use crate::event::{KvEvent, KvEventData, StoredBlock};
 use crate::ids::{BlockHash, EngineHash, RankKey};
 use crate::ingest::DumpReplay;
 use crate::reference::ReferenceIndex;
-use crate::route::StorageTier;
+use crate::tier::StorageTier;
 use crate::wire::{self, Frame};
 
 const RANK: RankKey = RankKey::new(9, 2);

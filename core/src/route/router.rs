@@ -16,6 +16,7 @@ use crate::event::{KvEvent, KvEventData};
 use crate::hashing::{BlockHasher, HashScheme};
 use crate::ids::{BlockHash, DpRank, RankId, RankKey, WorkerId};
 use crate::index::KvIndex;
+pub use crate::tier::StorageTier;
 
 /// The router's only source of time: milliseconds on any monotonic scale.
 pub trait Clock: Send + Sync {
@@ -25,25 +26,6 @@ pub trait Clock: Send + Sync {
 impl<F: Fn() -> u64 + Send + Sync> Clock for F {
     fn now_ms(&self) -> u64 {
         self()
-    }
-}
-
-/// Where a KV event's blocks live; lower tiers earn less overlap credit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StorageTier {
-    Device,
-    Host,
-    Disk,
-}
-
-impl StorageTier {
-    /// Every tier, in index order (device, host, disk).
-    pub const ALL: [StorageTier; 3] = [StorageTier::Device, StorageTier::Host, StorageTier::Disk];
-
-    /// The tier's position in [`StorageTier::ALL`] (for per-tier arrays).
-    pub fn index(self) -> usize {
-        self as usize
     }
 }
 

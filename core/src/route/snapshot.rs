@@ -33,13 +33,13 @@
 use super::registry::Fleet;
 use super::router::Router;
 use super::{RouteError, StorageTier};
+use crate::event::DumpBlock;
 use crate::event::StoredBlock;
 use crate::ids::{EngineHash, RankKey, WorkerId};
 use crate::index::KvIndex;
 use crate::snapshot::{
     CursorState, RankSnapshot, SectionView, Snapshot, SnapshotEncoder, SnapshotMeta, SnapshotView, WorkerRecord,
 };
-use crate::wire::DumpBlock;
 
 /// Why a snapshot could not be restored at all.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -15,10 +15,11 @@ use std::ops::Range;
 
 use super::layout::*;
 use super::{CursorState, RankSnapshot, Snapshot, SnapshotError, SnapshotMeta, WorkerRecord};
+use crate::event::DumpBlock;
 use crate::event::StoredBlock;
 use crate::ids::{BlockHash, DpRank, EngineHash, RankKey, WorkerId};
-use crate::route::{BootstrapEndpoint, StorageTier, WorkerSpec};
-use crate::wire::DumpBlock;
+use crate::tier::StorageTier;
+use crate::worker::{BootstrapEndpoint, WorkerSpec};
 
 fn le_u16(b: &[u8], at: usize) -> u16 {
     b.get(at..at + 2).and_then(|s| s.try_into().ok()).map_or(0, u16::from_le_bytes)

@@ -5,9 +5,9 @@
 
 use super::layout::*;
 use super::{CursorState, RankSnapshot, SnapshotMeta, WorkerRecord};
+use crate::event::DumpBlock;
 use crate::ids::{EngineHash, RankKey};
-use crate::route::StorageTier;
-use crate::wire::DumpBlock;
+use crate::tier::StorageTier;
 
 fn put_u32(out: &mut [u8], at: usize, v: u32) {
     out[at..at + 4].copy_from_slice(&v.to_le_bytes());

@@ -2,7 +2,7 @@
 //! the decoder (the reference is `docs/snapshot-format.md`). All integers little-endian.
 
 use crate::hashing::HashScheme;
-use crate::route::Role;
+use crate::worker::Role;
 
 /// The file's first 8 bytes.
 pub const MAGIC: [u8; 8] = *b"KVRTSNAP";

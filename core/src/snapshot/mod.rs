@@ -45,11 +45,12 @@ pub use encode::{encode_snapshot, SnapshotEncoder};
 pub use error::SnapshotError;
 pub use layout::{FORMAT_VERSION, HEADER_LEN, MAGIC};
 
+use crate::event::DumpBlock;
 use crate::hashing::HashScheme;
 use crate::ids::RankKey;
 use crate::ingest::RankCursor;
-use crate::route::{StorageTier, WorkerSpec};
-use crate::wire::DumpBlock;
+use crate::tier::StorageTier;
+use crate::worker::WorkerSpec;
 
 /// What a snapshot says about itself: when it was taken (on the caller's clock) and the
 /// hashing it was taken under (content hashes are meaningless under another).

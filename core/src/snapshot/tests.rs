@@ -7,7 +7,7 @@ use super::layout::{checksum, CHECKSUMMED_FROM, H_CHECKSUM};
 use super::*;
 use crate::event::StoredBlock;
 use crate::ids::{BlockHash, EngineHash, WorkerId};
-use crate::route::{BootstrapEndpoint, Role};
+use crate::worker::{BootstrapEndpoint, Role};
 
 fn meta() -> SnapshotMeta {
     SnapshotMeta { taken_at_ms: 1_700_000_000_123, block_size: 16, hash_scheme: HashScheme::Xxh3Compat }

@@ -14,7 +14,7 @@ use super::header::FrameType;
 use super::layout::*;
 use crate::event::{KvEventData, StoredBlock};
 use crate::ids::{BlockHash, DpRank, EngineHash, RankKey, WorkerId};
-use crate::route::StorageTier;
+use crate::tier::StorageTier;
 
 /// Decodes the payload of a frame of type `frame_type`.
 pub(crate) fn decode_payload(frame_type: FrameType, payload: &[u8]) -> Result<Frame, WireError> {

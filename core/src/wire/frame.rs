@@ -2,9 +2,10 @@
 //! docs/wire-format.md.
 
 use super::header::FrameType;
-use crate::event::{KvEventData, StoredBlock};
-use crate::ids::{EngineHash, RankKey};
-use crate::route::StorageTier;
+pub use crate::event::DumpBlock;
+use crate::event::KvEventData;
+use crate::ids::RankKey;
+use crate::tier::StorageTier;
 
 /// Longest publisher name a [`Hello`] carries, in UTF-8 bytes (its length is one byte).
 pub const MAX_PUBLISHER_NAME_LEN: usize = 255;
@@ -108,17 +109,6 @@ pub struct DumpBlocks {
     pub rank: RankKey,
     pub tier: StorageTier,
     pub blocks: Vec<DumpBlock>,
-}
-
-/// One block of a dump: replayed as `Stored { parent, blocks: [block] }`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct DumpBlock {
-    pub parent: Option<EngineHash>,
-    pub block: StoredBlock,
-    /// The rank does not hold this block; it stands for a removed block whose descendants
-    /// the rank still holds, so that they can be placed. Stored during the dump and
-    /// removed at its end. Its engine hash is made up by the publisher.
-    pub placeholder: bool,
 }
 
 /// Publisher -> router: the dump begun at `as_of_seq` is complete; it held `block_count`

@@ -1,7 +1,7 @@
 //! Field sizes, value codes and validity rules shared by the encoder and the decoder, so
 //! that the encoder never writes a frame the decoder would refuse.
 
-use crate::route::StorageTier;
+use crate::tier::StorageTier;
 
 /// `RankKey`: worker u64, dp_rank u32.
 pub(crate) const RANK_KEY_LEN: usize = 12;

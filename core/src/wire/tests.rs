@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::event::{KvEventData, StoredBlock};
 use crate::ids::{BlockHash, EngineHash, RankKey};
-use crate::route::StorageTier;
+use crate::tier::StorageTier;
 
 fn arb_rank() -> impl Strategy<Value = RankKey> {
     (any::<u64>(), any::<u32>()).prop_map(|(w, d)| RankKey::new(w, d))
