@@ -58,3 +58,36 @@ pub struct DumpBlock {
     /// removed at its end. Its engine hash is made up by the publisher.
     pub placeholder: bool,
 }
+
+/// A dump cut into runs, each a chain under its first block's parent (every next block's
+/// parent is the block before), in dump order. A dump lists chains depth first, so most
+/// runs are whole chains. Placeholders are included (see [`dump_placeholders`]).
+pub fn dump_runs(
+    blocks: &[DumpBlock],
+) -> impl Iterator<Item = (Option<EngineHash>, impl Iterator<Item = StoredBlock> + '_)> + '_ {
+    let mut rest = blocks;
+    std::iter::from_fn(move || {
+        let first = rest.first()?;
+        let len = 1 + rest.windows(2).take_while(|w| w[1].parent == Some(w[0].block.engine_hash)).count();
+        let (run, tail) = rest.split_at(len);
+        rest = tail;
+        Some((first.parent, run.iter().map(|b| b.block)))
+    })
+}
+
+/// The engine hashes of a dump's placeholder blocks: removed once the dump is stored.
+pub fn dump_placeholders(blocks: &[DumpBlock]) -> Vec<EngineHash> {
+    blocks.iter().filter(|b| b.placeholder).map(|b| b.block.engine_hash).collect()
+}
+
+/// A dump as the plain events that rebuild it on an empty rank: one `Stored` per run,
+/// then one `Removed` of the placeholders (for models and tests that take events).
+pub fn dump_events(blocks: &[DumpBlock]) -> Vec<KvEventData> {
+    let mut events: Vec<KvEventData> =
+        dump_runs(blocks).map(|(parent, run)| KvEventData::Stored { parent, blocks: run.collect() }).collect();
+    let placeholders = dump_placeholders(blocks);
+    if !placeholders.is_empty() {
+        events.push(KvEventData::Removed { blocks: placeholders });
+    }
+    events
+}

@@ -20,6 +20,7 @@
 //!   checksummed, verified once and read zero-copy.
 //! - `reference` (feature `reference`, and in tests): the simple oracle for exactness.
 
+pub mod engine_events;
 pub mod event;
 pub mod hashing;
 pub mod ids;

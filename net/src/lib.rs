@@ -1,5 +1,12 @@
 //! kvroute-net: kvroute's I/O layer (the `kvroute` binary is built on it).
 //!
+//! - [`bridge`]: `kvroute bridge`, next to an engine: its ZeroMQ KV events in, the QUIC
+//!   transport out (mutual TLS, resume, dumps for routers that join late).
+//! - [`engine_zmq`]: ZeroMQ I/O for the engines' own KV-event streams (vLLM, SGLang):
+//!   per-rank SUB sockets, replay requests, and a stand-in engine publisher.
+//! - [`engine_ingest`]: subscriptions to those streams, one task per rank, applying what
+//!   the core `engine_events` makes of them to a sink (the router's index, or the QUIC
+//!   publisher in `kvroute bridge`).
 //! - [`huge_pages`]: transparent huge pages off for the latency-critical commands.
 //! - [`tls`]: mutual TLS for the QUIC KV event transport: certificate generation
 //!   (`kvroute certs`), router / publisher QUIC configurations, the worker ids a
@@ -11,6 +18,9 @@
 //! - [`transport`]: the QUIC KV event transport: the publisher library (next to an
 //!   engine) and the router's ingest server feeding the index.
 
+pub mod bridge;
+pub mod engine_ingest;
+pub mod engine_zmq;
 pub mod huge_pages;
 pub mod serve;
 pub mod snapshot_file;

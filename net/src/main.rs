@@ -4,9 +4,11 @@
 //! - `certs`: make a CA and certificates for a local test deployment (mutual TLS).
 //! - `serve`: the routing daemon (HTTP/JSON API, QUIC KV event ingest, metrics, snapshots).
 //! - `publish`: simulated engines publishing their KV events to routers over QUIC.
+//! - `bridge`: next to a vLLM or SGLang engine, its own ZeroMQ KV events to routers over QUIC.
 
 use clap::{Parser, Subcommand};
 
+mod bridge_cmd;
 mod demo;
 mod publish_cmd;
 
@@ -32,6 +34,9 @@ enum Command {
     /// Simulate GPU workers: prefill the built-in trace in engine-cache simulators and
     /// publish their KV events to routers over QUIC (for trying `serve` without engines).
     Publish(publish_cmd::PublishArgs),
+    /// Bridge an engine's own KV events (vLLM / SGLang ZeroMQ publishers) to routers over
+    /// QUIC with mutual TLS; routers need no ZeroMQ access to the workers.
+    Bridge(bridge_cmd::BridgeArgs),
 }
 
 fn main() {
@@ -41,6 +46,7 @@ fn main() {
         Command::Certs(args) => kvroute_net::tls::run_certs(&args).map_err(Into::into),
         Command::Serve(args) => kvroute_net::serve::run(&args).map_err(Into::into),
         Command::Publish(args) => publish_cmd::run(&args).map_err(Into::into),
+        Command::Bridge(args) => bridge_cmd::run(&args).map_err(Into::into),
     };
     if let Err(error) = result {
         eprintln!("kvroute: {error}");

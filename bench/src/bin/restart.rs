@@ -430,7 +430,7 @@ fn main() -> ExitCode {
             "restart_huge_pages_median_ms": ms(huge_median.total),
             "map_ms": ms(map_time),
             "xxh3_ms": ms(xxh3_time),
-            "crc32c_table_ms": ms(crc_time),
+            "crc32c_ms": ms(crc_time),
             "verify_ms": ms(verify_time),
             "owned_decode_ms": ms(decode_time),
             "restart_owned_best_ms": ms(owned_best.total),

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hdrhistogram::Histogram;
+use kvroute_core::event::DumpBlock;
 use kvroute_core::route::{Router, RouterConfig, StorageTier, WorkerSpec};
 use kvroute_core::sim::{Fleet, FleetConfig};
 use kvroute_core::trace::{parse_trace, request_blocks_into, TraceRequest};
@@ -214,11 +215,12 @@ impl ProbeSink {
 }
 
 impl IngestSink for ProbeSink {
-    fn apply(&self, tier: StorageTier, event: &KvEvent) {
+    fn apply_batch(&self, tier: StorageTier, events: &[KvEvent]) {
         if !self.no_index {
-            self.router.apply_event_in(tier, event);
+            self.router.apply_events_in(tier, events);
         }
-        if let Some(published) = Self::probe_publish_ns(event) {
+        for event in events {
+            let Some(published) = Self::probe_publish_ns(event) else { continue };
             let now = self.epoch.elapsed().as_nanos() as u64;
             let mut latencies = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
             let _ = latencies.record(now.saturating_sub(published).max(1));
@@ -228,8 +230,8 @@ impl IngestSink for ProbeSink {
         }
     }
 
-    fn replace_rank(&self, tier: StorageTier, rank: RankKey, events: &[KvEventData]) {
-        IngestSink::replace_rank(&self.router, tier, rank, events);
+    fn replace_rank(&self, tier: StorageTier, rank: RankKey, dump: &[DumpBlock]) {
+        IngestSink::replace_rank(&self.router, tier, rank, dump);
     }
 
     fn remove_rank(&self, rank: RankKey) {

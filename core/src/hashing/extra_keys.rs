@@ -12,7 +12,9 @@
 //!   Dynamo's rule), for every block of the request;
 //! - a block's other keys (a list of [`KeyValue`]s, in the engine's order) are hashed
 //!   canonically ([`extra_keys_hash`]) and folded into that block's content hash alone
-//!   ([`fold_extra_keys`]). A cache salt is the extra key `"salt"` of block 0.
+//!   ([`fold_extra_keys`]). A cache salt is block 0's first extra key, as vLLM puts it.
+//! [`BlockIdentity`] names all three for a prompt; `BlockHasher::hash_blocks_with_into`
+//! applies them, for requests and for the engines' events alike.
 //!
 //! `KeyValue` is a small value model that msgpack (the engines' events) and JSON (the
 //! router's HTTP API) both map onto: an integer is the same key whichever width or
@@ -33,6 +35,27 @@ pub enum KeyValue {
     Str(String),
     Bin(Vec<u8>),
     Array(Vec<KeyValue>),
+}
+
+/// What besides its tokens identifies a prompt's blocks (see the module docs); the
+/// default is a plain prompt.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BlockIdentity<'a> {
+    /// The LoRA adapter: every block.
+    pub lora_name: Option<&'a str>,
+    /// The cache salt: block 0, as its first extra key.
+    pub cache_salt: Option<&'a str>,
+    /// Per block, its extra keys in order (`None`: none); shorter than the prompt is fine.
+    pub extra_keys: &'a [Option<Vec<KeyValue>>],
+}
+
+impl BlockIdentity<'_> {
+    /// No adapter, no salt, no extra keys: blocks hash by their tokens alone.
+    pub fn is_plain(&self) -> bool {
+        self.lora_name.is_none_or(str::is_empty)
+            && self.cache_salt.is_none_or(str::is_empty)
+            && self.extra_keys.iter().all(|k| k.as_ref().is_none_or(Vec::is_empty))
+    }
 }
 
 /// Seed of the canonical extra-key hash (distinct from every block-hash seed in use).

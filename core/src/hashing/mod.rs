@@ -64,7 +64,7 @@ use std::fmt;
 
 use crate::ids::BlockHash;
 
-pub use extra_keys::{extra_keys_hash, fold_block_keys, fold_extra_keys, KeyValue};
+pub use extra_keys::{extra_keys_hash, fold_block_keys, fold_extra_keys, BlockIdentity, KeyValue};
 pub use xxh3::xxh3_64_with_seed;
 
 /// The XXH3 seed Dynamo and the SGLang gateway use for block and sequence hashes.
@@ -174,6 +174,31 @@ impl BlockHasher {
         let mut out = Vec::with_capacity(tokens.len() / self.block_size);
         self.hash_blocks_into(tokens, &mut out);
         out
+    }
+
+    /// Appends one hash per full block of `tokens`, identified as `identity` says: the
+    /// LoRA adapter folded into the seed (every block), the cache salt and each block's
+    /// extra keys folded into their blocks (see [`extra_keys`](self::extra_keys)'s rules).
+    /// A plain identity hashes exactly as [`BlockHasher::hash_blocks_into`]. The router
+    /// hashes requests and the engines' events with this one function.
+    pub fn hash_blocks_with_into(&self, tokens: &[u32], identity: &BlockIdentity<'_>, out: &mut Vec<BlockHash>) {
+        let start = out.len();
+        match identity.lora_name.filter(|name| !name.is_empty()) {
+            Some(lora) => self.with_namespace(Some(lora), None).hash_blocks_into(tokens, out),
+            None => self.hash_blocks_into(tokens, out),
+        }
+        let blocks = &mut out[start..];
+        let salt = identity.cache_salt.filter(|salt| !salt.is_empty());
+        if let (Some(salt), Some(first)) = (salt, blocks.first_mut()) {
+            let mut keys = vec![KeyValue::Str(salt.to_owned())];
+            if let Some(Some(more)) = identity.extra_keys.first() {
+                keys.extend(more.iter().cloned());
+            }
+            *first = fold_extra_keys(*first, extra_keys_hash(&keys));
+            fold_block_keys(&mut blocks[1..], identity.extra_keys.get(1..).unwrap_or(&[]));
+        } else {
+            fold_block_keys(blocks, identity.extra_keys);
+        }
     }
 
     /// Like [`BlockHasher::hash_blocks_into`] but always on the portable scalar path

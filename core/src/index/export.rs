@@ -34,7 +34,7 @@ use std::sync::atomic::Ordering;
 use super::node::Shape;
 use super::prehashed::PrehashedMap;
 use super::writer::NodePtr;
-use super::KvIndex;
+use super::{KvIndex, StagedRank};
 use crate::event::DumpBlock;
 use crate::event::{KvEventData, StoredBlock};
 use crate::ids::{EngineHash, RankKey};
@@ -161,27 +161,20 @@ impl KvIndex {
         Some(out)
     }
 
-    /// Replaces `rank`'s blocks: clears them, stores each `(parent, chain)` run in order,
-    /// then removes the `placeholders` (engine hashes stored by the runs only to place
-    /// their descendants), all under one writer-lock acquisition. Event ids are neither
-    /// checked nor consumed. `block_hint` (the runs' total length) presizes the rank's
-    /// map. Returns `false`, doing nothing, if the rank is not registered.
-    pub fn replace_rank_blocks<R, B>(
-        &self,
-        rank: RankKey,
-        block_hint: usize,
-        runs: R,
-        placeholders: &[EngineHash],
-    ) -> bool
+    /// Fills a staged rank with a dump ([`stage_rank`](Self::stage_rank)): stores each
+    /// `(parent, chain)` run in order, then removes the `placeholders` (engine hashes
+    /// stored by the runs only to place their descendants), all under one writer-lock
+    /// acquisition, with no event ids. `block_hint` (the runs' total length) presizes the
+    /// rank's map. The one way a rank is rebuilt from a dump: live dumps and snapshot
+    /// restore both come here (through `Router::replace_rank`).
+    pub fn fill_staged<R, B>(&self, staged: &StagedRank, block_hint: usize, runs: R, placeholders: &[EngineHash])
     where
         R: IntoIterator<Item = (Option<EngineHash>, B)>,
         B: IntoIterator<Item = StoredBlock>,
     {
         let mut w = self.writer();
         let guard = self.domain.pin();
-        self.release_retired(&mut w, &guard);
-        let Some(&id) = w.rank_ids.get(&rank) else { return false };
-        w.apply_to(&guard, id, &KvEventData::Cleared);
+        let id = staged.id().0;
         if let Some(state) = w.ranks.get_mut(id as usize).and_then(Option::as_mut) {
             state.entries.reserve(block_hint);
         }
@@ -198,7 +191,6 @@ impl KvIndex {
         if !placeholders.is_empty() {
             w.apply_to(&guard, id, &KvEventData::Removed { blocks: placeholders.to_vec() });
         }
-        true
     }
 }
 
@@ -216,9 +208,7 @@ mod tests {
     use super::*;
     use crate::event::KvEvent;
     use crate::ids::BlockHash;
-    use crate::ingest::DumpReplay;
     use crate::reference::ReferenceIndex;
-    use crate::tier::StorageTier;
 
     const RANKS: [RankKey; 3] = [RankKey::new(1, 0), RankKey::new(1, 1), RankKey::new(4, 2)];
 
@@ -382,13 +372,8 @@ mod tests {
                 let dump = h.indexes[0].export_rank(r).expect("registered");
                 let held: HashSet<EngineHash> = h.chains.held(r).into_iter().collect();
                 check_dump_shape(&dump, &held);
-                // Through the transport's replay, in two chunks.
-                let mut replay = DumpReplay::new();
-                let cut = dump.len() / 2;
-                let mut events = replay.stored_events(StorageTier::Device, &dump[..cut]);
-                events.extend(replay.stored_events(StorageTier::Device, &dump[cut..]));
-                events.extend(replay.finish().into_iter().map(|(_, data)| data));
-                for (i, data) in events.into_iter().enumerate() {
+                // As plain events.
+                for (i, data) in crate::event::dump_events(&dump).into_iter().enumerate() {
                     replayed.apply(&KvEvent { rank: r, event_id: i as u64 + 1, data });
                 }
                 // Through the bulk restore, runs cut as a snapshot cuts them.
@@ -401,7 +386,9 @@ mod tests {
                 }
                 let placeholders: Vec<EngineHash> =
                     dump.iter().filter(|b| b.placeholder).map(|b| b.block.engine_hash).collect();
-                prop_assert!(replaced.replace_rank_blocks(r, dump.len(), runs, &placeholders));
+                let staged = replaced.stage_rank(r).expect("stage");
+                replaced.fill_staged(&staged, dump.len(), runs, &placeholders);
+                replaced.promote_staged(staged);
             }
             for r in RANKS {
                 let original = h.indexes[0].export_rank(r);
@@ -420,11 +407,9 @@ mod tests {
     }
 
     #[test]
-    fn unknown_rank_exports_nothing_and_is_not_replaced() {
+    fn unknown_rank_exports_nothing() {
         let index = KvIndex::new();
         assert_eq!(index.export_rank(RankKey::new(9, 9)), None);
-        let chain = [StoredBlock { engine_hash: EngineHash(1), content_hash: BlockHash(2) }];
-        assert!(!index.replace_rank_blocks(RankKey::new(9, 9), 1, [(None, chain)], &[]));
     }
 
     #[test]
@@ -457,13 +442,13 @@ mod tests {
                 },
             ]
         );
-        // Restored, the event-id order is untouched: event 3 is still accepted, 2 is not.
-        let runs = [(None, vec![dump[0].block, dump[1].block, dump[2].block])];
-        assert!(index.replace_rank_blocks(r, 3, runs, &[hole]));
+        // Restored, the hole is a hole again, and the rank's event ids start afresh.
+        let staged = index.stage_rank(r).expect("stage");
+        index.fill_staged(&staged, 3, crate::event::dump_runs(&dump), &[hole]);
+        index.promote_staged(staged);
         assert_eq!(index.find_matches(&[BlockHash(11), BlockHash(12)]).sorted(), vec![(r, 1)]);
-        index.apply(&KvEvent { rank: r, event_id: 2, data: KvEventData::Cleared });
-        assert_eq!(index.counters().stale_event, 1);
-        index.apply(&KvEvent { rank: r, event_id: 3, data: KvEventData::Cleared });
+        index.apply(&KvEvent { rank: r, event_id: 1, data: KvEventData::Cleared });
+        assert_eq!(index.counters().stale_event, 0);
         assert!(index.find_matches(&[BlockHash(11)]).is_empty());
     }
 }

@@ -53,7 +53,7 @@ use rank_table::{IdReturn, RankTable};
 use reclaim::Domain;
 use writer::{NodePtr, WriterState};
 
-use crate::event::{KvEvent, KvEventData};
+use crate::event::KvEvent;
 use crate::ids::{BlockHash, RankId, RankKey, WorkerId};
 
 /// What the index did with the events it was given. Anything but `events_applied`,
@@ -309,7 +309,7 @@ impl KvIndex {
 
     /// Starts a replacement of `rank`'s blocks (say, from a publisher's full dump): an
     /// empty state under a hidden id that lookups never report. Fill it with
-    /// [`apply_staged`](Self::apply_staged), then [`promote_staged`](Self::promote_staged)
+    /// [`fill_staged`](Self::fill_staged), then [`promote_staged`](Self::promote_staged)
     /// swaps it in for every lookup at once, or [`discard_staged`](Self::discard_staged).
     pub fn stage_rank(&self, rank: RankKey) -> Result<StagedRank, IndexError> {
         let mut w = self.writer();
@@ -317,15 +317,6 @@ impl KvIndex {
         self.release_retired(&mut w, &guard);
         let id = self.allocate_id(&mut w, rank)?;
         Ok(StagedRank { key: rank, id })
-    }
-
-    /// Applies events, in order, to a staged rank (no event-id checks: a dump has none).
-    pub fn apply_staged<'a>(&self, staged: &StagedRank, events: impl IntoIterator<Item = &'a KvEventData>) {
-        let mut w = self.writer();
-        let guard = self.domain.pin();
-        for data in events {
-            w.apply_to(&guard, staged.id, data);
-        }
     }
 
     /// Makes the staged blocks `rank`'s blocks, atomically for lookups: one table

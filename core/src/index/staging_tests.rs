@@ -21,6 +21,12 @@ fn stored(hashes: &[BlockHash], salt: u64) -> KvEventData {
     KvEventData::Stored { parent: None, blocks }
 }
 
+/// Fills a staged rank with one `Stored` event's chain, as a one-run dump.
+fn fill(index: &KvIndex, staged: &StagedRank, data: &KvEventData) {
+    let KvEventData::Stored { parent, blocks } = data else { panic!("a dump is stored chains") };
+    index.fill_staged(staged, blocks.len(), [(*parent, blocks.iter().copied())], &[]);
+}
+
 #[test]
 fn staged_blocks_are_invisible_until_promoted_then_replace_the_old_ones() {
     let index = KvIndex::new();
@@ -36,7 +42,7 @@ fn staged_blocks_are_invisible_until_promoted_then_replace_the_old_ones() {
 
     let staged = index.stage_rank(rank).expect("stage");
     assert_eq!(staged.rank(), rank);
-    index.apply_staged(&staged, [&stored(&new, 3)]);
+    fill(&index, &staged, &stored(&new, 3));
     assert_eq!(index.find_matches(&old).get(rank), 4, "staged blocks must not be visible yet");
     assert_eq!(index.find_matches(&new).get(rank), 2);
     assert_eq!(index.find_matches(&new).len(), 1, "no extra rank is reported while staged");
@@ -61,13 +67,13 @@ fn promoting_an_unregistered_rank_registers_it_and_discard_leaves_no_trace() {
     let index = KvIndex::new();
     let rank = RankKey::new(5, 3);
     let staged = index.stage_rank(rank).expect("stage");
-    index.apply_staged(&staged, [&stored(&chain(&[10, 11]), 1)]);
+    fill(&index, &staged, &stored(&chain(&[10, 11]), 1));
     let id = index.promote_staged(staged);
     assert_eq!(index.register_rank(rank).expect("idempotent"), id);
     assert_eq!(index.find_matches(&chain(&[10, 11])).get(rank), 2);
 
     let discarded = index.stage_rank(RankKey::new(6, 0)).expect("stage");
-    index.apply_staged(&discarded, [&stored(&chain(&[20, 21]), 2)]);
+    fill(&index, &discarded, &stored(&chain(&[20, 21]), 2));
     index.discard_staged(discarded);
     assert!(index.find_matches(&chain(&[20, 21])).is_empty());
     for _ in 0..4 {
@@ -107,7 +113,7 @@ fn lookups_see_the_old_or_the_new_state_never_a_mix() {
     for swap in 0..2000 {
         let staged = index.stage_rank(rank).expect("stage");
         let next = if swap % 2 == 0 { &short } else { &long };
-        index.apply_staged(&staged, [next]);
+        fill(&index, &staged, &next);
         index.promote_staged(staged);
     }
     stop.store(true, Ordering::Relaxed);

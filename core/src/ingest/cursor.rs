@@ -86,6 +86,18 @@ impl RankCursor {
         RankCursor { incarnation: None, phase: Phase::Unsynced }
     }
 
+    /// A cursor synchronised at `applied_seq`, as after a dump as of that sequence number:
+    /// every event up to `applied_seq` counts as applied and the next `Deltas` batch is
+    /// expected at `applied_seq + 1`. No incarnation is recorded (the next
+    /// [`on_hello`](Self::on_hello) forgets the position, as for [`new`](Self::new)).
+    ///
+    /// For streams that carry no dumps, such as the engines' ZeroMQ streams
+    /// (`engine_events::sequence`), where the tracker positions the cursor itself once it
+    /// has applied a batch.
+    pub fn synced_at(applied_seq: u64) -> Self {
+        RankCursor { incarnation: None, phase: Phase::Synced { applied: applied_seq } }
+    }
+
     /// Records the publisher incarnation a `Hello` announced. A different one than before
     /// makes the old sequence numbers meaningless: the cursor forgets its position and
     /// returns `false` (the next subscription asks for a dump).

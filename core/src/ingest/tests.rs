@@ -13,16 +13,9 @@ use crate::reference::ReferenceIndex;
 use crate::tier::StorageTier;
 use crate::wire::{self, DecoderConfig, Deltas, DumpBlock, Frame, FrameDecoder};
 
-fn synced_at(applied: u64) -> RankCursor {
-    let mut cursor = RankCursor::new();
-    cursor.on_dump_begin(applied).unwrap();
-    cursor.on_dump_end(applied, 0).unwrap();
-    cursor
-}
-
 #[test]
 fn contiguous_batches_apply_whole() {
-    let mut cursor = synced_at(0);
+    let mut cursor = RankCursor::synced_at(0);
     assert_eq!(cursor.on_deltas(1, 3), Ok(DeltaVerdict::Apply { skip: 0 }));
     assert_eq!(cursor.on_deltas(4, 1), Ok(DeltaVerdict::Apply { skip: 0 }));
     assert_eq!(cursor.applied_seq(), Some(4));
@@ -31,7 +24,7 @@ fn contiguous_batches_apply_whole() {
 
 #[test]
 fn overlapping_batches_skip_what_was_applied() {
-    let mut cursor = synced_at(10);
+    let mut cursor = RankCursor::synced_at(10);
     // 8, 9, 10 were applied; 11 and 12 are new.
     assert_eq!(cursor.on_deltas(8, 5), Ok(DeltaVerdict::Apply { skip: 3 }));
     assert_eq!(cursor.applied_seq(), Some(12));
@@ -43,7 +36,7 @@ fn overlapping_batches_skip_what_was_applied() {
 
 #[test]
 fn a_missing_seq_is_a_gap_and_applies_nothing() {
-    let mut cursor = synced_at(10);
+    let mut cursor = RankCursor::synced_at(10);
     assert_eq!(cursor.on_deltas(12, 2), Ok(DeltaVerdict::Gap { expected: 11, got: 12 }));
     assert_eq!(cursor.applied_seq(), Some(10));
     cursor.on_stream_closed();
@@ -52,7 +45,7 @@ fn a_missing_seq_is_a_gap_and_applies_nothing() {
 
 #[test]
 fn sequence_overflow_is_refused() {
-    let mut cursor = synced_at(u64::MAX - 1);
+    let mut cursor = RankCursor::synced_at(u64::MAX - 1);
     assert_eq!(cursor.on_deltas(u64::MAX, 2), Err(CursorError::SeqOverflow));
     assert_eq!(cursor.on_deltas(u64::MAX, 1), Ok(DeltaVerdict::Apply { skip: 0 }));
     assert_eq!(cursor.on_deltas(u64::MAX, 1), Err(CursorError::SeqOverflow));
@@ -79,7 +72,7 @@ fn deltas_need_a_resume_point_or_a_finished_dump() {
 
 #[test]
 fn a_dump_cut_short_asks_for_a_new_dump() {
-    let mut cursor = synced_at(3);
+    let mut cursor = RankCursor::synced_at(3);
     cursor.on_dump_begin(9).unwrap();
     cursor.on_stream_closed();
     assert_eq!(cursor.resume_after(), None);
@@ -99,33 +92,39 @@ fn a_new_incarnation_forgets_the_position() {
 }
 
 #[test]
-fn dump_replay_joins_chains_and_removes_placeholders_per_tier() {
+fn dump_collector_keeps_each_tiers_blocks_and_refuses_past_its_bound() {
+    let block = |e: u64, placeholder: bool| DumpBlock {
+        parent: None,
+        block: StoredBlock { engine_hash: EngineHash(e), content_hash: BlockHash(e * 10) },
+        placeholder,
+    };
+    let mut collector = DumpCollector::new(4);
+    collector.add(StorageTier::Device, &[block(1, false), block(2, true)]).unwrap();
+    collector.add(StorageTier::Host, &[block(7, false)]).unwrap();
+    assert_eq!(collector.received(), 3);
+    let mut full = collector.clone();
+    assert_eq!(full.add(StorageTier::Disk, &[block(8, false), block(9, false)]), Err(DumpTooLarge { max_blocks: 4 }));
+    let [device, host, disk] = collector.finish();
+    assert_eq!(device, [block(1, false), block(2, true)]);
+    assert_eq!(host, [block(7, false)]);
+    assert!(disk.is_empty());
+}
+
+#[test]
+fn dump_runs_join_chains_and_placeholders_are_removed_last() {
     let b = |e: u64| StoredBlock { engine_hash: EngineHash(e), content_hash: BlockHash(e * 10) };
     let dump = |parent: Option<u64>, e: u64, placeholder: bool| DumpBlock {
         parent: parent.map(EngineHash),
         block: b(e),
         placeholder,
     };
-    let mut replay = DumpReplay::new();
-    let device = replay.stored_events(
-        StorageTier::Device,
-        &[dump(None, 1, false), dump(Some(1), 2, true), dump(Some(2), 3, false), dump(Some(1), 4, false)],
-    );
+    let blocks = [dump(None, 1, false), dump(Some(1), 2, true), dump(Some(2), 3, false), dump(Some(1), 4, false)];
     assert_eq!(
-        device,
+        crate::event::dump_events(&blocks),
         [
             KvEventData::Stored { parent: None, blocks: vec![b(1), b(2), b(3)] },
             KvEventData::Stored { parent: Some(EngineHash(1)), blocks: vec![b(4)] },
-        ]
-    );
-    let host = replay.stored_events(StorageTier::Host, &[dump(None, 7, true), dump(Some(7), 8, false)]);
-    assert_eq!(host, [KvEventData::Stored { parent: None, blocks: vec![b(7), b(8)] }]);
-    assert_eq!(replay.stored_events(StorageTier::Disk, &[]), []);
-    assert_eq!(
-        replay.finish(),
-        [
-            (StorageTier::Device, KvEventData::Removed { blocks: vec![EngineHash(2)] }),
-            (StorageTier::Host, KvEventData::Removed { blocks: vec![EngineHash(7)] }),
+            KvEventData::Removed { blocks: vec![EngineHash(2)] },
         ]
     );
 }
@@ -169,13 +168,13 @@ struct Router {
     indexes: [ReferenceIndex; 3],
     /// The index event ids, numbered by the router itself (see the module docs).
     next_event_id: u64,
-    replay: Option<DumpReplay>,
+    dump: Option<DumpCollector>,
 }
 
 impl Router {
     fn new() -> Self {
         let indexes = [ReferenceIndex::new(), ReferenceIndex::new(), ReferenceIndex::new()];
-        let mut router = Router { cursor: RankCursor::new(), indexes, next_event_id: 0, replay: None };
+        let mut router = Router { cursor: RankCursor::new(), indexes, next_event_id: 0, dump: None };
         for index in &mut router.indexes {
             index.register_rank(RANK);
         }
@@ -204,24 +203,23 @@ impl Router {
             }
             Frame::DumpBegin(begin) => {
                 self.cursor.on_dump_begin(begin.as_of_seq).map_err(|e| e.to_string())?;
-                for tier in StorageTier::ALL {
-                    self.apply(tier, &KvEventData::Cleared);
-                }
-                self.replay = Some(DumpReplay::new());
+                self.dump = Some(DumpCollector::new(u64::MAX));
                 Ok(())
             }
             Frame::DumpBlocks(chunk) => {
                 self.cursor.on_dump_blocks(chunk.blocks.len()).map_err(|e| e.to_string())?;
-                let replay = self.replay.as_mut().ok_or("no replay")?;
-                for event in replay.stored_events(chunk.tier, &chunk.blocks) {
-                    self.apply(chunk.tier, &event);
-                }
-                Ok(())
+                let dump = self.dump.as_mut().ok_or("no dump")?;
+                dump.add(chunk.tier, &chunk.blocks).map_err(|e| e.to_string())
             }
             Frame::DumpEnd(end) => {
                 self.cursor.on_dump_end(end.as_of_seq, end.block_count).map_err(|e| e.to_string())?;
-                for (tier, event) in self.replay.take().ok_or("no replay")?.finish() {
-                    self.apply(tier, &event);
+                // Each tier replaced by its part of the dump, as a sink's `replace_rank` does.
+                let blocks = self.dump.take().ok_or("no dump")?.finish();
+                for (tier, blocks) in StorageTier::ALL.into_iter().zip(&blocks) {
+                    self.apply(tier, &KvEventData::Cleared);
+                    for event in crate::event::dump_events(blocks) {
+                        self.apply(tier, &event);
+                    }
                 }
                 Ok(())
             }

@@ -7,7 +7,6 @@ use proptest::prelude::*;
 use super::*;
 use crate::event::{KvEvent, KvEventData, StoredBlock};
 use crate::ids::{BlockHash, EngineHash, RankKey};
-use crate::ingest::DumpReplay;
 use crate::reference::ReferenceIndex;
 use crate::tier::StorageTier;
 use crate::wire::{self, Frame};
@@ -54,10 +53,7 @@ fn reference_of<'a>(events: impl IntoIterator<Item = &'a KvEventData>) -> Refere
 
 /// The events a router applies for a dump of one tier onto an empty rank.
 fn replay_events(blocks: &[wire::DumpBlock]) -> Vec<KvEventData> {
-    let mut replay = DumpReplay::new();
-    let mut events = replay.stored_events(StorageTier::Device, blocks);
-    events.extend(replay.finish().into_iter().map(|(_, e)| e));
-    events
+    crate::event::dump_events(blocks)
 }
 
 /// Every request of up to 3 blocks over the content alphabet, and every held path.

@@ -70,6 +70,7 @@ mod load;
 mod registry;
 mod room;
 mod router;
+mod sink;
 mod snapshot;
 #[cfg(test)]
 mod tests;

@@ -12,9 +12,9 @@ use super::load::{ActiveRequest, Charge, LoadBook, LoadSnapshot, RequestId};
 use super::registry::{Fleet, RankSlot, Role, WorkerEntry, WorkerSpec};
 use super::room::RoomAllocator;
 use super::RouteError;
-use crate::event::{KvEvent, KvEventData};
-use crate::hashing::{BlockHasher, HashScheme};
-use crate::ids::{BlockHash, DpRank, RankId, RankKey, WorkerId};
+use crate::event::{KvEvent, StoredBlock};
+use crate::hashing::{BlockHasher, BlockIdentity, HashScheme};
+use crate::ids::{BlockHash, DpRank, EngineHash, RankId, RankKey, WorkerId};
 use crate::index::KvIndex;
 pub use crate::tier::StorageTier;
 
@@ -64,7 +64,12 @@ impl Default for RouterConfig {
 /// A prompt, as token ids or as block content hashes already computed by the caller.
 #[derive(Clone, Copy, Debug)]
 pub enum Prompt<'a> {
+    /// Plain token ids: blocks identified by their tokens alone.
     Tokens(&'a [u32]),
+    /// Token ids of a request with a LoRA adapter, a cache salt or per-block extra keys
+    /// (multimodal inputs): only blocks the engines stored under the same identity match.
+    TokensWith(&'a [u32], BlockIdentity<'a>),
+    /// Block content hashes, identity already folded in.
     Blocks(&'a [BlockHash]),
 }
 
@@ -310,16 +315,32 @@ impl Router {
     /// mode (dropping what approximate mode recorded). Events of unregistered ranks are
     /// counted by the index (`unknown_rank`) and otherwise ignored.
     pub fn apply_event_in(&self, tier: StorageTier, event: &KvEvent) {
+        self.apply_events_in(tier, std::slice::from_ref(event));
+    }
+
+    /// Applies KV events (each rank's in order) to a tier's index under one writer-lock
+    /// acquisition; otherwise as [`Router::apply_event_in`].
+    pub fn apply_events_in(&self, tier: StorageTier, events: &[KvEvent]) {
+        if events.is_empty() {
+            return;
+        }
         if tier != StorageTier::Device {
             // Relaxed by design: a lookup that misses the flag just skips an index that
             // held nothing a moment ago.
             self.tier_used[tier.index()].store(true, Ordering::Relaxed);
         }
-        let worker = event.rank.worker;
-        if self.fleet.load().workers.get(&worker).is_some_and(|w| !w.exact) {
-            self.switch_to_exact(worker);
+        let mut previous = None;
+        for event in events {
+            let worker = event.rank.worker;
+            if previous == Some(worker) {
+                continue;
+            }
+            previous = Some(worker);
+            if self.fleet.load().workers.get(&worker).is_some_and(|w| !w.exact) {
+                self.switch_to_exact(worker);
+            }
         }
-        self.indexes[tier.index()].apply(event);
+        self.indexes[tier.index()].apply_batch(events);
     }
 
     pub(crate) fn switch_to_exact(&self, worker: WorkerId) {
@@ -356,8 +377,9 @@ impl Router {
         self.fleet.store(Arc::new(Fleet::build(workers, ranks)));
     }
 
-    /// Replaces `rank`'s blocks in `tier` with those `events` build from nothing (a
-    /// publisher's full dump), atomically for decisions and lookups: a decision sees the
+    /// Replaces `rank`'s blocks in `tier` with a dump (runs of chained blocks stored from
+    /// nothing, then the placeholders removed; see [`KvIndex::fill_staged`]), atomically
+    /// for decisions and lookups: a decision sees the
     /// rank's old blocks or its new ones, never a mix and never neither.
     ///
     /// How: the dump is applied to a staged (hidden) index rank; a registry snapshot
@@ -369,7 +391,18 @@ impl Router {
     ///
     /// Like a KV event, a dump switches its worker to exact mode. The rank must belong
     /// to a registered worker.
-    pub fn replace_rank(&self, tier: StorageTier, rank: RankKey, events: &[KvEventData]) -> Result<(), RouteError> {
+    pub fn replace_rank<R, B>(
+        &self,
+        tier: StorageTier,
+        rank: RankKey,
+        block_hint: usize,
+        runs: R,
+        placeholders: &[EngineHash],
+    ) -> Result<(), RouteError>
+    where
+        R: IntoIterator<Item = (Option<EngineHash>, B)>,
+        B: IntoIterator<Item = StoredBlock>,
+    {
         let approximate = {
             let fleet = self.fleet.load();
             check_rank(&fleet, rank)?;
@@ -380,9 +413,10 @@ impl Router {
         if approximate {
             self.switch_to_exact(rank.worker);
         }
+        let mut runs = runs.into_iter().peekable();
         if tier != StorageTier::Device {
             // Relaxed by design; see `apply_event_in`.
-            if events.is_empty() && !self.tier_used[tier.index()].load(Ordering::Relaxed) {
+            if runs.peek().is_none() && !self.tier_used[tier.index()].load(Ordering::Relaxed) {
                 // Emptying a tier that never held a block changes nothing; marking it used
                 // would make every later lookup walk it.
                 return Ok(());
@@ -391,7 +425,7 @@ impl Router {
         }
         let index = &self.indexes[tier.index()];
         let staged = index.stage_rank(rank)?;
-        index.apply_staged(&staged, events);
+        index.fill_staged(&staged, block_hint, runs, placeholders);
         let _registry = lock(&self.registry);
         let fleet = self.fleet.load_full();
         if let Err(e) = check_rank(&fleet, rank) {
@@ -444,6 +478,21 @@ impl Router {
                 cost: scored.cost,
                 request,
             })
+        })
+    }
+
+    /// What the index holds of a prompt: every (tier, rank) with a non-zero overlap, in
+    /// tier then rank order, and the prompt's full-block count. For operators and checks;
+    /// decisions use the lock-free per-slot path instead.
+    pub fn overlaps(&self, prompt: Prompt<'_>) -> Result<(Vec<(StorageTier, RankKey, u32)>, usize), RouteError> {
+        self.with_prompt(prompt, |_, hashes, _| {
+            let mut out = Vec::new();
+            for tier in StorageTier::ALL {
+                for (rank, overlap) in self.tier_index(tier).find_matches(hashes).sorted() {
+                    out.push((tier, rank, overlap));
+                }
+            }
+            Ok((out, hashes.len()))
         })
     }
 
@@ -531,10 +580,15 @@ impl Router {
         buf: &'p mut Vec<BlockHash>,
     ) -> Result<(&'p [BlockHash], u64), RouteError> {
         match prompt {
-            Prompt::Tokens([]) | Prompt::Blocks([]) => Err(RouteError::EmptyPrompt),
+            Prompt::Tokens([]) | Prompt::TokensWith([], _) | Prompt::Blocks([]) => Err(RouteError::EmptyPrompt),
             Prompt::Tokens(tokens) => {
                 buf.clear();
                 self.hasher.hash_blocks_into(tokens, buf);
+                Ok((buf.as_slice(), tokens.len() as u64))
+            }
+            Prompt::TokensWith(tokens, identity) => {
+                buf.clear();
+                self.hasher.hash_blocks_with_into(tokens, &identity, buf);
                 Ok((buf.as_slice(), tokens.len() as u64))
             }
             Prompt::Blocks(blocks) => Ok((blocks, blocks.len() as u64 * u64::from(self.config.block_size))),

@@ -33,10 +33,8 @@
 use super::registry::Fleet;
 use super::router::Router;
 use super::{RouteError, StorageTier};
-use crate::event::DumpBlock;
-use crate::event::StoredBlock;
-use crate::ids::{EngineHash, RankKey, WorkerId};
-use crate::index::KvIndex;
+use crate::event::{dump_placeholders, dump_runs};
+use crate::ids::{RankKey, WorkerId};
 use crate::snapshot::{
     CursorState, RankSnapshot, SectionView, Snapshot, SnapshotEncoder, SnapshotMeta, SnapshotView, WorkerRecord,
 };
@@ -95,8 +93,8 @@ trait Section {
     fn cursor(&self) -> Option<CursorState>;
     /// Blocks held (placeholders excluded).
     fn held(&self) -> u64;
-    /// Replaces the rank's blocks in `index`; false if the index does not know the rank.
-    fn replace_in(&self, index: &KvIndex) -> bool;
+    /// Replaces the rank's blocks in the router's tier index (the one road for dumps).
+    fn replace_in(&self, router: &Router) -> Result<(), RouteError>;
 }
 
 impl Section for SectionView<'_> {
@@ -112,9 +110,9 @@ impl Section for SectionView<'_> {
     fn held(&self) -> u64 {
         self.block_count() - self.placeholder_count()
     }
-    fn replace_in(&self, index: &KvIndex) -> bool {
+    fn replace_in(&self, router: &Router) -> Result<(), RouteError> {
         let runs = self.runs().map(|run| (run.parent(), run.blocks()));
-        index.replace_rank_blocks(self.rank(), self.block_count() as usize, runs, &self.placeholder_hashes())
+        router.replace_rank(self.tier(), self.rank(), self.block_count() as usize, runs, &self.placeholder_hashes())
     }
 }
 
@@ -131,25 +129,10 @@ impl Section for &RankSnapshot {
     fn held(&self) -> u64 {
         self.blocks.iter().filter(|b| !b.placeholder).count() as u64
     }
-    fn replace_in(&self, index: &KvIndex) -> bool {
-        let placeholders: Vec<EngineHash> =
-            self.blocks.iter().filter(|b| b.placeholder).map(|b| b.block.engine_hash).collect();
-        index.replace_rank_blocks(self.rank, self.blocks.len(), dump_runs(&self.blocks), &placeholders)
+    fn replace_in(&self, router: &Router) -> Result<(), RouteError> {
+        let placeholders = dump_placeholders(&self.blocks);
+        router.replace_rank(self.tier, self.rank, self.blocks.len(), dump_runs(&self.blocks), &placeholders)
     }
-}
-
-/// A dump cut into runs (each block's parent is the one before), as `DumpReplay` cuts it.
-fn dump_runs(
-    blocks: &[DumpBlock],
-) -> impl Iterator<Item = (Option<EngineHash>, impl Iterator<Item = StoredBlock> + '_)> {
-    let mut rest = blocks;
-    std::iter::from_fn(move || {
-        let first = rest.first()?;
-        let len = 1 + rest.windows(2).take_while(|w| w[1].parent == Some(w[0].block.engine_hash)).count();
-        let (run, tail) = rest.split_at(len);
-        rest = tail;
-        Some((first.parent, run.iter().map(|b| b.block)))
-    })
 }
 
 impl Router {
@@ -259,8 +242,7 @@ impl Router {
                 },
                 Err(_) => Err(SkipReason::UnknownRank),
             };
-            let verdict = verdict
-                .and_then(|()| section.replace_in(self.tier_index(tier)).then_some(()).ok_or(SkipReason::UnknownRank));
+            let verdict = verdict.and_then(|()| section.replace_in(self).map_err(|_| SkipReason::UnknownRank));
             if let Err(reason) = verdict {
                 report.skipped.push((rank, tier, reason));
                 continue;
@@ -299,8 +281,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::event::StoredBlock;
     use crate::event::{KvEvent, KvEventData};
-    use crate::ids::BlockHash;
+    use crate::ids::{BlockHash, EngineHash};
     use crate::route::{RouteOptions, RouterConfig, WorkerSpec};
     use crate::snapshot::{decode_snapshot, verify_snapshot};
 

@@ -545,6 +545,24 @@ fn stored_from_root(hashes: &[BlockHash], salt: u64) -> KvEventData {
     KvEventData::Stored { parent: None, blocks }
 }
 
+/// `Router::replace_rank` with a dump given as `Stored` events from nothing (each a run).
+fn replace_with_events(
+    router: &Router,
+    tier: StorageTier,
+    rank: RankKey,
+    events: &[KvEventData],
+) -> Result<(), RouteError> {
+    let runs: Vec<_> = events
+        .iter()
+        .map(|e| match e {
+            KvEventData::Stored { parent, blocks } => (*parent, blocks.clone()),
+            other => panic!("a dump is stored chains, not {other:?}"),
+        })
+        .collect();
+    let hint = runs.iter().map(|(_, b)| b.len()).sum();
+    router.replace_rank(tier, rank, hint, runs, &[])
+}
+
 #[test]
 fn replace_rank_swaps_in_a_dump_and_switches_the_worker_to_exact() {
     let (router, _) = router();
@@ -556,7 +574,7 @@ fn replace_rank_swaps_in_a_dump_and_switches_the_worker_to_exact() {
     let fixed = RouteOptions { rank: Some(rank), dry_run: true, ..RouteOptions::default() };
     assert_eq!(router.best_worker(Prompt::Blocks(&prompt), &fixed).expect("route").overlap_blocks, 30);
 
-    router.replace_rank(StorageTier::Device, rank, &[stored_from_root(&prompt[..12], 9)]).expect("replace");
+    replace_with_events(&router, StorageTier::Device, rank, &[stored_from_root(&prompt[..12], 9)]).expect("replace");
     assert_eq!(router.best_worker(Prompt::Blocks(&prompt), &fixed).expect("route").overlap_blocks, 12);
     // The rank keeps taking events after the dump, whatever their ids.
     router.apply_event(&KvEvent { rank, event_id: 1, data: KvEventData::Cleared });
@@ -565,7 +583,8 @@ fn replace_rank_swaps_in_a_dump_and_switches_the_worker_to_exact() {
     // A dump is a sign of life: an approximate worker becomes exact.
     router.add_worker(WorkerSpec::new(WorkerId(2), 1, 16)).expect("add");
     assert_eq!(router.is_exact(WorkerId(2)), Some(false));
-    router.replace_rank(StorageTier::Device, key(2, 0), &[stored_from_root(&prompt[..5], 4)]).expect("replace");
+    replace_with_events(&router, StorageTier::Device, key(2, 0), &[stored_from_root(&prompt[..5], 4)])
+        .expect("replace");
     assert_eq!(router.is_exact(WorkerId(2)), Some(true));
     let best = router.best_worker(Prompt::Blocks(&prompt), &RouteOptions { dry_run: true, ..Default::default() });
     assert_eq!((best.expect("route").worker, 5), (WorkerId(2), 5));
@@ -576,8 +595,14 @@ fn replace_rank_refuses_unknown_ranks() {
     let (router, _) = router();
     router.add_worker(WorkerSpec::new(WorkerId(1), 2, 16)).expect("add");
     let dump = [stored_from_root(&prompt_blocks(1, 4), 1)];
-    assert_eq!(router.replace_rank(StorageTier::Device, key(9, 0), &dump), Err(RouteError::UnknownWorker(WorkerId(9))));
-    assert!(matches!(router.replace_rank(StorageTier::Host, key(1, 2), &dump), Err(RouteError::RankOutOfRange { .. })));
+    assert_eq!(
+        replace_with_events(&router, StorageTier::Device, key(9, 0), &dump),
+        Err(RouteError::UnknownWorker(WorkerId(9)))
+    );
+    assert!(matches!(
+        replace_with_events(&router, StorageTier::Host, key(1, 2), &dump),
+        Err(RouteError::RankOutOfRange { .. })
+    ));
 }
 
 /// Decisions run while a rank's state flips between two dumps: each decision sees one
@@ -593,7 +618,7 @@ fn decisions_see_the_old_or_the_new_dump_never_a_mix() {
     let long = stored_from_root(&prompt, 1);
     let short_hashes: Vec<BlockHash> = prompt[..16].iter().copied().chain(prompt_blocks(8, 48)).collect();
     let short = stored_from_root(&short_hashes, 2);
-    router.replace_rank(StorageTier::Device, rank, std::slice::from_ref(&long)).expect("replace");
+    replace_with_events(&router, StorageTier::Device, rank, std::slice::from_ref(&long)).expect("replace");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Decisions taken while the swaps run: the swaps go on (500 at least) until the
     // deciders have taken 100 of them, so a slow thread start cannot leave the swaps
@@ -626,7 +651,7 @@ fn decisions_see_the_old_or_the_new_dump_never_a_mix() {
     while (swap < 500 || during.load(Ordering::Relaxed) < 100) && !deciders.iter().any(|d| d.is_finished()) {
         assert!(started.elapsed() < std::time::Duration::from_secs(60), "the deciders never ran during the swaps");
         let next = if swap % 2 == 0 { &short } else { &long };
-        router.replace_rank(StorageTier::Device, rank, std::slice::from_ref(next)).expect("replace");
+        replace_with_events(&router, StorageTier::Device, rank, std::slice::from_ref(next)).expect("replace");
         swap += 1;
     }
     stop.store(true, Ordering::Relaxed);
@@ -649,7 +674,8 @@ fn concurrent_dumps_for_approximate_workers_do_not_deadlock() {
                 let worker = WorkerId(thread * 100_000 + i);
                 router.add_worker(WorkerSpec::new(worker, 1, 16)).expect("add");
                 let dump = [stored_from_root(&prompt_blocks(i, 4), thread)];
-                router.replace_rank(StorageTier::Device, RankKey { worker, dp_rank: DpRank(0) }, &dump).expect("dump");
+                replace_with_events(&router, StorageTier::Device, RankKey { worker, dp_rank: DpRank(0) }, &dump)
+                    .expect("dump");
                 let decided = router.best_worker(Prompt::Blocks(&prompt_blocks(i, 4)), &RouteOptions::default());
                 router.finish(decided.expect("route").request.expect("charged"));
                 router.remove_worker(worker).expect("remove");

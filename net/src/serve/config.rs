@@ -22,6 +22,7 @@ use kvroute_core::route::{CostWeights, Router, RouterConfig, WorkerSpec};
 
 use super::auth::BearerToken;
 use super::options::{HashSchemeName, LogFormat, ServeArgs, ServeOptions, DEFAULT_MAX_PUBLISHER_CONNECTIONS};
+use crate::engine_ingest::EngineSource;
 use crate::tls::insecure::is_loopback;
 use crate::tls::TlsFiles;
 pub use crate::transport::TlsMode;
@@ -131,6 +132,9 @@ pub struct ServeConfig {
     pub router: RouterConfig,
     /// Workers registered at start, in file-then-flag order.
     pub workers: Vec<WorkerSpec>,
+    /// The engines' KV-event publishers to subscribe to at start (workers with an
+    /// `endpoint`).
+    pub engine_sources: Vec<EngineSource>,
     /// The effective options (defaults filled), as `--print-config` prints them.
     pub effective: ServeOptions,
 }
@@ -183,6 +187,7 @@ impl ServeConfig {
         }
         let router = resolve_router(o)?;
         let workers = resolve_workers(o, &router)?;
+        let engine_sources = resolve_engine_sources(o)?;
         Ok(ServeConfig {
             http_listen,
             http_token,
@@ -198,6 +203,7 @@ impl ServeConfig {
             log,
             router,
             workers,
+            engine_sources,
             effective,
         })
     }
@@ -338,6 +344,18 @@ fn resolve_workers(o: &ServeOptions, router: &RouterConfig) -> Result<Vec<Worker
         specs.push(spec);
     }
     Ok(specs)
+}
+
+/// The engine subscriptions of the workers that name an endpoint.
+fn resolve_engine_sources(o: &ServeOptions) -> Result<Vec<EngineSource>, ConfigError> {
+    let mut sources = Vec::new();
+    for (i, registration) in o.workers.iter().enumerate() {
+        let field = format!("workers[{i}] (worker_id {})", registration.worker_id);
+        if let Some(source) = registration.engine_source().map_err(|reason| ConfigError::invalid(&field, reason))? {
+            sources.push(source);
+        }
+    }
+    Ok(sources)
 }
 
 /// A random `u64` from the standard library's per-process random hash keys and the time.

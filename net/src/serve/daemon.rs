@@ -11,6 +11,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use kvroute_core::engine_events::block_mapper::MapperConfig;
+use kvroute_core::hashing::BlockHasher;
+use kvroute_core::ingest::IngestSink;
 use kvroute_core::route::Router;
 use tokio::net::TcpListener;
 
@@ -21,6 +24,7 @@ use super::logging::init_logging;
 use super::options::ServeArgs;
 use super::state::{monotonic_clock, AppState};
 use super::{http, snapshots};
+use crate::engine_ingest::{EngineIngest, EngineIngestConfig};
 use crate::tls::insecure::is_loopback;
 
 /// `kvroute serve`.
@@ -41,6 +45,21 @@ pub fn run(args: &ServeArgs) -> Result<(), ServeError> {
         .build()
         .map_err(|error| ServeError::Io { action: "start the async runtime", error })?;
     runtime.block_on(serve_until(config, shutdown_signal()))
+}
+
+/// How long shutdown waits for the engine subscriptions' tasks.
+const ENGINE_INGEST_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The engines' ZeroMQ ingest into `router`, subscribed to every configured source.
+fn start_engine_ingest(config: &ServeConfig, router: Arc<Router>) -> Result<Arc<EngineIngest>, ServeError> {
+    let hasher = BlockHasher::with_scheme(config.router.block_size as usize, config.router.hash_scheme)
+        .map_err(|error| ServeError::EngineIngest(error.to_string()))?;
+    let sink: Arc<dyn IngestSink> = router;
+    let ingest = EngineIngest::new(EngineIngestConfig::new(MapperConfig::new(hasher)), sink);
+    for source in &config.engine_sources {
+        ingest.add(source.clone()).map_err(|error| ServeError::EngineIngest(error.to_string()))?;
+    }
+    Ok(ingest)
 }
 
 /// Binds `config.http_listen` and serves until `shutdown` resolves.
@@ -67,6 +86,8 @@ pub async fn serve_on(
     if let Some(ingest) = &ingest {
         state = state.with_ingest_counters(Arc::clone(&ingest.counters));
     }
+    let engine_ingest = start_engine_ingest(&config, Arc::clone(&router))?;
+    state = state.with_engine_ingest(Arc::clone(&engine_ingest));
     let http_addr =
         listener.local_addr().map_err(|error| ServeError::Io { action: "read the listen address", error })?;
     match &config.http_token {
@@ -131,6 +152,7 @@ pub async fn serve_on(
     }
     // Cursors before the ingest stops; the blocks exported after are at least as new.
     let final_cursors = cursors();
+    engine_ingest.shutdown(ENGINE_INGEST_SHUTDOWN).await;
     if let Some(ingest) = ingest {
         (ingest.stop)().await;
     }

@@ -27,6 +27,8 @@ pub enum ServeError {
     Ingest(ComponentError),
     /// Restoring or writing an index snapshot failed.
     Snapshot(ComponentError),
+    /// A configured engine subscription could not start.
+    EngineIngest(String),
 }
 
 impl fmt::Display for ServeError {
@@ -39,6 +41,7 @@ impl fmt::Display for ServeError {
             ServeError::Io { action, error } => write!(f, "{action}: {error}"),
             ServeError::Ingest(error) => write!(f, "QUIC ingest: {error}"),
             ServeError::Snapshot(error) => write!(f, "snapshot: {error}"),
+            ServeError::EngineIngest(error) => write!(f, "engine KV events: {error}"),
         }
     }
 }
@@ -51,6 +54,7 @@ impl std::error::Error for ServeError {
             ServeError::Router(error) => Some(error),
             ServeError::Bind { error, .. } | ServeError::Io { error, .. } => Some(error),
             ServeError::Ingest(error) | ServeError::Snapshot(error) => Some(error.as_ref()),
+            ServeError::EngineIngest(_) => None,
         }
     }
 }

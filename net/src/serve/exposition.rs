@@ -4,8 +4,9 @@
 //! Families: routing calls by endpoint and outcome, decision latency histograms, request
 //! lifecycle calls, requests refused for their bearer token, active requests, workers by
 //! mode, per-rank load gauges, the index's event counters per storage tier, the
-//! shutting-down flag, and the ingest's counters when a source is plugged in
-//! ([`super::metrics::IngestCounterSource`]).
+//! shutting-down flag, the ingest's counters when a source is plugged in
+//! ([`super::metrics::IngestCounterSource`]), and the engines' ZeroMQ ingest
+//! (`kvroute_engine_*`: totals, drops, skipped blocks and clears by reason, per-rank state).
 
 use std::fmt::{Display, Write};
 
@@ -15,6 +16,7 @@ use kvroute_core::EventCounters;
 use super::auth::AuthFailure;
 use super::metrics::{Endpoint, LifecycleEvent, MetricKind};
 use super::state::AppState;
+use crate::engine_ingest::{EngineIngestSnapshot, RankStatus};
 
 /// Reads one counter of a rank's load.
 type LoadField = fn(&LoadSnapshot) -> u64;
@@ -183,5 +185,94 @@ pub fn render(state: &AppState) -> String {
             x.sample(&name, &[], sample.value);
         }
     }
+    if let Some(engines) = state.engine_ingest() {
+        engine_ingest(&mut x, &engines.snapshot());
+    }
     x.out
+}
+
+/// The engines' ZeroMQ ingest (`kvroute_engine_*`): totals, counts by reason, per-rank state.
+fn engine_ingest(x: &mut Exposition, s: &EngineIngestSnapshot) {
+    let totals = [
+        ("kvroute_engine_messages_total", "Engine KV-event messages received (live).", s.messages),
+        ("kvroute_engine_batches_applied_total", "Engine event batches applied, in seq order.", s.batches_applied),
+        ("kvroute_engine_events_applied_total", "Index events applied from engine batches.", s.events_applied),
+        (
+            "kvroute_engine_block_events_applied_total",
+            "Block hashes in the index events applied from engine batches.",
+            s.block_events_applied,
+        ),
+        ("kvroute_engine_unknown_events_total", "Engine events of an unknown type, skipped.", s.unknown_events),
+        ("kvroute_engine_gaps_total", "Gaps in an engine rank's batch numbers.", s.gaps),
+        ("kvroute_engine_replays_total", "Replays requested from the engines' replay sockets.", s.replays_requested),
+        (
+            "kvroute_engine_replays_incomplete_total",
+            "Replays that could not supply every missing batch (the rank was cleared).",
+            s.replays_incomplete,
+        ),
+        ("kvroute_engine_replays_failed_total", "Replays that timed out or failed.", s.replays_failed),
+        ("kvroute_engine_restarts_total", "Engine restarts seen (a batch number went back).", s.restarts),
+        (
+            "kvroute_engine_duplicate_batches_total",
+            "Batches received again (replayed and live), skipped.",
+            s.duplicates_skipped,
+        ),
+        (
+            "kvroute_engine_buffer_overflows_total",
+            "Live batches dropped while a replay ran past the buffer, asked for again.",
+            s.buffer_overflows,
+        ),
+        (
+            "kvroute_engine_unrecovered_batches_total",
+            "Engine batches that could never be applied (lost and not replayable): state not recovered.",
+            s.unrecovered_batches,
+        ),
+    ];
+    for (name, help, value) in totals {
+        x.family(name, "counter", help);
+        x.sample(name, &[], value);
+    }
+    let by_reason = [
+        ("kvroute_engine_dropped_messages_total", "Engine messages dropped, by reason.", &s.dropped),
+        (
+            "kvroute_engine_skipped_blocks_total",
+            "Blocks of engine events not credited, by reason (medium, group, block size).",
+            &s.skipped_blocks,
+        ),
+        ("kvroute_engine_rank_clears_total", "Engine ranks cleared, by reason.", &s.clears),
+    ];
+    for (name, help, counts) in by_reason {
+        x.family(name, "counter", help);
+        for (reason, value) in counts {
+            x.sample(name, &[("reason", reason)], value);
+        }
+    }
+    x.family("kvroute_engine_socket_total", "The engine subscribers' socket counters, by counter.", "counter");
+    for (counter, value) in &s.sockets {
+        x.sample("kvroute_engine_socket_total", &[("counter", counter)], value);
+    }
+    let per_rank: [(&str, &str, fn(&RankStatus) -> u64); 3] = [
+        ("kvroute_engine_rank_connected", "1 while the rank's engine publisher is connected.", |r| {
+            u64::from(r.connected)
+        }),
+        ("kvroute_engine_rank_last_seq", "The last batch number applied per rank (-1 before any).", |r| {
+            r.last_seq.unwrap_or(u64::MAX)
+        }),
+        ("kvroute_engine_rank_unrecovered_batches", "Batches of the rank's engine that could never be applied.", |r| {
+            r.unrecovered_batches
+        }),
+    ];
+    for (name, help, value) in per_rank {
+        x.family(name, "gauge", help);
+        for rank in &s.ranks {
+            let (worker, dp_rank) = (rank.rank.worker.0.to_string(), rank.rank.dp_rank.0.to_string());
+            let labels = [("worker", worker.as_str()), ("dp_rank", dp_rank.as_str()), ("engine", rank.engine.as_str())];
+            let v = value(rank);
+            if v == u64::MAX {
+                x.sample(name, &labels, -1i64);
+            } else {
+                x.sample(name, &labels, v);
+            }
+        }
+    }
 }

@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | POST | `/v1/route` | [`route_api::route`] |
 //! | POST | `/v1/route/disaggregated` | [`route_api::route_disaggregated`] |
+//! | POST | `/v1/overlaps` | [`overlaps_api::overlaps`] |
 //! | POST | `/v1/requests/{id}/prefill_done` | [`request_api::prefill_done`] |
 //! | POST | `/v1/requests/{id}/finish` | [`request_api::finish`] |
 //! | GET, POST | `/v1/workers` | [`worker_api::get_workers`], [`worker_api::add_worker`] |
@@ -21,7 +22,7 @@ use axum::routing::{get, post};
 
 use super::api_error::{ApiError, ErrorKind};
 use super::state::AppState;
-use super::{auth, exposition, request_api, route_api, worker_api};
+use super::{auth, exposition, overlaps_api, request_api, route_api, worker_api};
 
 /// The daemon's HTTP application.
 pub fn app(state: AppState) -> axum::Router {
@@ -29,6 +30,7 @@ pub fn app(state: AppState) -> axum::Router {
     let router = axum::Router::new()
         .route("/v1/route", post(route_api::route))
         .route("/v1/route/disaggregated", post(route_api::route_disaggregated))
+        .route("/v1/overlaps", post(overlaps_api::overlaps))
         .route("/v1/requests/{id}/prefill_done", post(request_api::prefill_done))
         .route("/v1/requests/{id}/finish", post(request_api::finish))
         .route("/v1/workers", get(worker_api::get_workers).post(worker_api::add_worker))

@@ -23,8 +23,9 @@
 //! # API
 //! | method | path | body | response |
 //! |---|---|---|---|
-//! | POST | `/v1/route` | `{"tokens": [..]}` or `{"block_hashes": [..]}`, optional `workers`, `worker_id` + `dp_rank`, `dry_run`, `output_tokens` | the decision: `worker_id`, `dp_rank`, `overlap_blocks`, `cost`, `request_id` |
+//! | POST | `/v1/route` | `{"tokens": [..]}` (optional `lora_name`, `cache_salt`, `extra_keys`) or `{"block_hashes": [..]}`, optional `workers`, `worker_id` + `dp_rank`, `dry_run`, `output_tokens` | the decision: `worker_id`, `dp_rank`, `overlap_blocks`, `cost`, `request_id` |
 //! | POST | `/v1/route/disaggregated` | the prompt, optional `prefill_workers`, `decode_workers`, `same_rank`, `dry_run`, `output_tokens` | `prefill`, `decode`, `bootstrap`, `request_id`, `prefill_request`, `decode_request` |
+//! | POST | `/v1/overlaps` | the prompt (as for `/v1/route`) | `blocks`, `overlaps`: every `worker_id`, `dp_rank`, `tier` with its `overlap_blocks` > 0 |
 //! | POST | `/v1/requests/{id}/prefill_done` | none | `{"request_id", "event"}`; 404 if not active |
 //! | POST | `/v1/requests/{id}/finish` | none | `{"request_id", "event"}`; 404 if not active |
 //! | POST | `/v1/workers` | a [`WorkerRegistration`] | 201, the worker's listing; 409 if it exists |
@@ -50,6 +51,7 @@ pub mod json_body;
 pub mod logging;
 pub mod metrics;
 pub mod options;
+pub mod overlaps_api;
 pub mod path_id;
 pub mod request_api;
 pub mod route_api;

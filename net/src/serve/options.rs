@@ -142,6 +142,17 @@ pub struct ServeOptions {
     #[arg(long = "worker", value_name = "SPEC", value_parser = WorkerRegistration::parse_flag, help_heading = "Workers ([[workers]] in the file)")]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workers: Vec<WorkerRegistration>,
+    /// Subscribe to an engine's own KV events over ZeroMQ (repeatable; vLLM or SGLang
+    /// `--kv-events-config` publishers): `--worker`'s keys with `endpoint` required and
+    /// dp_size 1 by default, e.g.
+    /// "worker_id=3,endpoint=tcp://10.0.0.5:5557,replay=tcp://10.0.0.5:5600,dp_size=4"
+    /// (rank i of the worker on port + i for both). Registers the worker, or adds the
+    /// subscription to a --worker / [[workers]] entry with the same worker_id. In the file:
+    /// `endpoint = ...` (and `replay`, `engine`, `engine_block_size`, `topic`, `bind`) in
+    /// the worker's [[workers]] table.
+    #[arg(long = "engine-events", value_name = "SPEC", value_parser = WorkerRegistration::parse_engine_flag, help_heading = "Workers ([[workers]] in the file)")]
+    #[serde(skip)]
+    pub engine_events: Vec<WorkerRegistration>,
 }
 
 /// Mutual TLS files of the QUIC ingest (as written by `kvroute certs`), or insecure mode.
@@ -234,6 +245,19 @@ impl ServeOptions {
                 None => workers.push(flag_worker),
             }
         }
+        for subscription in self.engine_events {
+            match workers.iter_mut().find(|w| w.worker_id == subscription.worker_id) {
+                Some(existing) => {
+                    existing.endpoint = subscription.endpoint;
+                    existing.replay = subscription.replay;
+                    existing.engine = subscription.engine;
+                    existing.engine_block_size = subscription.engine_block_size;
+                    existing.topic = subscription.topic;
+                    existing.bind = subscription.bind;
+                }
+                None => workers.push(subscription),
+            }
+        }
         ServeOptions {
             http_listen: self.http_listen.or(file.http_listen),
             http_token_file: self.http_token_file.or(file.http_token_file),
@@ -256,6 +280,7 @@ impl ServeOptions {
             },
             router: self.router.layered_over(file.router),
             workers,
+            engine_events: Vec::new(),
         }
     }
 

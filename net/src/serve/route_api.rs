@@ -2,14 +2,17 @@
 //! and `POST /v1/route/disaggregated` (a prefill rank and a decode rank tied by an SGLang
 //! bootstrap room). Request bodies, response bodies and handlers.
 //!
-//! A prompt is `tokens` (token ids, hashed by the router) or `block_hashes` (already
-//! hashed by the caller with the router's scheme and block size), never both. Every call
+//! A prompt is `tokens` (token ids, hashed by the router, optionally with the request's
+//! `lora_name`, `cache_salt` and per-block `extra_keys`, so that it matches only blocks
+//! the engines stored under the same identity) or `block_hashes` (already hashed by the
+//! caller with the router's scheme and block size), never both. Every call
 //! is counted by outcome and its router call timed ([`super::metrics`]).
 
 use std::time::Instant;
 
 use axum::extract::State;
 use axum::Json;
+use kvroute_core::hashing::{BlockIdentity, KeyValue};
 use kvroute_core::route::{
     Bootstrap, CostBreakdown, Decision, PdOptions, Prompt, RouteOptions, SglangDecodeFields, SglangPrefillFields,
 };
@@ -30,6 +33,16 @@ pub struct RouteBody {
     /// Or the prompt's block hashes.
     #[serde(default)]
     pub block_hashes: Option<Vec<BlockHash>>,
+    /// The LoRA adapter the request runs with (its blocks match only that adapter's).
+    #[serde(default)]
+    pub lora_name: Option<String>,
+    /// The request's cache salt (vLLM `cache_salt`, SGLang `cache_salt`).
+    #[serde(default)]
+    pub cache_salt: Option<String>,
+    /// Per block, its extra keys as the engine publishes them (e.g. multimodal
+    /// `[mm_hash, offset]` pairs); `null` for a block with none.
+    #[serde(default)]
+    pub extra_keys: Option<Vec<Option<Vec<serde_json::Value>>>>,
     /// Only these workers are candidates.
     #[serde(default)]
     pub workers: Option<Vec<WorkerId>>,
@@ -54,6 +67,16 @@ pub struct PdRouteBody {
     pub tokens: Option<Vec<u32>>,
     #[serde(default)]
     pub block_hashes: Option<Vec<BlockHash>>,
+    /// The LoRA adapter the request runs with (its blocks match only that adapter's).
+    #[serde(default)]
+    pub lora_name: Option<String>,
+    /// The request's cache salt (vLLM `cache_salt`, SGLang `cache_salt`).
+    #[serde(default)]
+    pub cache_salt: Option<String>,
+    /// Per block, its extra keys as the engine publishes them (e.g. multimodal
+    /// `[mm_hash, offset]` pairs); `null` for a block with none.
+    #[serde(default)]
+    pub extra_keys: Option<Vec<Option<Vec<serde_json::Value>>>>,
     /// Only these prefill workers are candidates.
     #[serde(default)]
     pub prefill_workers: Option<Vec<WorkerId>>,
@@ -106,23 +129,76 @@ pub struct PdRouteResponse {
     pub decode_request: SglangDecodeFields,
 }
 
-/// The prompt of a body, checked against the limits.
-fn prompt<'a>(
+/// The prompt fields every body that names a prompt has.
+pub(crate) struct PromptFields<'a> {
+    pub(crate) tokens: &'a Option<Vec<u32>>,
+    pub(crate) block_hashes: &'a Option<Vec<BlockHash>>,
+    pub(crate) lora_name: &'a Option<String>,
+    pub(crate) cache_salt: &'a Option<String>,
+    pub(crate) extra_keys: &'a Option<Vec<Option<Vec<serde_json::Value>>>>,
+}
+
+/// Implemented by each body that names a prompt.
+macro_rules! impl_prompt_fields {
+    ($($body:ty),*) => {$(
+        impl $body {
+            pub(crate) fn prompt_fields(&self) -> PromptFields<'_> {
+                PromptFields {
+                    tokens: &self.tokens,
+                    block_hashes: &self.block_hashes,
+                    lora_name: &self.lora_name,
+                    cache_salt: &self.cache_salt,
+                    extra_keys: &self.extra_keys,
+                }
+            }
+        }
+    )*};
+}
+pub(crate) use impl_prompt_fields;
+impl_prompt_fields!(RouteBody, PdRouteBody);
+
+/// The per-block extra keys of a body, as keys.
+pub(crate) fn extra_keys_of(fields: &PromptFields<'_>) -> Vec<Option<Vec<KeyValue>>> {
+    fields
+        .extra_keys
+        .iter()
+        .flatten()
+        .map(|keys| keys.as_ref().map(|keys| keys.iter().map(KeyValue::from_json).collect()))
+        .collect()
+}
+
+/// The prompt of a body, checked against the limits; `keys` are its
+/// [`extra_keys_of`].
+pub(crate) fn prompt<'a>(
     state: &AppState,
-    tokens: &'a Option<Vec<u32>>,
-    block_hashes: &'a Option<Vec<BlockHash>>,
+    fields: &PromptFields<'a>,
+    keys: &'a [Option<Vec<KeyValue>>],
 ) -> Result<Prompt<'a>, ApiError> {
     let max_tokens = state.limits.max_prompt_tokens;
-    match (tokens, block_hashes) {
+    let block_size = state.router.config().block_size.max(1) as usize;
+    let identity = BlockIdentity {
+        lora_name: fields.lora_name.as_deref(),
+        cache_salt: fields.cache_salt.as_deref(),
+        extra_keys: keys,
+    };
+    match (fields.tokens, fields.block_hashes) {
         (Some(_), Some(_)) => Err(ApiError::invalid("give either tokens or block_hashes, not both")),
         (None, None) => Err(ApiError::invalid("the body needs tokens (token ids) or block_hashes")),
         (Some(tokens), None) if tokens.len() > max_tokens => Err(ApiError::new(
             ErrorKind::PromptTooLong,
             format!("prompt of {} tokens is over the limit of {max_tokens}", tokens.len()),
         )),
-        (Some(tokens), None) => Ok(Prompt::Tokens(tokens)),
+        (Some(tokens), None) if keys.len() > tokens.len() / block_size => Err(ApiError::invalid(format!(
+            "extra_keys has {} entries but the prompt has {} full blocks of {block_size} tokens",
+            keys.len(),
+            tokens.len() / block_size
+        ))),
+        (Some(tokens), None) if identity.is_plain() => Ok(Prompt::Tokens(tokens)),
+        (Some(tokens), None) => Ok(Prompt::TokensWith(tokens, identity)),
+        (None, Some(_)) if !identity.is_plain() || fields.extra_keys.is_some() => Err(ApiError::invalid(
+            "lora_name, cache_salt and extra_keys go with tokens: block hashes already carry their identity",
+        )),
         (None, Some(blocks)) => {
-            let block_size = state.router.config().block_size.max(1) as usize;
             let max_blocks = max_tokens.div_ceil(block_size);
             if blocks.len() > max_blocks {
                 return Err(ApiError::new(
@@ -146,7 +222,9 @@ pub async fn route(
 }
 
 fn decide(state: &AppState, body: &RouteBody) -> Result<DecisionJson, ApiError> {
-    let prompt = prompt(state, &body.tokens, &body.block_hashes)?;
+    let fields = body.prompt_fields();
+    let keys = extra_keys_of(&fields);
+    let prompt = prompt(state, &fields, &keys)?;
     let rank = match (body.worker_id, body.dp_rank) {
         (Some(worker), Some(dp_rank)) => Some(RankKey { worker, dp_rank }),
         (None, None) => None,
@@ -187,7 +265,9 @@ pub async fn route_disaggregated(
 }
 
 fn decide_disaggregated(state: &AppState, body: &PdRouteBody) -> Result<PdRouteResponse, ApiError> {
-    let prompt = prompt(state, &body.tokens, &body.block_hashes)?;
+    let fields = body.prompt_fields();
+    let keys = extra_keys_of(&fields);
+    let prompt = prompt(state, &fields, &keys)?;
     let options = PdOptions {
         prefill_workers: body.prefill_workers.as_deref(),
         decode_workers: body.decode_workers.as_deref(),

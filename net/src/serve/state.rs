@@ -1,6 +1,7 @@
 //! [`AppState`]: what every HTTP handler shares — the [`Router`], the daemon's
 //! [`ServeMetrics`], the API limits, the shutting-down flag that `/healthz` reports, and
-//! optionally the ingest's counters and the bearer token the API requires. Cloning it
+//! optionally the QUIC ingest's counters, the engines' ZeroMQ ingest and the bearer token
+//! the API requires. Cloning it
 //! clones `Arc`s.
 //!
 //! [`monotonic_clock`] is the router's clock in the daemon (milliseconds since start).
@@ -14,6 +15,7 @@ use kvroute_core::route::{Clock, RouteError, Router, RouterConfig};
 use super::auth::BearerToken;
 use super::config::ApiLimits;
 use super::metrics::{IngestCounterSource, ServeMetrics};
+use crate::engine_ingest::EngineIngest;
 
 /// State shared by the HTTP handlers.
 #[derive(Clone)]
@@ -23,6 +25,7 @@ pub struct AppState {
     pub limits: ApiLimits,
     shutting_down: Arc<AtomicBool>,
     ingest: Option<Arc<dyn IngestCounterSource>>,
+    engine_ingest: Option<Arc<EngineIngest>>,
     http_token: Option<BearerToken>,
 }
 
@@ -35,6 +38,7 @@ impl AppState {
             limits,
             shutting_down: Arc::new(AtomicBool::new(false)),
             ingest: None,
+            engine_ingest: None,
             http_token: None,
         }
     }
@@ -52,6 +56,18 @@ impl AppState {
 
     pub fn ingest_counters(&self) -> Option<&dyn IngestCounterSource> {
         self.ingest.as_deref()
+    }
+
+    /// Subscribes to the engines' ZeroMQ KV events through `ingest` (workers registered
+    /// with an `endpoint`, at start or by `POST /v1/workers`), with its counters on
+    /// `/metrics`.
+    pub fn with_engine_ingest(mut self, ingest: Arc<EngineIngest>) -> AppState {
+        self.engine_ingest = Some(ingest);
+        self
+    }
+
+    pub fn engine_ingest(&self) -> Option<&Arc<EngineIngest>> {
+        self.engine_ingest.as_ref()
     }
 
     /// Requires `Authorization: Bearer <token>` on every endpoint but `GET /healthz`

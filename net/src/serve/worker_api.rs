@@ -118,7 +118,21 @@ pub async fn add_worker(
     let spec = registration
         .to_spec(state.router.config().block_size)
         .map_err(|reason| ApiError::new(ErrorKind::InvalidWorker, reason))?;
+    let source = registration.engine_source().map_err(|reason| ApiError::new(ErrorKind::InvalidWorker, reason))?;
+    let engines = match (&source, state.engine_ingest()) {
+        (Some(_), None) => {
+            return Err(ApiError::new(ErrorKind::InvalidWorker, "this server does not subscribe to engine KV events"))
+        }
+        (_, engines) => engines,
+    };
     state.router.add_worker(spec.clone())?;
+    if let (Some(source), Some(engines)) = (source, engines) {
+        if let Err(error) = engines.add(source) {
+            // Registered a moment ago by this request: undo it.
+            let _ = state.router.remove_worker(spec.worker);
+            return Err(ApiError::new(ErrorKind::InvalidWorker, error.to_string()));
+        }
+    }
     tracing::info!(worker = spec.worker.0, dp_size = spec.dp_size, role = ?spec.role, "worker registered");
     let ranks =
         (spec.dp_start..spec.dp_start + spec.dp_size).map(|r| rank_listing(r, LoadSnapshot::default())).collect();
@@ -133,6 +147,9 @@ pub async fn remove_worker(
 ) -> Result<StatusCode, ApiError> {
     let PathId(id) = id?;
     state.router.remove_worker(WorkerId(id))?;
+    if let Some(engines) = state.engine_ingest() {
+        engines.remove(WorkerId(id));
+    }
     tracing::info!(worker = id, "worker removed");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -32,7 +32,7 @@
 //! # Router ([`IngestServer::start`] -> [`IngestHandle`])
 //! One task per connection and one per rank. A rank task drives the core
 //! `RankCursor` and applies frames to the [`IngestSink`] under the rank's slot lock:
-//! `Deltas` event by event (numbered from a process-wide increasing counter, since wire
+//! `Deltas` as one batch (numbered from core's process-wide increasing counter, since wire
 //! sequence numbers restart per incarnation), dumps all at once at `DumpEnd` through
 //! `replace_rank`, so lookups never see a half-replayed rank. A gap, a heartbeat ahead of
 //! what was applied, a bad frame or a reset closes that stream only and the rank
@@ -54,27 +54,26 @@
 //! connection attempts queued in quinn 1024. No peer byte can panic the router: every error
 //! is a typed [`StreamError`] that closes its own stream.
 //!
-//! Modules: [`publisher`], [`ingest`], [`sink`] ([`IngestSink`], and its implementation for
-//! the core `Router`), [`metrics`], [`config`] (shared settings), [`error`]; internal:
-//! `frame_io` (frames on QUIC streams), `quic` (endpoints), `event_ids`.
+//! Modules: [`publisher`], [`ingest`], [`metrics`], [`config`] (shared settings),
+//! [`error`]; internal: `frame_io` (frames on QUIC streams), `quic` (endpoints). The sink
+//! trait ([`IngestSink`]), its `Router` implementation and the event numbering live in
+//! core (`kvroute_core::ingest`), shared with the engines' ZeroMQ ingest.
 
 pub mod config;
 pub mod error;
-mod event_ids;
 mod frame_io;
 pub mod ingest;
 pub mod metrics;
 pub mod publisher;
 mod quic;
-pub mod sink;
 
 pub use config::{Backoff, QuicTuning, TlsMode, DEFAULT_UDP_RECEIVE_BUFFER};
 pub use error::{PublishError, StreamError, TransportError};
 pub use ingest::{IngestConfig, IngestHandle, IngestServer, RankCursorState};
+pub use kvroute_core::ingest::IngestSink;
 pub use metrics::{IngestMetrics, IngestMetricsSnapshot};
 #[doc(hidden)]
 pub use publisher::FaultInjection;
 pub use publisher::{
     BatchConfig, Publisher, PublisherConfig, PublisherHandle, PublisherMetrics, PublisherMetricsSnapshot, RouterTarget,
 };
-pub use sink::IngestSink;

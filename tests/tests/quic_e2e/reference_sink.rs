@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use kvroute_core::event::{dump_events, DumpBlock};
 use kvroute_core::reference::ReferenceIndex;
 use kvroute_core::route::StorageTier;
 use kvroute_core::{BlockHash, KvEvent, KvEventData, RankKey};
@@ -48,15 +49,17 @@ impl ReferenceSink {
 }
 
 impl IngestSink for ReferenceSink {
-    fn apply(&self, tier: StorageTier, event: &KvEvent) {
-        self.record(tier, event.rank, event.data.clone());
+    fn apply_batch(&self, tier: StorageTier, events: &[KvEvent]) {
+        for event in events {
+            self.record(tier, event.rank, event.data.clone());
+        }
     }
 
-    fn replace_rank(&self, tier: StorageTier, rank: RankKey, events: &[KvEventData]) {
+    fn replace_rank(&self, tier: StorageTier, rank: RankKey, dump: &[DumpBlock]) {
         let mut state = self.state.lock().unwrap();
         state.tiers[tier.index()].deregister_rank(rank);
-        for data in events {
-            state.apply(tier, rank, data.clone());
+        for data in dump_events(dump) {
+            state.apply(tier, rank, data);
         }
     }
 

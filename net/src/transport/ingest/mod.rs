@@ -36,7 +36,7 @@ use registry::Registry;
 use super::error::TransportError;
 use super::metrics::{bump, IngestMetrics};
 use super::quic;
-use super::sink::IngestSink;
+use kvroute_core::ingest::IngestSink;
 
 /// How long `shutdown` waits for connections to close.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);

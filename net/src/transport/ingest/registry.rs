@@ -15,7 +15,7 @@ use kvroute_core::RankKey;
 
 use super::config::RankCursorState;
 use super::session::RankSlot;
-use crate::transport::sink::IngestSink;
+use kvroute_core::ingest::IngestSink;
 
 /// Identifies one accepted connection.
 pub(crate) type ConnId = u64;
@@ -157,8 +157,8 @@ fn restored_cursor(saved: &RankCursorState) -> RankCursor {
 mod tests {
     use std::sync::Mutex as StdMutex;
 
-    use kvroute_core::event::{KvEvent, KvEventData};
-    use kvroute_core::route::StorageTier;
+    use kvroute_core::event::{DumpBlock, KvEvent};
+    use kvroute_core::tier::StorageTier;
 
     use super::*;
 
@@ -166,8 +166,8 @@ mod tests {
     struct Removals(StdMutex<Vec<RankKey>>);
 
     impl IngestSink for Removals {
-        fn apply(&self, _: StorageTier, _: &KvEvent) {}
-        fn replace_rank(&self, _: StorageTier, _: RankKey, _: &[KvEventData]) {}
+        fn apply_batch(&self, _: StorageTier, _: &[KvEvent]) {}
+        fn replace_rank(&self, _: StorageTier, _: RankKey, _: &[DumpBlock]) {}
         fn remove_rank(&self, rank: RankKey) {
             self.0.lock().unwrap().push(rank);
         }

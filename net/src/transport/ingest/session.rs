@@ -4,53 +4,23 @@
 //!
 //! Per frame: the frame must be for this stream's rank (a rank of a worker the peer may
 //! not publish for is `Unauthorized`, another rank `WrongRank`); `Deltas` go through the
-//! [`RankCursor`] (duplicates skipped, a gap refused) and each new event to the sink,
-//! numbered from the process-wide id counter; a dump is collected through [`DumpReplay`]
-//! (bounded by `max_dump_blocks`) and handed to `replace_rank` tier by tier at `DumpEnd`;
-//! a `Heartbeat` must match the applied sequence number.
+//! [`RankCursor`] (duplicates skipped, a gap refused) and the new events to the sink as
+//! one batch, numbered by core's process-wide [`allocate_event_ids`]; a dump is gathered
+//! by a [`DumpCollector`] (bounded by `max_dump_blocks`) and handed to `replace_rank` tier
+//! by tier at `DumpEnd`; a `Heartbeat` must match the applied sequence number.
 
-use kvroute_core::event::{KvEvent, KvEventData};
-use kvroute_core::ingest::{DeltaVerdict, DumpReplay, RankCursor};
-use kvroute_core::route::StorageTier;
-use kvroute_core::wire::{Deltas, DumpBlocks, DumpEnd, Frame, Heartbeat};
+use kvroute_core::event::KvEvent;
+use kvroute_core::ingest::{allocate_event_ids, DeltaVerdict, DumpCollector, IngestSink, RankCursor};
+use kvroute_core::tier::StorageTier;
+use kvroute_core::wire::{Deltas, DumpEnd, Frame, Heartbeat};
 use kvroute_core::RankKey;
 
 use crate::tls::WorkerGrant;
 use crate::transport::error::StreamError;
-use crate::transport::event_ids;
 use crate::transport::metrics::{add, bump, IngestMetrics};
-use crate::transport::sink::IngestSink;
 
 fn tier_bit(tier: StorageTier) -> u8 {
     1 << tier.index()
-}
-
-/// A dump being received: its blocks replayed as events, per tier.
-#[derive(Default)]
-pub(crate) struct DumpCollector {
-    replay: DumpReplay,
-    events: [Vec<KvEventData>; 3],
-    blocks: u64,
-}
-
-impl DumpCollector {
-    fn add(&mut self, chunk: &DumpBlocks, max_blocks: u64) -> Result<(), StreamError> {
-        self.blocks = self.blocks.saturating_add(chunk.blocks.len() as u64);
-        if self.blocks > max_blocks {
-            return Err(StreamError::DumpTooLarge { max: max_blocks });
-        }
-        let events = self.replay.stored_events(chunk.tier, &chunk.blocks);
-        self.events[chunk.tier.index()].extend(events);
-        Ok(())
-    }
-
-    fn finish(self) -> [Vec<KvEventData>; 3] {
-        let mut events = self.events;
-        for (tier, removal) in self.replay.finish() {
-            events[tier.index()].push(removal);
-        }
-        events
-    }
 }
 
 /// What a rank stream needs besides the slot.
@@ -116,14 +86,16 @@ impl RankSlot {
             Frame::Deltas(deltas) => self.on_deltas(deltas, ctx),
             Frame::DumpBegin(begin) => {
                 self.cursor.on_dump_begin(begin.as_of_seq).map_err(StreamError::Order)?;
-                self.dump = Some(DumpCollector::default());
+                self.dump = Some(DumpCollector::new(ctx.max_dump_blocks));
                 Ok(())
             }
             Frame::DumpBlocks(chunk) => {
                 self.cursor.on_dump_blocks(chunk.blocks.len()).map_err(StreamError::Order)?;
                 add(&ctx.metrics.dump_blocks, chunk.blocks.len() as u64);
                 match &mut self.dump {
-                    Some(collector) => collector.add(&chunk, ctx.max_dump_blocks),
+                    Some(collector) => collector
+                        .add(chunk.tier, &chunk.blocks)
+                        .map_err(|e| StreamError::DumpTooLarge { max: e.max_blocks }),
                     None => Err(StreamError::Order(kvroute_core::ingest::CursorError::NotDumping)),
                 }
             }
@@ -145,12 +117,13 @@ impl RankSlot {
                     return Ok(());
                 }
                 self.tiers_touched |= tier_bit(tier);
-                let mut blocks = 0u64;
-                for (event_id, data) in (event_ids::allocate(fresh)..).zip(events.into_iter().skip(skip)) {
-                    let event = KvEvent { rank, event_id, data };
-                    blocks += event.block_count() as u64;
-                    ctx.sink.apply(tier, &event);
-                }
+                let first_id = allocate_event_ids(fresh);
+                let batch: Vec<KvEvent> = (first_id..)
+                    .zip(events.into_iter().skip(skip))
+                    .map(|(event_id, data)| KvEvent { rank, event_id, data })
+                    .collect();
+                let blocks: u64 = batch.iter().map(|e| e.block_count() as u64).sum();
+                ctx.sink.apply_batch(tier, &batch);
                 add(&ctx.metrics.events_applied, fresh as u64);
                 add(&ctx.metrics.block_events_applied, blocks);
                 Ok(())
@@ -160,15 +133,15 @@ impl RankSlot {
 
     fn on_dump_end(&mut self, end: DumpEnd, ctx: &StreamContext<'_>) -> Result<(), StreamError> {
         self.cursor.on_dump_end(end.as_of_seq, end.block_count).map_err(StreamError::Order)?;
-        let events = self.dump.take().unwrap_or_default().finish();
+        let blocks = self.dump.take().map(DumpCollector::finish).unwrap_or_default();
         let mut touched = 0;
-        for (tier, events) in StorageTier::ALL.into_iter().zip(&events) {
-            if !events.is_empty() {
+        for (tier, blocks) in StorageTier::ALL.into_iter().zip(&blocks) {
+            if !blocks.is_empty() {
                 touched |= tier_bit(tier);
             }
             // Replace tiers the rank may hold something in, or gets something in now.
-            if !events.is_empty() || self.tiers_touched & tier_bit(tier) != 0 {
-                ctx.sink.replace_rank(tier, ctx.rank, events);
+            if !blocks.is_empty() || self.tiers_touched & tier_bit(tier) != 0 {
+                ctx.sink.replace_rank(tier, ctx.rank, blocks);
             }
         }
         self.tiers_touched = touched;
@@ -195,9 +168,10 @@ impl RankSlot {
 mod tests {
     use std::sync::Mutex;
 
+    use kvroute_core::event::KvEventData;
     use kvroute_core::event::StoredBlock;
     use kvroute_core::ingest::CursorError;
-    use kvroute_core::wire::{DumpBegin, DumpBlock, FrameType};
+    use kvroute_core::wire::{DumpBegin, DumpBlock, DumpBlocks, FrameType};
     use kvroute_core::{BlockHash, EngineHash};
 
     use super::*;
@@ -208,10 +182,13 @@ mod tests {
     }
 
     impl IngestSink for Recorder {
-        fn apply(&self, tier: StorageTier, event: &KvEvent) {
-            self.log.lock().unwrap().push(format!("apply {tier:?} {:?}", event.data));
+        fn apply_batch(&self, tier: StorageTier, events: &[KvEvent]) {
+            for event in events {
+                self.log.lock().unwrap().push(format!("apply {tier:?} {:?}", event.data));
+            }
         }
-        fn replace_rank(&self, tier: StorageTier, rank: RankKey, events: &[KvEventData]) {
+        fn replace_rank(&self, tier: StorageTier, rank: RankKey, dump: &[DumpBlock]) {
+            let events = kvroute_core::event::dump_events(dump);
             self.log.lock().unwrap().push(format!("replace {tier:?} {rank} {events:?}"));
         }
         fn remove_rank(&self, rank: RankKey) {

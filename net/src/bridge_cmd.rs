@@ -1,0 +1,144 @@
+//! `kvroute bridge`: runs next to a vLLM or SGLang engine, subscribes to its own ZeroMQ KV
+//! events and publishes them to routers over the QUIC transport (mutual TLS, resume, full
+//! dumps for routers that join late); see `kvroute_net::bridge`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kvroute_core::engine_events::block_mapper::MapperConfig;
+use kvroute_core::hashing::{BlockHasher, HashScheme};
+use kvroute_net::bridge::{BridgeConfig, BridgeHandle};
+use kvroute_net::engine_ingest::{EngineIngestConfig, EngineSource};
+use kvroute_net::serve::config::LogSettings;
+use kvroute_net::serve::logging::init_logging;
+use kvroute_net::serve::options::{HashSchemeName, LogFormat};
+use kvroute_net::serve::worker_registration::{WorkerRegistration, ENGINE_EVENTS_FLAG_SYNTAX};
+use kvroute_net::tls::TlsFiles;
+use kvroute_net::transport::{PublisherConfig, RouterTarget, TlsMode};
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Example, next to a vLLM server started with \
+--kv-events-config '{\"enable_kv_cache_events\": true, \"publisher\": \"zmq\", \"endpoint\": \"tcp://*:5557\", \
+\"replay_endpoint\": \"tcp://*:5600\"}' and --data-parallel-size 2:\n  kvroute bridge --engine-events \
+worker_id=3,endpoint=tcp://127.0.0.1:5557,replay=tcp://127.0.0.1:5600,dp_size=2 --router 10.0.0.1:4433 \
+--ca ca.pem --cert publisher-3.pem --key publisher-3.key")]
+pub struct BridgeArgs {
+    /// An engine to subscribe to (repeatable): worker_id=N,endpoint=tcp://HOST:PORT with
+    /// optional replay=tcp://HOST:PORT, dp_size (default 1), dp_start, engine=vllm|sglang,
+    /// engine_block_size (SGLang page size), topic, bind=true. Rank i uses port + i.
+    #[arg(long = "engine-events", value_name = "SPEC", required = true, value_parser = WorkerRegistration::parse_engine_flag)]
+    engine_events: Vec<WorkerRegistration>,
+    /// Router ingest address to publish to (repeatable: every router gets every event).
+    #[arg(long = "router", value_name = "ADDR", required = true)]
+    routers: Vec<SocketAddr>,
+    /// Name the routers' certificate was issued for (`kvroute certs --router-name`).
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// The CA every router and publisher trusts (`ca.pem` from `kvroute certs`).
+    #[arg(long, value_name = "FILE", requires_all = ["cert", "key"])]
+    ca: Option<PathBuf>,
+    /// This bridge's certificate; it must allow every worker it bridges.
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// This bridge's private key.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// No TLS certificates; the routers must be on loopback addresses and run with
+    /// --insecure-loopback too.
+    #[arg(long, conflicts_with_all = ["ca", "cert", "key"])]
+    insecure_loopback: bool,
+    /// The routers' block size: the bridge hashes blocks as they do.
+    #[arg(long, default_value_t = 16)]
+    block_size: u32,
+    /// The routers' hash scheme.
+    #[arg(long, value_enum, default_value = "kv64")]
+    hash_scheme: HashSchemeName,
+    /// How often to log the counters (0: never).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    stats_interval: Duration,
+}
+
+#[derive(Debug)]
+pub struct BridgeCmdError(String);
+
+impl std::fmt::Display for BridgeCmdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BridgeCmdError {}
+
+fn error(message: impl Into<String>) -> BridgeCmdError {
+    BridgeCmdError(message.into())
+}
+
+pub fn run(args: &BridgeArgs) -> Result<(), BridgeCmdError> {
+    init_logging(&LogSettings { format: LogFormat::Text, filter: None }).map_err(|e| error(e.to_string()))?;
+    let tls = match (&args.ca, &args.cert, &args.key, args.insecure_loopback) {
+        (Some(ca), Some(cert), Some(key), false) => {
+            TlsMode::Mutual(TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() })
+        }
+        (None, None, None, true) => TlsMode::InsecureLoopback,
+        _ => return Err(error("give --ca, --cert and --key (from `kvroute certs`), or --insecure-loopback")),
+    };
+    let scheme = match args.hash_scheme {
+        HashSchemeName::Kv64 => HashScheme::Kv64,
+        HashSchemeName::Xxh3 => HashScheme::Xxh3Compat,
+    };
+    let hasher = BlockHasher::with_scheme(args.block_size as usize, scheme).map_err(|e| error(e.to_string()))?;
+    let mut sources: Vec<EngineSource> = Vec::new();
+    for registration in &args.engine_events {
+        let source = registration
+            .engine_source()
+            .map_err(|e| error(format!("--engine-events: {e}")))?
+            .ok_or_else(|| error(format!("--engine-events needs an endpoint: {ENGINE_EVENTS_FLAG_SYNTAX}")))?;
+        if sources.iter().any(|s| s.worker == source.worker) {
+            return Err(error(format!("worker {} is given twice", source.worker.0)));
+        }
+        sources.push(source);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| error(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(async move {
+        let targets = args.routers.iter().map(|&addr| RouterTarget::new(addr, args.server_name.clone())).collect();
+        let config = BridgeConfig {
+            sources,
+            publisher: PublisherConfig::new("kvroute-bridge", targets, tls, Vec::new()),
+            ingest: EngineIngestConfig::new(MapperConfig::new(hasher)),
+        };
+        let bridge = BridgeHandle::start(config).map_err(|e| error(e.to_string()))?;
+        tracing::info!(incarnation = format!("{:#x}", bridge.publisher().incarnation()), routers = ?args.routers, "bridge running");
+        let stats = async {
+            if args.stats_interval.is_zero() {
+                return std::future::pending().await;
+            }
+            let mut tick = tokio::time::interval(args.stats_interval);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let s = bridge.engines().snapshot();
+                tracing::info!(
+                    messages = s.messages,
+                    block_events = s.block_events_applied,
+                    gaps = s.gaps,
+                    replays = s.replays_requested,
+                    unrecovered = s.unrecovered_batches,
+                    dropped = ?s.dropped,
+                    "bridge counters"
+                );
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = stats => {}
+        }
+        tracing::info!("bridge stopping");
+        bridge.shutdown().await;
+        Ok(())
+    })
+}
