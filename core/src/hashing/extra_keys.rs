@@ -13,6 +13,7 @@
 //! - a block's other keys (a list of [`KeyValue`]s, in the engine's order) are hashed
 //!   canonically ([`extra_keys_hash`]) and folded into that block's content hash alone
 //!   ([`fold_extra_keys`]). A cache salt is block 0's first extra key, as vLLM puts it.
+//!
 //! [`BlockIdentity`] names all three for a prompt; `BlockHasher::hash_blocks_with_into`
 //! applies them, for requests and for the engines' events alike.
 //!

@@ -113,7 +113,7 @@ fn lookups_see_the_old_or_the_new_state_never_a_mix() {
     for swap in 0..2000 {
         let staged = index.stage_rank(rank).expect("stage");
         let next = if swap % 2 == 0 { &short } else { &long };
-        fill(&index, &staged, &next);
+        fill(&index, &staged, next);
         index.promote_staged(staged);
     }
     stop.store(true, Ordering::Relaxed);

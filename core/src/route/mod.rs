@@ -81,5 +81,5 @@ pub use error::RouteError;
 pub use load::{LoadSnapshot, RankLoad, RequestId};
 pub use registry::{BootstrapEndpoint, Role, WorkerSpec};
 pub use room::{BootstrapRoom, RoomAllocator};
-pub use router::{Clock, Decision, Prompt, RouteOptions, Router, RouterConfig, StorageTier};
+pub use router::{Clock, Decision, Prompt, RouteOptions, Router, RouterConfig, StorageTier, TierOverlap};
 pub use snapshot::{RestoreError, RestoreReport, SkipReason};

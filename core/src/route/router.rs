@@ -29,6 +29,9 @@ impl<F: Fn() -> u64 + Send + Sync> Clock for F {
     }
 }
 
+/// One (tier, rank) holding a prefix of a prompt, and how many blocks of it.
+pub type TierOverlap = (StorageTier, RankKey, u32);
+
 /// Router settings. `RouterConfig::default()` is a working configuration.
 #[derive(Clone, Debug)]
 pub struct RouterConfig {
@@ -484,7 +487,7 @@ impl Router {
     /// What the index holds of a prompt: every (tier, rank) with a non-zero overlap, in
     /// tier then rank order, and the prompt's full-block count. For operators and checks;
     /// decisions use the lock-free per-slot path instead.
-    pub fn overlaps(&self, prompt: Prompt<'_>) -> Result<(Vec<(StorageTier, RankKey, u32)>, usize), RouteError> {
+    pub fn overlaps(&self, prompt: Prompt<'_>) -> Result<(Vec<TierOverlap>, usize), RouteError> {
         self.with_prompt(prompt, |_, hashes, _| {
             let mut out = Vec::new();
             for tier in StorageTier::ALL {

@@ -136,7 +136,7 @@ impl RankTask {
             let Some(endpoint) = &self.replay else {
                 // A stream configured without replay never asks; answer as a failure.
                 let next = lock(&self.stream).on_replay_failed(request.id, &*self.sink);
-                let Some(next) = next else { return None };
+                let next = next?;
                 request = next;
                 continue;
             };
@@ -146,7 +146,7 @@ impl RankTask {
                 Err(error) => {
                     tracing::warn!(rank = %name, %error, "replay request failed");
                     let next = lock(&self.stream).on_replay_failed(request.id, &*self.sink);
-                    let Some(next) = next else { return None };
+                    let next = next?;
                     request = next;
                     // Do not spin on an endpoint that refuses.
                     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -191,6 +191,9 @@ pub fn render(state: &AppState) -> String {
     x.out
 }
 
+/// Reads one value of a rank's engine subscription.
+type RankField = fn(&RankStatus) -> u64;
+
 /// The engines' ZeroMQ ingest (`kvroute_engine_*`): totals, counts by reason, per-rank state.
 fn engine_ingest(x: &mut Exposition, s: &EngineIngestSnapshot) {
     let totals = [
@@ -251,7 +254,7 @@ fn engine_ingest(x: &mut Exposition, s: &EngineIngestSnapshot) {
     for (counter, value) in &s.sockets {
         x.sample("kvroute_engine_socket_total", &[("counter", counter)], value);
     }
-    let per_rank: [(&str, &str, fn(&RankStatus) -> u64); 3] = [
+    let per_rank: [(&str, &str, RankField); 3] = [
         ("kvroute_engine_rank_connected", "1 while the rank's engine publisher is connected.", |r| {
             u64::from(r.connected)
         }),

@@ -119,7 +119,7 @@ fn stored_events(batch: &EventBatch) -> impl Iterator<Item = &BlockStored> {
     })
 }
 
-fn all_stored<'a>(decoded: &'a [(Line, EngineMessage)]) -> impl Iterator<Item = &'a BlockStored> {
+fn all_stored(decoded: &[(Line, EngineMessage)]) -> impl Iterator<Item = &BlockStored> {
     decoded.iter().flat_map(|(_, message)| stored_events(&message.batch))
 }
 
@@ -289,6 +289,7 @@ fn decoded_events_reproduce_the_expected_blocks_and_overlaps() {
         let expected = fixture.expected();
         // Per rank: held block -> stored under a namespace; (parent, tokens) -> hash of plain blocks.
         let mut held: HashMap<String, HashMap<u64, bool>> = HashMap::new();
+        #[allow(clippy::type_complexity)]
         let mut plain_blocks: HashMap<String, HashMap<(Option<u64>, Vec<u32>), u64>> = HashMap::new();
         let mut last_seq: HashMap<String, u64> = HashMap::new();
         for (line, message) in fixture.decoded() {
