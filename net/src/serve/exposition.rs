@@ -250,7 +250,7 @@ fn engine_ingest(x: &mut Exposition, s: &EngineIngestSnapshot) {
             x.sample(name, &[("reason", reason)], value);
         }
     }
-    x.family("kvroute_engine_socket_total", "The engine subscribers' socket counters, by counter.", "counter");
+    x.family("kvroute_engine_socket_total", "counter", "The engine subscribers' socket counters, by counter.");
     for (counter, value) in &s.sockets {
         x.sample("kvroute_engine_socket_total", &[("counter", counter)], value);
     }
