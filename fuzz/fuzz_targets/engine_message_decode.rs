@@ -9,8 +9,9 @@
 //! the frame count (bits 2-3, plus one: 1 to 4 frames) and small limits (bit 4: a
 //! 256-byte payload and 4-byte topic limit, to reach `oversize`). Then every frame but
 //! the last is a big-endian u16 length and that many bytes; the last frame is the rest.
-//! Run: `cargo +nightly fuzz run engine_message_decode` (from the repo root); seed it with
-//! the fixture payloads of data/engine-events/ (see `fuzz/corpus/engine_message_decode/`).
+//! Run: `cargo +nightly fuzz run engine_message_decode` (from the repo root). Seed corpus
+//! (gitignored): each fixture payload of data/engine-events/*.jsonl as one file, byte
+//! `0x02` then the payload bytes, in `fuzz/corpus/engine_message_decode/`.
 #![no_main]
 
 use kvroute_core::engine_events::decode::{

@@ -5,7 +5,11 @@
 //! the payload's length, so every error carries the byte offset it happened at. Each read
 //! first peeks at the next byte as an [`rmp::Marker`] to choose what to do (a hash may be an
 //! unsigned int, a signed int or a bin; many fields may be nil), then lets `rmp` consume
-//! the marker and its data (`read_int`, `read_array_len`, `read_str_len`, ...).
+//! the marker and its data (`read_int`, `read_array_len`, `read_str_len`, ...). Three
+//! hot spots read the data of a marker they recognised straight from the slice instead:
+//! token ids of up to 32 bits (one 8-byte load, no branch on the width, see
+//! [`unsigned_u32`]), full-width hashes (`uint64` / `int64`) and fixstr keys; anything
+//! else they meet goes the `rmp` way.
 //!
 //! Readers provided: container headers (array / map lengths), strings (as bytes, or
 //! checked UTF-8), map keys, block hashes (int or bin, normalised to `u64`), token id
@@ -17,7 +21,8 @@
 //! Bounds: a length read from the input is compared with the bytes left before slicing;
 //! a `Vec` for `n` elements reserves at most the bytes left (every element takes at least
 //! one byte), so a forged `array32` header cannot make it allocate more than the input.
-//! Integer conversions go through `read_int`'s range checks; nothing here can panic.
+//! Integer conversions go through `read_int`'s range checks (the fast paths only take
+//! widths that fit); slicing uses `get` / `split_first_chunk`, so nothing here can panic.
 
 use rmp::decode::{self, Bytes, NumValueReadError, ValueReadError};
 use rmp::Marker;
@@ -336,7 +341,7 @@ impl<'a> Reader<'a> {
     /// An array of token ids, each an integer in `0..=u32::MAX`. The hot loop of the
     /// decoder: where 8 bytes are left, the unsigned markers engines use for token ids
     /// (positive fixint, uint8, uint16, uint32) are decoded from one big-endian load
-    /// ([`UNSIGNED_U32`]); anything else (a uint64 or signed int in range, the last bytes
+    /// ([`unsigned_u32`]); anything else (a uint64 or signed int in range, the last bytes
     /// of the payload, an error) goes through `rmp::decode::read_int`.
     pub(super) fn tokens(&mut self) -> Result<Vec<u32>, DecodeError> {
         let count = self.array_len(Kind::Shape, "token_ids is not an array")?;
@@ -524,9 +529,12 @@ impl<'a> Reader<'a> {
 /// which every token waits for, stays a few ALU operations long.
 #[inline(always)]
 fn unsigned_u32(word: u64) -> Option<(u32, usize)> {
+    const FIRST_NON_FIXINT: u32 = Marker::FixMap(0).to_u8() as u32; // 0x80
+    const UINT8: u32 = Marker::U8.to_u8() as u32; // 0xcc, then uint16 0xcd, uint32 0xce
+    const _: () = assert!(Marker::U32.to_u8() as u32 == UINT8 + 2);
     let marker = (word >> 56) as u32;
-    let is_fixint = marker < 0x80;
-    let uint_index = marker.wrapping_sub(0xcc); // 0, 1, 2 for uint8, uint16, uint32
+    let is_fixint = marker < FIRST_NON_FIXINT;
+    let uint_index = marker.wrapping_sub(UINT8); // 0, 1, 2 for uint8, uint16, uint32
     if !is_fixint && uint_index > 2 {
         return None;
     }
