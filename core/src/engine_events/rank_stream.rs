@@ -268,7 +268,15 @@ impl EngineRankStream {
         let mut per_tier: [Vec<KvEvent>; 3] = Default::default();
         let first_id = allocate_event_ids(self.mapped.len());
         for ((tier, data), event_id) in self.mapped.drain(..).zip(first_id..) {
-            per_tier[tier.index()].push(KvEvent { rank, event_id, data });
+            let events = &mut per_tier[tier.index()];
+            // vLLM evicts one block per event: a run of removals is applied as one event.
+            if let (Some(KvEvent { data: KvEventData::Removed { blocks: run }, .. }), KvEventData::Removed { blocks }) =
+                (events.last_mut(), &data)
+            {
+                run.extend_from_slice(blocks);
+                continue;
+            }
+            events.push(KvEvent { rank, event_id, data });
         }
         for (tier, events) in StorageTier::ALL.into_iter().zip(&per_tier) {
             if events.is_empty() {
