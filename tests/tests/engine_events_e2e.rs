@@ -465,3 +465,80 @@ async fn lora_blocks_are_not_credited_to_a_plain_request() {
     let (lora, _) = side.router.overlaps(Prompt::TokensWith(&tokens, identity)).expect("overlaps");
     assert_eq!(lora, vec![(StorageTier::Device, RankKey::new(8, 0), 4)]);
 }
+
+/// Polls until the router's index equals the model on every probe (or fails at the deadline).
+async fn wait_equal(router: &Router, model: &Model, engine: &Engine) {
+    let hasher = BlockHasher::new(BLOCK).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mismatch = engine.paths().into_iter().find(|path| {
+            let hashes = hasher.hash_blocks(path);
+            router.tier_index(StorageTier::Device).find_matches(&hashes).sorted() != model.index.find_matches(&hashes)
+        });
+        let Some(path) = mismatch else { return };
+        assert!(Instant::now() < deadline, "the router never matched the model on a {}-token probe", path.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_carries_engine_events_over_quic_and_a_restarted_router_warms_up_by_dump() {
+    use kvroute_net::bridge::{BridgeConfig, BridgeHandle};
+    use kvroute_net::transport::{Backoff, IngestConfig, IngestServer, PublisherConfig, RouterTarget, TlsMode};
+
+    let mut engine = Engine::start(9, EngineFormat::SglangMap, true).await;
+    let mut model = Model::new(&[9]);
+    let new_router = || {
+        let router = Arc::new(Router::new(RouterConfig::default(), Arc::new(|| 0u64)).expect("router"));
+        router.add_worker(WorkerSpec::new(WorkerId(9), DP, BLOCK as u32)).expect("worker");
+        router
+    };
+    let router = new_router();
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let ingest =
+        IngestServer::start(IngestConfig::new(listen, TlsMode::InsecureLoopback), router.clone()).expect("ingest");
+    let addr = ingest.local_addr();
+
+    let mut publisher = PublisherConfig::new(
+        "bridge-test",
+        vec![RouterTarget::new(addr, "localhost")],
+        TlsMode::InsecureLoopback,
+        Vec::new(),
+    );
+    publisher.reconnect = Backoff { initial: Duration::from_millis(20), max: Duration::from_millis(200) };
+    publisher.heartbeat_interval = Duration::from_millis(100);
+    let bridge = BridgeHandle::start(BridgeConfig {
+        sources: vec![engine.source()],
+        publisher,
+        ingest: EngineIngestConfig::new(MapperConfig::new(BlockHasher::new(BLOCK).unwrap())),
+    })
+    .expect("bridge");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !bridge.engines().snapshot().ranks.iter().all(|r| r.connected) {
+        assert!(Instant::now() < deadline, "bridge subscribers not connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut rng = Rng(7);
+    publish_round(std::slice::from_mut(&mut engine), &mut rng, 20, &mut model).await;
+    wait_equal(&router, &model, &engine).await;
+
+    // The router restarts with an empty index: the bridge's publisher dumps every rank.
+    ingest.shutdown().await;
+    let router = new_router();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ingest = loop {
+        match IngestServer::start(IngestConfig::new(addr, TlsMode::InsecureLoopback), router.clone()) {
+            Ok(ingest) => break ingest,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "cannot bind {addr} again: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    publish_round(std::slice::from_mut(&mut engine), &mut rng, 5, &mut model).await;
+    wait_equal(&router, &model, &engine).await;
+    assert!(ingest.metrics().snapshot().dumps >= u64::from(DP), "{:?}", ingest.metrics().snapshot());
+    bridge.shutdown().await;
+    ingest.shutdown().await;
+}
