@@ -2,8 +2,6 @@
 //! events and publishes them to routers over the QUIC transport (mutual TLS, resume, full
 //! dumps for routers that join late); see `kvroute_net::bridge`.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use kvroute_core::engine_events::block_mapper::MapperConfig;
@@ -14,8 +12,9 @@ use kvroute_net::serve::config::LogSettings;
 use kvroute_net::serve::logging::init_logging;
 use kvroute_net::serve::options::{HashSchemeName, LogFormat};
 use kvroute_net::serve::worker_registration::{WorkerRegistration, ENGINE_EVENTS_FLAG_SYNTAX};
-use kvroute_net::tls::TlsFiles;
-use kvroute_net::transport::{PublisherConfig, RouterTarget, TlsMode};
+use kvroute_net::transport::PublisherConfig;
+
+use crate::router_targets_args::RouterTargetsArgs;
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Example, next to a vLLM server started with \
@@ -29,25 +28,8 @@ pub struct BridgeArgs {
     /// engine_block_size (SGLang page size), topic, bind=true. Rank i uses port + i.
     #[arg(long = "engine-events", value_name = "SPEC", required = true, value_parser = WorkerRegistration::parse_engine_flag)]
     engine_events: Vec<WorkerRegistration>,
-    /// Router ingest address to publish to (repeatable: every router gets every event).
-    #[arg(long = "router", value_name = "ADDR", required = true)]
-    routers: Vec<SocketAddr>,
-    /// Name the routers' certificate was issued for (`kvroute certs --router-name`).
-    #[arg(long, default_value = "localhost")]
-    server_name: String,
-    /// The CA every router and publisher trusts (`ca.pem` from `kvroute certs`).
-    #[arg(long, value_name = "FILE", requires_all = ["cert", "key"])]
-    ca: Option<PathBuf>,
-    /// This bridge's certificate; it must allow every worker it bridges.
-    #[arg(long, value_name = "FILE")]
-    cert: Option<PathBuf>,
-    /// This bridge's private key.
-    #[arg(long, value_name = "FILE")]
-    key: Option<PathBuf>,
-    /// No TLS certificates; the routers must be on loopback addresses and run with
-    /// --insecure-loopback too.
-    #[arg(long, conflicts_with_all = ["ca", "cert", "key"])]
-    insecure_loopback: bool,
+    #[command(flatten)]
+    routers: RouterTargetsArgs,
     /// The routers' block size: the bridge hashes blocks as they do.
     #[arg(long, default_value_t = 16)]
     block_size: u32,
@@ -80,13 +62,7 @@ pub fn run(args: &BridgeArgs) -> Result<(), BridgeCmdError> {
     if let Err(e) = kvroute_net::huge_pages::disable_transparent_huge_pages() {
         tracing::warn!(error = %e, "transparent huge pages stay on");
     }
-    let tls = match (&args.ca, &args.cert, &args.key, args.insecure_loopback) {
-        (Some(ca), Some(cert), Some(key), false) => {
-            TlsMode::Mutual(TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() })
-        }
-        (None, None, None, true) => TlsMode::InsecureLoopback,
-        _ => return Err(error("give --ca, --cert and --key (from `kvroute certs`), or --insecure-loopback")),
-    };
+    let tls = args.routers.tls().map_err(error)?;
     let scheme = match args.hash_scheme {
         HashSchemeName::Kv64 => HashScheme::Kv64,
         HashSchemeName::Xxh3 => HashScheme::Xxh3Compat,
@@ -109,14 +85,14 @@ pub fn run(args: &BridgeArgs) -> Result<(), BridgeCmdError> {
         .build()
         .map_err(|e| error(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async move {
-        let targets = args.routers.iter().map(|&addr| RouterTarget::new(addr, args.server_name.clone())).collect();
+        let targets = args.routers.targets();
         let config = BridgeConfig {
             sources,
             publisher: PublisherConfig::new("kvroute-bridge", targets, tls, Vec::new()),
             ingest: EngineIngestConfig::new(MapperConfig::new(hasher)),
         };
         let bridge = BridgeHandle::start(config).map_err(|e| error(e.to_string()))?;
-        tracing::info!(incarnation = format!("{:#x}", bridge.publisher().incarnation()), routers = ?args.routers, "bridge running");
+        tracing::info!(incarnation = format!("{:#x}", bridge.publisher().incarnation()), routers = ?args.routers.routers, "bridge running");
         let stats = async {
             if args.stats_interval.is_zero() {
                 return std::future::pending().await;

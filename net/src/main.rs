@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod bridge_cmd;
 mod demo;
 mod publish_cmd;
+mod router_targets_args;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

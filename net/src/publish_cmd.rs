@@ -8,7 +8,6 @@
 //! then ask it where a prompt should go (`POST /v1/route`).
 
 use std::io::BufReader;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -16,32 +15,17 @@ use kvroute_core::route::StorageTier;
 use kvroute_core::sim::{Fleet, FleetConfig};
 use kvroute_core::trace::{parse_trace, parse_trace_str, request_blocks_into};
 use kvroute_core::{RankKey, WorkerId};
-use kvroute_net::tls::{TlsFiles, WorkerGrant};
-use kvroute_net::transport::{Publisher, PublisherConfig, RouterTarget, TlsMode};
+use kvroute_net::tls::WorkerGrant;
+use kvroute_net::transport::{Publisher, PublisherConfig};
+
+use crate::router_targets_args::RouterTargetsArgs;
 
 const BUILT_IN_TRACE: &str = include_str!("../../data/conversation_trace.jsonl");
 
 #[derive(clap::Args, Debug)]
 pub struct PublishArgs {
-    /// Router ingest address to publish to (repeatable: every router gets every event).
-    #[arg(long = "router", value_name = "ADDR", required = true)]
-    routers: Vec<SocketAddr>,
-    /// Name the routers' certificate was issued for (`kvroute certs --router-name`).
-    #[arg(long, default_value = "localhost")]
-    server_name: String,
-    /// The CA every router and publisher trusts (`ca.pem` from `kvroute certs`).
-    #[arg(long, value_name = "FILE", requires_all = ["cert", "key"])]
-    ca: Option<PathBuf>,
-    /// This publisher's certificate; it must allow every worker in --workers.
-    #[arg(long, value_name = "FILE")]
-    cert: Option<PathBuf>,
-    /// This publisher's private key.
-    #[arg(long, value_name = "FILE")]
-    key: Option<PathBuf>,
-    /// No TLS certificates; the routers must be on loopback addresses and run with
-    /// --insecure-loopback too.
-    #[arg(long, conflicts_with_all = ["ca", "cert", "key"])]
-    insecure_loopback: bool,
+    #[command(flatten)]
+    routers: RouterTargetsArgs,
     /// Worker ids to simulate, e.g. 0-3,7.
     #[arg(long, default_value = "0-3")]
     workers: WorkerGrant,
@@ -97,13 +81,7 @@ pub fn run(args: &PublishArgs) -> Result<(), PublishError> {
     if workers.is_empty() || workers.len() * args.dp_size as usize > kvroute_core::index::MAX_RANKS {
         return Err(error(format!("--workers x --dp-size must be 1..={} ranks", kvroute_core::index::MAX_RANKS)));
     }
-    let tls = match (&args.ca, &args.cert, &args.key, args.insecure_loopback) {
-        (Some(ca), Some(cert), Some(key), false) => {
-            TlsMode::Mutual(TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() })
-        }
-        (None, None, None, true) => TlsMode::InsecureLoopback,
-        _ => return Err(error("give --ca, --cert and --key (from `kvroute certs`), or --insecure-loopback")),
-    };
+    let tls = args.routers.tls().map_err(error)?;
     let mut requests = match &args.trace {
         None => parse_trace_str(BUILT_IN_TRACE).map_err(|e| error(format!("built-in trace: {e}")))?,
         Some(path) => {
@@ -127,7 +105,7 @@ pub fn run(args: &PublishArgs) -> Result<(), PublishError> {
         let sim_ranks: Vec<RankKey> = fleet.ranks().to_vec();
         let published = |rank: RankKey| RankKey { worker: workers[rank.worker.0 as usize], dp_rank: rank.dp_rank };
         let ranks: Vec<RankKey> = sim_ranks.iter().map(|&r| published(r)).collect();
-        let targets = args.routers.iter().map(|&addr| RouterTarget::new(addr, args.server_name.clone())).collect();
+        let targets = args.routers.targets();
         let publisher = Publisher::start(PublisherConfig::new("kvroute-publish", targets, tls, ranks.clone()))
             .map_err(|e| error(format!("cannot start the publisher: {e}")))?;
         println!(

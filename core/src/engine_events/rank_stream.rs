@@ -102,10 +102,11 @@ fn clear_label(reason: ClearReason) -> &'static str {
     }
 }
 
-fn bump(counts: &mut Vec<(&'static str, u64)>, label: &'static str) {
+/// Adds `n` to `label`'s count in a list of counts by label (a handful of labels: a scan).
+pub fn add_labeled(counts: &mut Vec<(&'static str, u64)>, label: &'static str, n: u64) {
     match counts.iter_mut().find(|(l, _)| *l == label) {
-        Some((_, n)) => *n += 1,
-        None => counts.push((label, 1)),
+        Some((_, count)) => *count += n,
+        None => counts.push((label, n)),
     }
 }
 
@@ -202,7 +203,7 @@ impl EngineRankStream {
     }
 
     fn drop_message(&mut self, reason: DropReason) -> Option<ReplayRequest> {
-        bump(&mut self.counters.dropped, reason.label());
+        add_labeled(&mut self.counters.dropped, reason.label(), 1);
         None
     }
 
@@ -223,7 +224,7 @@ impl EngineRankStream {
             match action {
                 SeqAction::Apply { batch, .. } => self.apply(&batch, sink),
                 SeqAction::Clear { reason } => {
-                    bump(&mut self.counters.clears, clear_label(reason));
+                    add_labeled(&mut self.counters.clears, clear_label(reason), 1);
                     self.clear(sink);
                 }
                 SeqAction::RequestReplay { id, from_seq } => replay = Some(ReplayRequest { id, from_seq }),

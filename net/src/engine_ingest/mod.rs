@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use kvroute_core::engine_events::block_mapper::{MapperConfig, SkipReason};
 use kvroute_core::engine_events::decode::DecodeLimits;
-use kvroute_core::engine_events::rank_stream::{EngineRankStream, RankStreamConfig};
+use kvroute_core::engine_events::rank_stream::{add_labeled, EngineRankStream, RankStreamConfig};
 use kvroute_core::engine_events::sequence::TrackerConfig;
 use kvroute_core::ingest::IngestSink;
 use kvroute_core::{DpRank, RankKey, WorkerId};
@@ -182,13 +182,6 @@ pub struct RankStatus {
     pub last_seq: Option<u64>,
     /// Batch numbers this rank's state could never get (lost, not replayable).
     pub unrecovered_batches: u64,
-}
-
-fn add_labeled(into: &mut Vec<(&'static str, u64)>, label: &'static str, value: u64) {
-    match into.iter_mut().find(|(l, _)| *l == label) {
-        Some((_, n)) => *n += value,
-        None => into.push((label, value)),
-    }
 }
 
 impl EngineIngest {
