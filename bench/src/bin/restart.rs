@@ -374,7 +374,7 @@ fn main() -> ExitCode {
     let decoded = decode_snapshot(&map).map(|s| s.ranks.len());
     let decode_time = t.elapsed();
     eprintln!(
-        "apart: map (populate) {:.1} ms; checksum XXH3 {:.0} ms ({:.1} GB/s) vs table CRC32C {:.0} ms ({:.2} GB/s) \
+        "apart: map (populate) {:.1} ms; checksum XXH3 {:.0} ms ({:.1} GB/s) vs CRC32C (crc32c crate) {:.0} ms ({:.2} GB/s) \
          [{sum:x} {crc:x}]; verify (checksum + structure) {:.0} ms ({verified}); owned decode {:.0} ms ({} sections)",
         ms(map_time),
         ms(xxh3_time),
