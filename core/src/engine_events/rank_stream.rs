@@ -57,7 +57,7 @@ pub struct ReplayRequest {
 /// Why a message was dropped before reaching the tracker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
-    /// It did not decode (the [`DecodeError::reason`] says why).
+    /// It did not decode (the decoder's `DecodeError::reason` says why).
     Decode(&'static str),
     /// Its `dp_rank` is outside the worker's ranks.
     RankOutOfRange,

@@ -178,7 +178,7 @@ impl BlockHasher {
 
     /// Appends one hash per full block of `tokens`, identified as `identity` says: the
     /// LoRA adapter folded into the seed (every block), the cache salt and each block's
-    /// extra keys folded into their blocks (see [`extra_keys`](self::extra_keys)'s rules).
+    /// extra keys folded into their blocks (see [`BlockIdentity`]'s rules).
     /// A plain identity hashes exactly as [`BlockHasher::hash_blocks_into`]. The router
     /// hashes requests and the engines' events with this one function.
     pub fn hash_blocks_with_into(&self, tokens: &[u32], identity: &BlockIdentity<'_>, out: &mut Vec<BlockHash>) {
