@@ -14,6 +14,7 @@ use kvroute_net::serve::options::{HashSchemeName, LogFormat};
 use kvroute_net::serve::worker_registration::{WorkerRegistration, ENGINE_EVENTS_FLAG_SYNTAX};
 use kvroute_net::transport::PublisherConfig;
 
+use crate::command_error::{error, CommandError};
 use crate::router_targets_args::RouterTargetsArgs;
 
 #[derive(clap::Args, Debug)]
@@ -41,22 +42,7 @@ pub struct BridgeArgs {
     stats_interval: Duration,
 }
 
-#[derive(Debug)]
-pub struct BridgeCmdError(String);
-
-impl std::fmt::Display for BridgeCmdError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for BridgeCmdError {}
-
-fn error(message: impl Into<String>) -> BridgeCmdError {
-    BridgeCmdError(message.into())
-}
-
-pub fn run(args: &BridgeArgs) -> Result<(), BridgeCmdError> {
+pub fn run(args: &BridgeArgs) -> Result<(), CommandError> {
     init_logging(&LogSettings { format: LogFormat::Text, filter: None }).map_err(|e| error(e.to_string()))?;
     // As `kvroute serve` does: no 2 MiB page zeroing on the event path (best effort).
     if let Err(e) = kvroute_net::huge_pages::disable_transparent_huge_pages() {
@@ -103,12 +89,12 @@ pub fn run(args: &BridgeArgs) -> Result<(), BridgeCmdError> {
                 tick.tick().await;
                 let s = bridge.engines().snapshot();
                 tracing::info!(
-                    messages = s.messages,
-                    block_events = s.block_events_applied,
-                    gaps = s.gaps,
-                    replays = s.replays_requested,
-                    unrecovered = s.unrecovered_batches,
-                    dropped = ?s.dropped,
+                    messages = s.stream.messages,
+                    block_events = s.stream.block_events_applied,
+                    gaps = s.seq.gaps,
+                    replays = s.seq.replays_requested,
+                    unrecovered = s.seq.unrecovered_batches,
+                    dropped = ?s.stream.dropped,
                     "bridge counters"
                 );
             }

@@ -9,6 +9,7 @@
 use clap::{Parser, Subcommand};
 
 mod bridge_cmd;
+mod command_error;
 mod demo;
 mod publish_cmd;
 mod router_targets_args;

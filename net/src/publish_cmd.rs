@@ -18,6 +18,7 @@ use kvroute_core::{RankKey, WorkerId};
 use kvroute_net::tls::WorkerGrant;
 use kvroute_net::transport::{Publisher, PublisherConfig};
 
+use crate::command_error::{error, CommandError};
 use crate::router_targets_args::RouterTargetsArgs;
 
 const BUILT_IN_TRACE: &str = include_str!("../../data/conversation_trace.jsonl");
@@ -50,22 +51,7 @@ pub struct PublishArgs {
     trace: Option<PathBuf>,
 }
 
-#[derive(Debug)]
-pub struct PublishError(String);
-
-impl std::fmt::Display for PublishError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for PublishError {}
-
-fn error(message: impl Into<String>) -> PublishError {
-    PublishError(message.into())
-}
-
-pub fn run(args: &PublishArgs) -> Result<(), PublishError> {
+pub fn run(args: &PublishArgs) -> Result<(), CommandError> {
     if args.block_size == 0 || 512 % args.block_size != 0 {
         return Err(error(format!("--block-size {} must divide 512", args.block_size)));
     }

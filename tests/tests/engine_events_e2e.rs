@@ -325,8 +325,8 @@ async fn steady_state_two_workers_two_ranks_equal_the_reference() {
     wait_caught_up(&side, &engines.iter().collect::<Vec<_>>()).await;
     compare(&side, &model, &engines.iter().collect::<Vec<_>>(), true);
     let s = side.ingest.snapshot();
-    assert_eq!(s.unrecovered_batches, 0);
-    assert!(s.block_events_applied > 0);
+    assert_eq!(s.seq.unrecovered_batches, 0);
+    assert!(s.stream.block_events_applied > 0);
     assert!(side.router.is_exact(WorkerId(1)).unwrap());
 }
 
@@ -346,8 +346,8 @@ async fn a_dropped_batch_is_replayed_and_the_index_stays_exact() {
     wait_caught_up(&side, &[&engine]).await;
     compare(&side, &model, &[&engine], true);
     let s = side.ingest.snapshot();
-    assert!(s.gaps > 0 && s.replays_requested > 0, "{s:?}");
-    assert_eq!(s.unrecovered_batches, 0, "{s:?}");
+    assert!(s.seq.gaps > 0 && s.seq.replays_requested > 0, "{s:?}");
+    assert_eq!(s.seq.unrecovered_batches, 0, "{s:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,8 +366,8 @@ async fn without_a_replay_socket_a_gap_clears_the_rank_and_never_over_credits() 
     wait_caught_up(&side, &[&engine]).await;
     compare(&side, &model, &[&engine], false);
     let s = side.ingest.snapshot();
-    assert!(s.clears.iter().any(|&(reason, n)| reason == "gap_no_replay" && n >= 2), "{s:?}");
-    assert!(s.unrecovered_batches >= 2, "{s:?}");
+    assert!(s.stream.clears.iter().any(|&(reason, n)| reason == "gap_no_replay" && n >= 2), "{s:?}");
+    assert!(s.seq.unrecovered_batches >= 2, "{s:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,7 +391,7 @@ async fn an_engine_restart_clears_the_rank_and_starts_over() {
     wait_caught_up(&side, &[&engine]).await;
     compare(&side, &model, &[&engine], true);
     let s = side.ingest.snapshot();
-    assert!(s.restarts >= 1 || s.clears.iter().any(|&(r, _)| r == "restart"), "{s:?}");
+    assert!(s.seq.restarts >= 1 || s.stream.clears.iter().any(|&(r, _)| r == "restart"), "{s:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,7 +407,7 @@ async fn a_late_joining_router_replays_from_zero() {
     publish_round(std::slice::from_mut(&mut engine), &mut rng, 5, &mut model).await;
     wait_caught_up(&side, &[&engine]).await;
     compare(&side, &model, &[&engine], true);
-    assert_eq!(side.ingest.snapshot().unrecovered_batches, 0);
+    assert_eq!(side.ingest.snapshot().seq.unrecovered_batches, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -433,9 +433,9 @@ async fn malformed_messages_are_dropped_by_reason_and_nothing_else_changes() {
     wait_caught_up(&side, &[&engine]).await;
     compare(&side, &model, &[&engine], true);
     let s = side.ingest.snapshot();
-    let dropped: u64 = s.dropped.iter().map(|d| d.1).sum();
+    let dropped: u64 = s.stream.dropped.iter().map(|d| d.1).sum();
     assert_eq!(dropped, 40, "{s:?}");
-    assert!(s.dropped.len() >= 2, "several reasons: {:?}", s.dropped);
+    assert!(s.stream.dropped.len() >= 2, "several reasons: {:?}", s.stream.dropped);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

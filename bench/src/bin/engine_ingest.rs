@@ -209,11 +209,11 @@ async fn run_once(args: &Args, payloads: &[(RankKey, Vec<Vec<u8>>)]) -> RunResul
             let seconds = started.elapsed().as_secs_f64();
             let result = RunResult {
                 seconds,
-                block_events: s.block_events_applied,
-                messages: s.messages,
-                gaps: s.gaps,
-                replays: s.replays_requested,
-                unrecovered: s.unrecovered_batches,
+                block_events: s.stream.block_events_applied,
+                messages: s.stream.messages,
+                gaps: s.seq.gaps,
+                replays: s.seq.replays_requested,
+                unrecovered: s.seq.unrecovered_batches,
             };
             ingest.shutdown(Duration::from_secs(3)).await;
             for p in publishers {

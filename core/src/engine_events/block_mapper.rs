@@ -282,9 +282,12 @@ impl BlockMapper {
     /// Block-for-block: one `Stored` with the event's chain.
     fn stored_blocks(&mut self, tier: StorageTier, event: &BlockStored, out: &mut Vec<(StorageTier, KvEventData)>) {
         let lora = event.lora_name.as_deref();
+        // vLLM sends an entry per block, nil for most: nothing to fold, nothing to build.
         let keys: Vec<Option<Vec<KeyValue>>> = match &event.extra_keys {
-            Some(per_block) => per_block.iter().map(|k| own_keys(k.as_deref(), lora).map(<[_]>::to_vec)).collect(),
-            None => Vec::new(),
+            Some(per_block) if per_block.iter().any(|k| own_keys(k.as_deref(), lora).is_some()) => {
+                per_block.iter().map(|k| own_keys(k.as_deref(), lora).map(<[_]>::to_vec)).collect()
+            }
+            _ => Vec::new(),
         };
         let identity = BlockIdentity {
             lora_name: lora,

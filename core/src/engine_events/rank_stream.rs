@@ -91,6 +91,23 @@ pub struct StreamCounters {
     pub clears: Vec<(&'static str, u64)>,
 }
 
+impl StreamCounters {
+    /// Adds `other`'s counters to these (sums over ranks).
+    pub fn add(&mut self, other: &StreamCounters) {
+        self.messages += other.messages;
+        self.batches_applied += other.batches_applied;
+        self.events_applied += other.events_applied;
+        self.block_events_applied += other.block_events_applied;
+        self.unknown_events += other.unknown_events;
+        for &(label, n) in &other.dropped {
+            add_labeled(&mut self.dropped, label, n);
+        }
+        for &(label, n) in &other.clears {
+            add_labeled(&mut self.clears, label, n);
+        }
+    }
+}
+
 /// A clear's reason as a metric label.
 fn clear_label(reason: ClearReason) -> &'static str {
     match reason {
@@ -118,6 +135,8 @@ pub struct EngineRankStream {
     counters: StreamCounters,
     actions: Vec<SeqAction<EventBatch>>,
     mapped: Vec<(StorageTier, KvEventData)>,
+    /// Reused per flush: the mapped events of each tier, numbered.
+    per_tier: [Vec<KvEvent>; 3],
 }
 
 impl EngineRankStream {
@@ -128,6 +147,7 @@ impl EngineRankStream {
             counters: StreamCounters::default(),
             actions: Vec::new(),
             mapped: Vec::new(),
+            per_tier: Default::default(),
             config,
         }
     }
@@ -266,7 +286,7 @@ impl EngineRankStream {
             return;
         }
         let rank = self.config.rank;
-        let mut per_tier: [Vec<KvEvent>; 3] = Default::default();
+        let per_tier = &mut self.per_tier;
         let first_id = allocate_event_ids(self.mapped.len());
         for ((tier, data), event_id) in self.mapped.drain(..).zip(first_id..) {
             let events = &mut per_tier[tier.index()];
@@ -279,13 +299,14 @@ impl EngineRankStream {
             }
             events.push(KvEvent { rank, event_id, data });
         }
-        for (tier, events) in StorageTier::ALL.into_iter().zip(&per_tier) {
+        for (tier, events) in StorageTier::ALL.into_iter().zip(per_tier.iter_mut()) {
             if events.is_empty() {
                 continue;
             }
             self.counters.events_applied += events.len() as u64;
             self.counters.block_events_applied += events.iter().map(|e| e.block_count() as u64).sum::<u64>();
             sink.apply_batch(tier, events);
+            events.clear();
         }
     }
 }

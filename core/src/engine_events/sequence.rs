@@ -139,6 +139,23 @@ pub struct SeqStats {
     pub stale_replay_messages: u64,
 }
 
+impl SeqStats {
+    /// Adds `other`'s counters to these (sums over ranks).
+    pub fn add(&mut self, other: &SeqStats) {
+        self.batches_applied += other.batches_applied;
+        self.duplicates_skipped += other.duplicates_skipped;
+        self.gaps += other.gaps;
+        self.replays_requested += other.replays_requested;
+        self.replays_incomplete += other.replays_incomplete;
+        self.replays_failed += other.replays_failed;
+        self.restarts += other.restarts;
+        self.clears += other.clears;
+        self.unrecovered_batches += other.unrecovered_batches;
+        self.buffer_overflows += other.buffer_overflows;
+        self.stale_replay_messages += other.stale_replay_messages;
+    }
+}
+
 /// Where one (engine endpoint, DP rank) stream stands; see the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct SeqTracker<B> {

@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex};
 
 use kvroute_core::engine_events::block_mapper::{MapperConfig, SkipReason};
 use kvroute_core::engine_events::decode::DecodeLimits;
-use kvroute_core::engine_events::rank_stream::{add_labeled, EngineRankStream, RankStreamConfig};
-use kvroute_core::engine_events::sequence::TrackerConfig;
+use kvroute_core::engine_events::rank_stream::{add_labeled, EngineRankStream, RankStreamConfig, StreamCounters};
+use kvroute_core::engine_events::sequence::{SeqStats, TrackerConfig};
 use kvroute_core::ingest::IngestSink;
 use kvroute_core::{DpRank, RankKey, WorkerId};
 use tokio::sync::watch;
@@ -149,25 +149,12 @@ pub struct EngineIngest {
 /// Counters summed over every rank, and each rank's state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EngineIngestSnapshot {
-    pub messages: u64,
-    /// Messages dropped, by reason (decode errors, wrong ranks).
-    pub dropped: Vec<(&'static str, u64)>,
-    pub batches_applied: u64,
-    pub events_applied: u64,
-    pub block_events_applied: u64,
-    pub unknown_events: u64,
+    /// Messages, drops and clears by reason, batches and events applied.
+    pub stream: StreamCounters,
+    /// Gaps, replays, restarts, unrecovered batches.
+    pub seq: SeqStats,
     /// Blocks of events not mapped, by reason.
     pub skipped_blocks: Vec<(&'static str, u64)>,
-    /// Ranks cleared, by reason.
-    pub clears: Vec<(&'static str, u64)>,
-    pub gaps: u64,
-    pub replays_requested: u64,
-    pub replays_incomplete: u64,
-    pub replays_failed: u64,
-    pub restarts: u64,
-    pub duplicates_skipped: u64,
-    pub buffer_overflows: u64,
-    pub unrecovered_batches: u64,
     /// The subscribers' socket counters, summed (messages, bytes, oversize, ...).
     pub sockets: Vec<(&'static str, u64)>,
     pub ranks: Vec<RankStatus>,
@@ -265,13 +252,6 @@ impl EngineIngest {
         }
     }
 
-    /// The workers subscribed to, with their sources.
-    pub fn sources_list(&self) -> Vec<EngineSource> {
-        let mut out: Vec<EngineSource> = self.sources().values().map(|h| h.source.clone()).collect();
-        out.sort_by_key(|s| s.worker);
-        out
-    }
-
     /// Every counter, summed over the ranks, and each rank's status.
     pub fn snapshot(&self) -> EngineIngestSnapshot {
         let mut s = EngineIngestSnapshot::default();
@@ -284,33 +264,14 @@ impl EngineIngest {
         for handle in handles {
             for rank in &handle.ranks {
                 let stream = lock(&rank.stream);
-                let c = stream.counters();
-                s.messages += c.messages;
-                for &(label, n) in &c.dropped {
-                    add_labeled(&mut s.dropped, label, n);
-                }
-                s.batches_applied += c.batches_applied;
-                s.events_applied += c.events_applied;
-                s.block_events_applied += c.block_events_applied;
-                s.unknown_events += c.unknown_events;
-                for &(label, n) in &c.clears {
-                    add_labeled(&mut s.clears, label, n);
-                }
+                s.stream.add(stream.counters());
+                s.seq.add(stream.seq_stats());
                 let skipped = stream.skipped();
                 for reason in SkipReason::ALL {
                     add_labeled(&mut s.skipped_blocks, reason.label(), skipped.get(reason));
                 }
-                let q = stream.seq_stats();
-                s.gaps += q.gaps;
-                s.replays_requested += q.replays_requested;
-                s.replays_incomplete += q.replays_incomplete;
-                s.replays_failed += q.replays_failed;
-                s.restarts += q.restarts;
-                s.duplicates_skipped += q.duplicates_skipped;
-                s.buffer_overflows += q.buffer_overflows;
-                s.unrecovered_batches += q.unrecovered_batches;
                 let last_seq = stream.last_applied_seq();
-                let unrecovered = q.unrecovered_batches;
+                let unrecovered = stream.seq_stats().unrecovered_batches;
                 drop(stream);
                 let socket = rank.subscriber.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|m| m.snapshot());
                 let connected = socket.is_some_and(|m| m.connected > 0);

@@ -123,9 +123,7 @@ impl RankTask {
                 running = self.begin_replay(&name, request).await;
             }
         }
-        if let Some(running) = running.take() {
-            drop(running);
-        }
+        drop(running);
         subscriber.shutdown().await;
     }
 

@@ -197,38 +197,46 @@ type RankField = fn(&RankStatus) -> u64;
 /// The engines' ZeroMQ ingest (`kvroute_engine_*`): totals, counts by reason, per-rank state.
 fn engine_ingest(x: &mut Exposition, s: &EngineIngestSnapshot) {
     let totals = [
-        ("kvroute_engine_messages_total", "Engine KV-event messages received (live).", s.messages),
-        ("kvroute_engine_batches_applied_total", "Engine event batches applied, in seq order.", s.batches_applied),
-        ("kvroute_engine_events_applied_total", "Index events applied from engine batches.", s.events_applied),
+        ("kvroute_engine_messages_total", "Engine KV-event messages received (live).", s.stream.messages),
+        (
+            "kvroute_engine_batches_applied_total",
+            "Engine event batches applied, in seq order.",
+            s.stream.batches_applied,
+        ),
+        ("kvroute_engine_events_applied_total", "Index events applied from engine batches.", s.stream.events_applied),
         (
             "kvroute_engine_block_events_applied_total",
             "Block hashes in the index events applied from engine batches.",
-            s.block_events_applied,
+            s.stream.block_events_applied,
         ),
-        ("kvroute_engine_unknown_events_total", "Engine events of an unknown type, skipped.", s.unknown_events),
-        ("kvroute_engine_gaps_total", "Gaps in an engine rank's batch numbers.", s.gaps),
-        ("kvroute_engine_replays_total", "Replays requested from the engines' replay sockets.", s.replays_requested),
+        ("kvroute_engine_unknown_events_total", "Engine events of an unknown type, skipped.", s.stream.unknown_events),
+        ("kvroute_engine_gaps_total", "Gaps in an engine rank's batch numbers.", s.seq.gaps),
+        (
+            "kvroute_engine_replays_total",
+            "Replays requested from the engines' replay sockets.",
+            s.seq.replays_requested,
+        ),
         (
             "kvroute_engine_replays_incomplete_total",
             "Replays that could not supply every missing batch (the rank was cleared).",
-            s.replays_incomplete,
+            s.seq.replays_incomplete,
         ),
-        ("kvroute_engine_replays_failed_total", "Replays that timed out or failed.", s.replays_failed),
-        ("kvroute_engine_restarts_total", "Engine restarts seen (a batch number went back).", s.restarts),
+        ("kvroute_engine_replays_failed_total", "Replays that timed out or failed.", s.seq.replays_failed),
+        ("kvroute_engine_restarts_total", "Engine restarts seen (a batch number went back).", s.seq.restarts),
         (
             "kvroute_engine_duplicate_batches_total",
             "Batches received again (replayed and live), skipped.",
-            s.duplicates_skipped,
+            s.seq.duplicates_skipped,
         ),
         (
             "kvroute_engine_buffer_overflows_total",
             "Live batches dropped while a replay ran past the buffer, asked for again.",
-            s.buffer_overflows,
+            s.seq.buffer_overflows,
         ),
         (
             "kvroute_engine_unrecovered_batches_total",
             "Engine batches that could never be applied (lost and not replayable): state not recovered.",
-            s.unrecovered_batches,
+            s.seq.unrecovered_batches,
         ),
     ];
     for (name, help, value) in totals {
@@ -236,13 +244,13 @@ fn engine_ingest(x: &mut Exposition, s: &EngineIngestSnapshot) {
         x.sample(name, &[], value);
     }
     let by_reason = [
-        ("kvroute_engine_dropped_messages_total", "Engine messages dropped, by reason.", &s.dropped),
+        ("kvroute_engine_dropped_messages_total", "Engine messages dropped, by reason.", &s.stream.dropped),
         (
             "kvroute_engine_skipped_blocks_total",
             "Blocks of engine events not credited, by reason (medium, group, block size).",
             &s.skipped_blocks,
         ),
-        ("kvroute_engine_rank_clears_total", "Engine ranks cleared, by reason.", &s.clears),
+        ("kvroute_engine_rank_clears_total", "Engine ranks cleared, by reason.", &s.stream.clears),
     ];
     for (name, help, counts) in by_reason {
         x.family(name, "counter", help);
