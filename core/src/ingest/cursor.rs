@@ -98,6 +98,19 @@ impl RankCursor {
         RankCursor { incarnation: None, phase: Phase::Synced { applied: applied_seq } }
     }
 
+    /// A cursor synchronised at `applied_seq` of publisher `incarnation`, as saved with a
+    /// snapshot: subscribing with its [`resume_after`](Self::resume_after) asks the
+    /// publisher to resume after it (or dump, if its ring no longer covers it), and a
+    /// `Hello` of the same incarnation keeps the position.
+    pub fn resumed(incarnation: u64, applied_seq: u64) -> Self {
+        RankCursor { incarnation: Some(incarnation), phase: Phase::Synced { applied: applied_seq } }
+    }
+
+    /// The publisher incarnation of the last `Hello`, if any.
+    pub fn incarnation(&self) -> Option<u64> {
+        self.incarnation
+    }
+
     /// Records the publisher incarnation a `Hello` announced. A different one than before
     /// makes the old sequence numbers meaningless: the cursor forgets its position and
     /// returns `false` (the next subscription asks for a dump).

@@ -11,8 +11,11 @@
 //! - [`DumpCollector`] gathers a dump's blocks per tier (bounded) until `DumpEnd`.
 //! - [`IngestSink`] is where events and dumps go (the `Router` implements it);
 //!   [`allocate_event_ids`] numbers the events every path hands it.
+//! - [`RankSession`] is the QUIC protocol of one rank over the three: the transport reads
+//!   frames off the rank's stream and calls [`RankSession::on_frame`], which does what
+//!   the table below says and returns a [`FrameError`] when the stream must close.
 //!
-//! How the transport drives them, per rank:
+//! What `RankSession` does, per rank:
 //!
 //! ```text
 //! Hello{incarnation}     cursor.on_hello(incarnation); open the rank's stream and send
@@ -24,7 +27,7 @@
 //! DumpBlocks{tier, ..}   cursor.on_dump_blocks(blocks.len())?; collector.add(tier, &blocks)?
 //! DumpEnd{as_of_seq, n}  cursor.on_dump_end(as_of_seq, n)?;
 //!                        per tier: sink.replace_rank(tier, rank, &collector.finish()[tier])
-//! stream ends / error    cursor.on_stream_closed(); subscribe again
+//! stream ends / error    cursor.on_stream_closed(); the transport subscribes again
 //! ```
 //!
 //! The index skips any event whose `event_id` is not above the rank's last one, and the
@@ -35,6 +38,7 @@
 mod cursor;
 mod dump_collector;
 mod event_ids;
+mod rank_session;
 mod sink;
 #[cfg(test)]
 mod tests;
@@ -42,4 +46,5 @@ mod tests;
 pub use cursor::{CursorError, DeltaVerdict, RankCursor};
 pub use dump_collector::{DumpCollector, DumpTooLarge};
 pub use event_ids::allocate_event_ids;
+pub use rank_session::{FrameContext, FrameEffect, FrameError, RankSession};
 pub use sink::IngestSink;

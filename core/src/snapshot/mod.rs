@@ -81,13 +81,7 @@ impl CursorState {
     /// `resume_after()` asks the publisher to resume after it (or dump, if its ring no
     /// longer covers it).
     pub fn to_cursor(self) -> RankCursor {
-        let mut cursor = RankCursor::new();
-        cursor.on_hello(self.incarnation);
-        // A zero-block dump at `applied_seq` is exactly "synchronised at applied_seq"; on
-        // a fresh cursor neither call can fail.
-        let _ = cursor.on_dump_begin(self.applied_seq);
-        let _ = cursor.on_dump_end(self.applied_seq, 0);
-        cursor
+        RankCursor::resumed(self.incarnation, self.applied_seq)
     }
 }
 

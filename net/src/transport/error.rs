@@ -6,8 +6,8 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
-use kvroute_core::ingest::CursorError;
-use kvroute_core::wire::{FrameType, GoodbyeCode, WireError};
+use kvroute_core::ingest::FrameError;
+use kvroute_core::wire::WireError;
 use kvroute_core::RankKey;
 
 use crate::tls::TlsError;
@@ -70,28 +70,10 @@ impl std::error::Error for PublishError {}
 pub enum StreamError {
     /// Bytes that do not decode (`rejected_frames`).
     Wire(WireError),
-    /// A frame out of the protocol's order (`rejected_frames`).
-    Order(CursorError),
-    /// A frame type that has no place on this stream (`rejected_frames`).
-    UnexpectedFrame(FrameType),
-    /// A frame for another rank of a worker the publisher may publish for
-    /// (`rejected_frames`).
-    WrongRank { expected: RankKey, got: RankKey },
-    /// A frame for a worker the publisher's certificate does not allow
-    /// (`rejected_unauthorized`).
-    Unauthorized(RankKey),
-    /// A dump larger than `IngestConfig::max_dump_blocks` (`rejected_frames`).
-    DumpTooLarge { max: u64 },
-    /// Events are missing: the next batch starts after `expected` (`gaps`); the router
-    /// subscribes again from what it applied.
-    Gap { expected: u64, got: u64 },
-    /// A heartbeat says the publisher sent up to `last_seq`, the router applied only
-    /// `applied`: the last batch was lost (`gaps`).
-    BehindHeartbeat { applied: u64, last_seq: u64 },
-    /// A heartbeat names fewer events than the router applied (`rejected_frames`).
-    HeartbeatBehindCursor { applied: u64, last_seq: u64 },
-    /// The publisher said `Goodbye` on the stream.
-    Goodbye(GoodbyeCode),
+    /// The rank's session refused a frame (core's [`FrameError`]): a gap (`gaps`), a
+    /// frame for a worker the certificate does not allow (`rejected_unauthorized`), a
+    /// protocol violation (`rejected_frames`) or the publisher's `Goodbye`.
+    Frame(FrameError),
     /// The publisher reset the stream (it cuts subscribers that fall behind).
     Reset(u64),
     /// The publisher finished the stream without a `Goodbye`.
@@ -107,15 +89,22 @@ pub enum StreamError {
 impl StreamError {
     /// Whether the error is the peer's fault in a way `rejected_frames` counts.
     pub fn is_rejected_frame(&self) -> bool {
-        matches!(
-            self,
-            StreamError::Wire(_)
-                | StreamError::Order(_)
-                | StreamError::UnexpectedFrame(_)
-                | StreamError::WrongRank { .. }
-                | StreamError::DumpTooLarge { .. }
-                | StreamError::HeartbeatBehindCursor { .. }
-        )
+        match self {
+            StreamError::Wire(_) => true,
+            StreamError::Frame(error) => error.is_protocol_violation(),
+            _ => false,
+        }
+    }
+
+    /// Whether events were lost (`gaps`): the router subscribes again from what it applied.
+    pub fn is_gap(&self) -> bool {
+        matches!(self, StreamError::Frame(error) if error.is_gap())
+    }
+}
+
+impl From<FrameError> for StreamError {
+    fn from(error: FrameError) -> Self {
+        StreamError::Frame(error)
     }
 }
 
@@ -123,23 +112,7 @@ impl fmt::Display for StreamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StreamError::Wire(error) => write!(f, "undecodable frame: {error}"),
-            StreamError::Order(error) => write!(f, "frame out of order: {error}"),
-            StreamError::UnexpectedFrame(frame_type) => write!(f, "unexpected {frame_type:?} frame"),
-            StreamError::WrongRank { expected, got } => {
-                write!(f, "frame for rank {got} on the stream of rank {expected}")
-            }
-            StreamError::Unauthorized(rank) => {
-                write!(f, "frame for rank {rank}, whose worker the publisher's certificate does not allow")
-            }
-            StreamError::DumpTooLarge { max } => write!(f, "dump of more than {max} blocks"),
-            StreamError::Gap { expected, got } => write!(f, "sequence gap: expected {expected}, got {got}"),
-            StreamError::BehindHeartbeat { applied, last_seq } => {
-                write!(f, "heartbeat at seq {last_seq} but only {applied} applied: a batch was lost")
-            }
-            StreamError::HeartbeatBehindCursor { applied, last_seq } => {
-                write!(f, "heartbeat at seq {last_seq} behind the {applied} events applied")
-            }
-            StreamError::Goodbye(code) => write!(f, "publisher said goodbye (code {})", code.0),
+            StreamError::Frame(error) => error.fmt(f),
             StreamError::Reset(code) => write!(f, "stream reset by the publisher (code {code})"),
             StreamError::Finished => write!(f, "stream finished by the publisher"),
             StreamError::Superseded => write!(f, "rank taken over by a newer subscription"),

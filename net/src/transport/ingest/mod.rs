@@ -7,13 +7,13 @@
 //! `connections_refused`). Each accepted connection is served by one task (`connection`)
 //! which completes the handshake within [`IngestConfig::handshake_timeout`], reads the
 //! publisher's `Hello`, claims its authorised ranks in the `registry` and spawns one task
-//! per rank (`rank_stream`) that subscribes and applies frames through the sans-IO
-//! `session`. Events of one rank are applied in order by its one task; a
+//! per rank (`rank_stream`) that subscribes and hands each frame to core's sans-IO
+//! `RankSession` (through the rank's slot, `session`). Events of one rank are applied in order by its one task; a
 //! newer connection announcing the rank supersedes the older task. [`IngestHandle`] gives
 //! the bound address, the [`IngestMetrics`], the ranks' cursors and `shutdown`.
 //!
-//! Modules: `config`, `registry` (rank ownership, grace), `session` (frame ->
-//! cursor / dump / sink), `rank_stream` (subscribe, read, resubscribe), `connection`.
+//! Modules: `config`, `registry` (rank ownership, grace), `session` (a rank's slot:
+//! core's session, its claim generation, counters), `rank_stream` (subscribe, read, resubscribe), `connection`.
 
 mod config;
 mod connection;

@@ -1,12 +1,14 @@
 //! One rank's subscriptions on one connection: open a bidirectional stream, send
-//! `Subscribe { resume_after }` from the cursor, feed every frame to the slot
-//! ([`RankSlot::on_frame`](super::session::RankSlot::on_frame)), and when the stream
+//! `Subscribe { resume_after }` from the rank's session, feed every frame to the slot
+//! ([`RankSlot::on_frame`](super::session::RankSlot::on_frame), which hands it to core's
+//! `RankSession::on_frame`), and when the stream
 //! fails (gap, bad frame, reset by the publisher) close it, count why, and subscribe
 //! again: at once after progress, with backoff otherwise. Stops when the rank is claimed
 //! by a newer connection, the publisher says goodbye, or the connection ends.
 
 use std::sync::Arc;
 
+use kvroute_core::ingest::FrameError;
 use kvroute_core::wire::{Frame, GoodbyeCode, Subscribe};
 use kvroute_core::RankKey;
 
@@ -38,7 +40,7 @@ impl RankTask {
                 if slot.generation != self.generation {
                     return;
                 }
-                slot.cursor.resume_after()
+                slot.session.resume_after()
             };
             if resume_after.is_some() {
                 bump(&self.server.metrics.resumes);
@@ -47,15 +49,15 @@ impl RankTask {
             {
                 let mut slot = lock(&self.slot);
                 if slot.generation == self.generation {
-                    slot.abandon_stream();
+                    slot.session.abandon_stream();
                 }
             }
             let metrics = &self.server.metrics;
             match &error {
                 StreamError::Superseded | StreamError::ConnectionLost(_) => return,
-                StreamError::Goodbye(code) if *code == GoodbyeCode::NORMAL => return,
-                StreamError::Gap { .. } | StreamError::BehindHeartbeat { .. } => bump(&metrics.gaps),
-                StreamError::Unauthorized(_) => bump(&metrics.rejected_unauthorized),
+                StreamError::Frame(FrameError::Goodbye(code)) if *code == GoodbyeCode::NORMAL => return,
+                error if error.is_gap() => bump(&metrics.gaps),
+                StreamError::Frame(FrameError::Unauthorized(_)) => bump(&metrics.rejected_unauthorized),
                 error if error.is_rejected_frame() => bump(&metrics.rejected_frames),
                 _ => {}
             }
@@ -109,8 +111,10 @@ impl RankTask {
                 Err(ReadFault::Stream(error)) => StreamError::ConnectionLost(error.to_string()),
             };
             let code = match &error {
-                StreamError::Gap { .. } | StreamError::BehindHeartbeat { .. } => GoodbyeCode::SEQUENCE_GAP,
-                StreamError::Goodbye(_) | StreamError::Finished | StreamError::Superseded => GoodbyeCode::NORMAL,
+                error if error.is_gap() => GoodbyeCode::SEQUENCE_GAP,
+                StreamError::Frame(FrameError::Goodbye(_)) | StreamError::Finished | StreamError::Superseded => {
+                    GoodbyeCode::NORMAL
+                }
                 _ => GoodbyeCode::PROTOCOL_ERROR,
             };
             reader.stop(code);

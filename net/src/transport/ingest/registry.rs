@@ -10,12 +10,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use kvroute_core::ingest::RankCursor;
+use kvroute_core::ingest::{IngestSink, RankSession};
 use kvroute_core::RankKey;
 
 use super::config::RankCursorState;
 use super::session::RankSlot;
-use kvroute_core::ingest::IngestSink;
 
 /// Identifies one accepted connection.
 pub(crate) type ConnId = u64;
@@ -39,12 +38,7 @@ impl Registry {
     pub(crate) fn with_cursors(cursors: &[RankCursorState]) -> Self {
         let registry = Registry::default();
         for saved in cursors {
-            let slot = registry.slot(saved.rank);
-            let mut slot = lock(&slot);
-            slot.cursor = restored_cursor(saved);
-            slot.incarnation = Some(saved.incarnation);
-            // A restored index may hold the rank in any tier.
-            slot.tiers_touched = 0b111;
+            lock(&registry.slot(saved.rank)).session = RankSession::restored(saved.incarnation, saved.applied_seq);
         }
         registry
     }
@@ -54,7 +48,10 @@ impl Registry {
     }
 
     fn slot(&self, rank: RankKey) -> SlotRef {
-        self.slots().entry(rank).or_insert_with(|| Arc::new(Mutex::new(RankSlot::new(rank)))).clone()
+        self.slots()
+            .entry(rank)
+            .or_insert_with(|| Arc::new(Mutex::new(RankSlot::new(rank, RankSession::new()))))
+            .clone()
     }
 
     /// Connection `conn` (publisher incarnation `incarnation`) takes the rank over;
@@ -70,9 +67,7 @@ impl Registry {
                 }
                 state.generation += 1;
                 state.owner = Some(conn);
-                state.abandon_stream();
-                state.cursor.on_hello(incarnation);
-                state.incarnation = Some(incarnation);
+                state.session.on_hello(incarnation);
                 state.generation
             };
             return (slot, generation);
@@ -88,7 +83,7 @@ impl Registry {
             return None;
         }
         state.owner = None;
-        state.abandon_stream();
+        state.session.abandon_stream();
         Some(state.generation)
     }
 
@@ -116,8 +111,7 @@ impl Registry {
         }
         sink.remove_rank(rank);
         state.retired = true;
-        state.cursor = RankCursor::new();
-        state.incarnation = None;
+        state.session = RankSession::new();
         // Lock order slot -> map is safe: nothing takes a slot's lock while holding the map's.
         self.slots().remove(&rank);
         true
@@ -130,27 +124,13 @@ impl Registry {
             .iter()
             .filter_map(|slot| {
                 let state = lock(slot);
-                Some(RankCursorState {
-                    rank: state.rank,
-                    incarnation: state.incarnation?,
-                    applied_seq: state.cursor.applied_seq()?,
-                })
+                let (incarnation, applied_seq) = state.session.position()?;
+                Some(RankCursorState { rank: state.rank, incarnation, applied_seq })
             })
             .collect();
         cursors.sort_unstable_by_key(|c| c.rank);
         cursors
     }
-}
-
-/// A cursor synchronised at `saved.applied_seq` of `saved.incarnation`. `RankCursor` has no
-/// setter: an empty dump as of that sequence number brings it there.
-fn restored_cursor(saved: &RankCursorState) -> RankCursor {
-    let mut cursor = RankCursor::new();
-    cursor.on_hello(saved.incarnation);
-    // Neither can fail on a fresh cursor: not dumping, then the same seq and count.
-    let _ = cursor.on_dump_begin(saved.applied_seq);
-    let _ = cursor.on_dump_end(saved.applied_seq, 0);
-    cursor
 }
 
 #[cfg(test)]
@@ -203,9 +183,9 @@ mod tests {
         assert_eq!(registry.cursors(), [saved]);
         assert_eq!(registry.unowned(), [(RANK, 0)]);
         let (slot, _) = registry.claim(RANK, 1, 42);
-        assert_eq!(lock(&slot).cursor.resume_after(), Some(17));
+        assert_eq!(lock(&slot).session.resume_after(), Some(17));
         // Another incarnation cannot resume.
         let (slot, _) = registry.claim(RANK, 2, 43);
-        assert_eq!(lock(&slot).cursor.resume_after(), None);
+        assert_eq!(lock(&slot).session.resume_after(), None);
     }
 }
