@@ -13,7 +13,9 @@
 //! batch; block events = stored + removed block hashes applied. PUB sockets drop past
 //! their high-water mark; lost batches come back through the replay sockets, and the run
 //! reports gaps, replays and unrecovered batches (a valid run has 0 unrecovered).
-//! Decode-only: `decode_message` over the same payloads, single thread.
+//! Decode-only: `decode_message` over the same payloads, single thread. In process: the
+//! same payloads through each rank's `EngineRankStream` (decode, map, hash, apply to a
+//! `Router`) on one thread, no sockets: the ceiling the end-to-end figure approaches.
 //!
 //! `cargo run --release -p kvroute-bench --bin engine_ingest`
 
@@ -25,6 +27,8 @@ use clap::Parser;
 use kvroute_core::engine_events::block_mapper::MapperConfig;
 use kvroute_core::engine_events::decode::{decode_message, DecodeLimits};
 use kvroute_core::engine_events::encode::{encode_batch, EngineFormat};
+use kvroute_core::engine_events::rank_stream::{EngineRankStream, RankStreamConfig};
+use kvroute_core::engine_events::sequence::TrackerConfig;
 use kvroute_core::engine_events::{BlockRemoved, BlockStored, EngineEvent, EventBatch, Medium};
 use kvroute_core::hashing::{xxh3_64_with_seed, BlockHasher};
 use kvroute_core::ingest::IngestSink;
@@ -226,6 +230,41 @@ async fn run_once(args: &Args, payloads: &[(RankKey, Vec<Vec<u8>>)]) -> RunResul
     }
 }
 
+/// Every rank's payloads through its own `EngineRankStream` into one `Router`, on this
+/// thread, ranks interleaved batch by batch as the sockets would deliver them; seconds.
+fn run_in_process(args: &Args, payloads: &[(RankKey, Vec<Vec<u8>>)], block_events: u64) -> f64 {
+    let router = Router::new(RouterConfig::default(), Arc::new(|| 0u64)).expect("router");
+    for w in 0..args.workers {
+        router.add_worker(WorkerSpec::new(WorkerId(w), args.dp_size, BLOCK as u32)).expect("worker");
+    }
+    let mut streams: Vec<EngineRankStream> = payloads
+        .iter()
+        .map(|(rank, _)| {
+            EngineRankStream::new(RankStreamConfig {
+                rank: *rank,
+                worker_ranks: 0..args.dp_size,
+                mapper: MapperConfig::new(BlockHasher::new(BLOCK).unwrap()),
+                limits: DecodeLimits::default(),
+                tracker: TrackerConfig::without_replay(),
+            })
+        })
+        .collect();
+    for stream in &mut streams {
+        stream.start(&router);
+    }
+    let started = Instant::now();
+    for seq in 0..args.batches {
+        let seq_bytes = (seq as u64).to_be_bytes();
+        for (stream, (_, batches)) in streams.iter_mut().zip(payloads) {
+            stream.on_live(&[b"", &seq_bytes, &batches[seq]], &router);
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let applied: u64 = streams.iter().map(|s| s.counters().block_events_applied).sum();
+    assert_eq!(applied, block_events, "every block event applied");
+    seconds
+}
+
 fn main() {
     let args = Args::parse();
     // As `kvroute serve` runs: huge-page faults (zeroing 2 MiB at a time) otherwise
@@ -260,6 +299,7 @@ fn main() {
     }
     let decode_seconds = started.elapsed().as_secs_f64();
     assert_eq!(decoded_blocks, block_events);
+    let in_process_seconds = run_in_process(&args, &payloads, block_events);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {
@@ -273,6 +313,11 @@ fn main() {
             serde_json::json!({"kind": "decode", "format": args.format, "block_events": block_events, "bytes": bytes,
                 "seconds": decode_seconds, "block_events_per_sec": block_events as f64 / decode_seconds,
                 "cpu": cpu, "cores": cores})
+        );
+        println!(
+            "{}",
+            serde_json::json!({"kind": "in_process", "format": args.format, "block_events": block_events,
+                "seconds": in_process_seconds, "block_events_per_sec": block_events as f64 / in_process_seconds})
         );
     } else {
         println!("machine: {cpu}, {cores} cores");
@@ -288,6 +333,10 @@ fn main() {
             "decode only (1 thread): {:.2} M block events/s ({:.0} MB/s)",
             block_events as f64 / decode_seconds / 1e6,
             bytes as f64 / decode_seconds / 1e6
+        );
+        println!(
+            "in process (1 thread, no sockets: decode, map, apply): {:.2} M block events/s",
+            block_events as f64 / in_process_seconds / 1e6
         );
     }
 

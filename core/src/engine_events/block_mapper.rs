@@ -229,8 +229,7 @@ impl BlockMapper {
         let table = &mut self.tiers[tier.index()];
         let page_size = table.page_size.filter(|&page| page != router && page != 0);
         let Some(page_size) = page_size else {
-            let blocks = event.block_hashes.iter().map(|&h| EngineHash(h)).collect();
-            out.push((tier, KvEventData::Removed { blocks }));
+            push_removal(tier, event.block_hashes.iter().map(|&h| EngineHash(h)), out);
             return;
         };
         let k = u64::from(router / page_size);
@@ -238,9 +237,7 @@ impl BlockMapper {
         for &page in &event.block_hashes {
             table.remove_page(page, k, &mut removed);
         }
-        if !removed.is_empty() {
-            out.push((tier, KvEventData::Removed { blocks: removed }));
-        }
+        push_removal(tier, removed, out);
     }
 
     /// The tier a medium maps to; counts and returns `None` for the skipped ones.
@@ -520,6 +517,26 @@ impl PageTable {
             parent_page.children.retain(|&c| c != hash);
             hash = p;
         }
+    }
+}
+
+/// Appends a removal of `blocks` in `tier` to `out`, into the `Removed` at its end when
+/// there is one for the same tier: vLLM evicts one block per event, and a run of
+/// removals becomes one index event (one allocation, one event id) instead of one each.
+fn push_removal(
+    tier: StorageTier,
+    blocks: impl IntoIterator<Item = EngineHash>,
+    out: &mut Vec<(StorageTier, KvEventData)>,
+) {
+    if let Some((last, KvEventData::Removed { blocks: run })) = out.last_mut() {
+        if *last == tier {
+            run.extend(blocks);
+            return;
+        }
+    }
+    let blocks: Vec<EngineHash> = blocks.into_iter().collect();
+    if !blocks.is_empty() {
+        out.push((tier, KvEventData::Removed { blocks }));
     }
 }
 

@@ -178,11 +178,23 @@ impl EngineRankStream {
     /// The subscription is up: a late joiner asks the replay socket for everything.
     pub fn start(&mut self, sink: &dyn IngestSink) -> Option<ReplayRequest> {
         self.tracker.start(&mut self.actions);
-        self.run_actions(sink)
+        self.apply_actions(sink)
     }
 
-    /// A message of the PUB socket.
+    /// A message of the PUB socket, applied before this returns.
     pub fn on_live(&mut self, frames: &[&[u8]], sink: &dyn IngestSink) -> Option<ReplayRequest> {
+        let request = self.queue_live(frames, sink);
+        self.flush(sink);
+        request
+    }
+
+    /// A message of the PUB socket, decoded, sequenced and mapped; what it stores or
+    /// removes reaches the sink at the next [`flush`](Self::flush) (or anything else
+    /// that applies: a clear, a replay reply), in order. An I/O layer with several
+    /// messages at hand queues them all and flushes once: one writer-lock acquisition
+    /// per tier for all of them instead of one per message. Bounded by the caller, who
+    /// must flush before it waits for more input.
+    pub fn queue_live(&mut self, frames: &[&[u8]], sink: &dyn IngestSink) -> Option<ReplayRequest> {
         self.counters.messages += 1;
         let message = match decode_message(frames, &self.config.limits) {
             Ok(message) => message,
@@ -207,19 +219,19 @@ impl EngineRankStream {
             }
             Err(error) => return self.drop_message(DropReason::Decode(error.reason())),
         }
-        self.run_actions(sink)
+        self.apply_actions(sink)
     }
 
     /// The end marker of replay `id` (for I/O layers that recognise it themselves).
     pub fn on_replay_end(&mut self, id: u64, sink: &dyn IngestSink) -> Option<ReplayRequest> {
         self.tracker.on_replay_end(id, &mut self.actions);
-        self.run_actions(sink)
+        self.apply_actions(sink)
     }
 
     /// Replay `id` could not be run to its end (no answer in time, connection error).
     pub fn on_replay_failed(&mut self, id: u64, sink: &dyn IngestSink) -> Option<ReplayRequest> {
         self.tracker.on_replay_failed(id, &mut self.actions);
-        self.run_actions(sink)
+        self.apply_actions(sink)
     }
 
     fn drop_message(&mut self, reason: DropReason) -> Option<ReplayRequest> {
@@ -236,13 +248,21 @@ impl EngineRankStream {
         }
     }
 
-    /// Carries out the tracker's actions; returns the (last) replay it asks for.
+    /// [`run_actions`](Self::run_actions), then a flush.
+    fn apply_actions(&mut self, sink: &dyn IngestSink) -> Option<ReplayRequest> {
+        let request = self.run_actions(sink);
+        self.flush(sink);
+        request
+    }
+
+    /// Carries out the tracker's actions (mapped events queued, a clear applied at once);
+    /// returns the (last) replay it asks for.
     fn run_actions(&mut self, sink: &dyn IngestSink) -> Option<ReplayRequest> {
         let mut replay = None;
         let mut actions = std::mem::take(&mut self.actions);
         for action in actions.drain(..) {
             match action {
-                SeqAction::Apply { batch, .. } => self.apply(&batch, sink),
+                SeqAction::Apply { batch, .. } => self.map_batch(&batch),
                 SeqAction::Clear { reason } => {
                     add_labeled(&mut self.counters.clears, clear_label(reason), 1);
                     self.clear(sink);
@@ -262,7 +282,8 @@ impl EngineRankStream {
         self.flush(sink);
     }
 
-    fn apply(&mut self, batch: &EventBatch, sink: &dyn IngestSink) {
+    /// Queues a batch's mapped events.
+    fn map_batch(&mut self, batch: &EventBatch) {
         self.counters.batches_applied += 1;
         self.counters.unknown_events += u64::from(batch.unknown_events);
         for event in &batch.events {
@@ -277,27 +298,19 @@ impl EngineRankStream {
                 }
             }
         }
-        self.flush(sink);
     }
 
-    /// Numbers the mapped events and applies them, one batch per tier, in order.
-    fn flush(&mut self, sink: &dyn IngestSink) {
+    /// Numbers the queued events and applies them, one batch per tier, in order.
+    pub fn flush(&mut self, sink: &dyn IngestSink) {
         if self.mapped.is_empty() {
             return;
         }
         let rank = self.config.rank;
         let per_tier = &mut self.per_tier;
         let first_id = allocate_event_ids(self.mapped.len());
+        // Runs of removals arrive merged already (the mapper's `push_removal`).
         for ((tier, data), event_id) in self.mapped.drain(..).zip(first_id..) {
-            let events = &mut per_tier[tier.index()];
-            // vLLM evicts one block per event: a run of removals is applied as one event.
-            if let (Some(KvEvent { data: KvEventData::Removed { blocks: run }, .. }), KvEventData::Removed { blocks }) =
-                (events.last_mut(), &data)
-            {
-                run.extend_from_slice(blocks);
-                continue;
-            }
-            events.push(KvEvent { rank, event_id, data });
+            per_tier[tier.index()].push(KvEvent { rank, event_id, data });
         }
         for (tier, events) in StorageTier::ALL.into_iter().zip(per_tier.iter_mut()) {
             if events.is_empty() {

@@ -52,6 +52,10 @@ pub(crate) struct RankTask {
     pub(crate) subscriber_metrics: Arc<Mutex<Option<Arc<SubscriberMetrics>>>>,
 }
 
+/// Most subscriber events handled in one step (one flush): bounds the events queued in
+/// the stream between flushes, and the time a `/metrics` scrape waits for its lock.
+const LIVE_BATCH: usize = 32;
+
 /// The replay in progress, if any.
 struct Running {
     id: u64,
@@ -72,28 +76,15 @@ impl RankTask {
         *self.subscriber_metrics.lock().unwrap_or_else(|e| e.into_inner()) = Some(subscriber.metrics().clone());
         let mut started = false;
         let mut running: Option<Running> = None;
+        let mut events = Vec::with_capacity(LIVE_BATCH);
         loop {
             let request = tokio::select! {
-                event = subscriber.recv() => match event {
-                    Some(SubscriberEvent::Connected) if !started => {
-                        started = true;
-                        tracing::info!(rank = %name, "engine KV events connected");
-                        lock(&self.stream).start(&*self.sink)
+                received = subscriber.recv_many(&mut events, LIVE_BATCH) => {
+                    if received == 0 {
+                        break;
                     }
-                    Some(SubscriberEvent::Connected) => {
-                        tracing::info!(rank = %name, "engine KV events reconnected");
-                        None
-                    }
-                    Some(SubscriberEvent::Disconnected) => {
-                        tracing::warn!(rank = %name, "engine KV events disconnected");
-                        None
-                    }
-                    Some(SubscriberEvent::Message(frames)) => {
-                        let frames: Vec<&[u8]> = frames.iter().map(Bytes::as_ref).collect();
-                        lock(&self.stream).on_live(&frames, &*self.sink)
-                    }
-                    None => break,
-                },
+                    self.on_subscriber_events(&name, &mut events, &mut started)
+                }
                 item = next_reply(&mut running) => {
                     let Some(id) = running.as_ref().map(|r| r.id) else { continue };
                     match item {
@@ -125,6 +116,45 @@ impl RankTask {
         }
         drop(running);
         subscriber.shutdown().await;
+    }
+
+    /// Feeds what the subscriber delivered to the stream, in order: the messages queued
+    /// and flushed together (one writer-lock acquisition per tier for all of them), or
+    /// before a connection event. Returns the last replay the stream asked for.
+    fn on_subscriber_events(
+        &self,
+        name: &str,
+        events: &mut Vec<SubscriberEvent>,
+        started: &mut bool,
+    ) -> Option<ReplayRequest> {
+        let mut stream = lock(&self.stream);
+        let sink = &*self.sink;
+        let mut request = None;
+        for event in events.drain(..) {
+            let asked = match event {
+                SubscriberEvent::Message(frames) => {
+                    let frames: Vec<&[u8]> = frames.iter().map(Bytes::as_ref).collect();
+                    stream.queue_live(&frames, sink)
+                }
+                SubscriberEvent::Connected if !*started => {
+                    *started = true;
+                    tracing::info!(rank = %name, "engine KV events connected");
+                    stream.flush(sink);
+                    stream.start(sink)
+                }
+                SubscriberEvent::Connected => {
+                    tracing::info!(rank = %name, "engine KV events reconnected");
+                    None
+                }
+                SubscriberEvent::Disconnected => {
+                    tracing::warn!(rank = %name, "engine KV events disconnected");
+                    None
+                }
+            };
+            request = asked.or(request);
+        }
+        stream.flush(sink);
+        request
     }
 
     /// Starts a replay; when it cannot even be sent, tells the stream at once (and starts

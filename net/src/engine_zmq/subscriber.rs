@@ -200,6 +200,15 @@ impl SubscriberHandle {
         }
     }
 
+    /// Waits for the next event, then moves it and every other one queued (up to `limit`
+    /// in all) to the end of `events`; returns how many, 0 once the task has stopped.
+    pub async fn recv_many(&mut self, events: &mut Vec<SubscriberEvent>, limit: usize) -> usize {
+        match self.events.as_mut() {
+            Some(receiver) => receiver.recv_many(events, limit).await,
+            None => 0,
+        }
+    }
+
     /// The next event if one is queued.
     pub fn try_recv(&mut self) -> Option<SubscriberEvent> {
         self.events.as_mut().and_then(|events| events.try_recv().ok())
