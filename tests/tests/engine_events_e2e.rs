@@ -103,7 +103,7 @@ impl EngineRank {
             stored.token_ids.extend_from_slice(&tokens);
             parent = Some(hash);
         }
-        EngineEvent::Stored(stored)
+        stored.into()
     }
 }
 
@@ -456,7 +456,7 @@ async fn lora_blocks_are_not_credited_to_a_plain_request() {
         extra_keys: Some(vec![Some(vec![kvroute_core::hashing::KeyValue::Str("adapter-1".into())]); 4]),
         ..BlockStored::default()
     };
-    let batch = EventBatch { ts: 0.0, events: vec![EngineEvent::Stored(stored)], dp_rank: Some(0), unknown_events: 0 };
+    let batch = EventBatch { ts: 0.0, events: vec![stored.into()], dp_rank: Some(0), unknown_events: 0 };
     engine.ranks[0].0.publish(Bytes::new(), encode_batch(&batch, EngineFormat::VllmMap)).await;
     wait_caught_up(&side, &[&engine]).await;
     let (plain, _) = side.router.overlaps(Prompt::Tokens(&tokens)).expect("overlaps");

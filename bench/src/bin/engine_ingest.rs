@@ -106,7 +106,7 @@ fn rank_batches(args: &Args, rank: RankKey, format: EngineFormat) -> (Vec<Vec<u8
         let hashes: Vec<u64> = (0..args.chain).map(|_| next()).collect();
         held_blocks += hashes.len();
         block_events += hashes.len() as u64;
-        events.push(EngineEvent::Stored(BlockStored {
+        events.push(EngineEvent::from(BlockStored {
             block_hashes: hashes.clone(),
             token_ids: tokens,
             block_size: BLOCK as u32,

@@ -105,7 +105,7 @@ pub fn representable(batch: &EventBatch, format: EngineFormat) -> EventBatch {
         .events
         .iter()
         .map(|event| match event {
-            EngineEvent::Stored(stored) => EngineEvent::Stored(representable_stored(stored, format)),
+            EngineEvent::Stored(stored) => representable_stored(stored, format).into(),
             EngineEvent::Removed(removed) => EngineEvent::Removed(BlockRemoved {
                 group_idx: if format.is_vllm() { removed.group_idx } else { None },
                 ..removed.clone()

@@ -28,12 +28,20 @@ pub struct EventBatch {
     pub unknown_events: u32,
 }
 
-/// One KV-cache event, tagged by the engine's class name.
+/// One KV-cache event, tagged by the engine's class name. `BlockStored` is boxed: it is
+/// five times the size of a `BlockRemoved`, and vLLM sends a removal per evicted block,
+/// so an unboxed enum would copy a stored event's size for every one of them.
 #[derive(Clone, Debug, PartialEq)]
 pub enum EngineEvent {
-    Stored(BlockStored),
+    Stored(Box<BlockStored>),
     Removed(BlockRemoved),
     AllCleared,
+}
+
+impl From<BlockStored> for EngineEvent {
+    fn from(stored: BlockStored) -> Self {
+        EngineEvent::Stored(Box::new(stored))
+    }
 }
 
 /// Where the engine says the blocks live (`medium`).

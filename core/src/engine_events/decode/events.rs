@@ -166,7 +166,7 @@ fn read_array_event(reader: &mut Reader<'_>) -> Result<Option<EngineEvent>, Deco
     }
     let class = EventClass::of(reader.str_bytes(Kind::Shape, "event class name is not a string")?);
     match class {
-        EventClass::Stored => read_stored_array(reader, len, at).map(|stored| Some(EngineEvent::Stored(stored))),
+        EventClass::Stored => read_stored_array(reader, len, at).map(|stored| Some(stored.into())),
         EventClass::Removed => read_removed_array(reader, len, at).map(|removed| Some(EngineEvent::Removed(removed))),
         EventClass::AllCleared => reader.skip_values(len - 1).map(|()| Some(EngineEvent::AllCleared)),
         EventClass::Unknown => reader.skip_values(len - 1).map(|()| None),
@@ -251,7 +251,7 @@ fn read_map_event(reader: &mut Reader<'_>) -> Result<Option<EngineEvent>, Decode
         }
     };
     match class {
-        EventClass::Stored => read_stored_map(reader, pairs_left, at).map(|stored| Some(EngineEvent::Stored(stored))),
+        EventClass::Stored => read_stored_map(reader, pairs_left, at).map(|stored| Some(stored.into())),
         EventClass::Removed => {
             read_removed_map(reader, pairs_left, at).map(|removed| Some(EngineEvent::Removed(removed)))
         }

@@ -114,7 +114,7 @@ impl Fixture {
 
 fn stored_events(batch: &EventBatch) -> impl Iterator<Item = &BlockStored> {
     batch.events.iter().filter_map(|event| match event {
-        EngineEvent::Stored(stored) => Some(stored),
+        EngineEvent::Stored(stored) => Some(&**stored),
         _ => None,
     })
 }
@@ -514,7 +514,7 @@ fn stored(block_hashes: Vec<u64>, parent: Option<u64>, block_size: u32) -> Block
 #[test]
 fn batch_shapes_array_of_two_longer_arrays_and_maps() {
     let event = short_stored(7).done();
-    let expected_event = EngineEvent::Stored(stored(vec![7], None, 16));
+    let expected_event: EngineEvent = stored(vec![7], None, 16).into();
     // [ts, events]: no rank.
     let two = Mp::new().arr(2).f64(2.5).arr(1).raw(&event).done();
     assert_eq!(
@@ -576,7 +576,7 @@ fn map_events_in_any_key_order_with_unknown_keys() {
         .str("type")
         .str("BlockStored");
     let batch = decode(&Mp::batch(1).raw(&event.done()).uint(0).done()).unwrap();
-    assert_eq!(batch.events, vec![EngineEvent::Stored(stored(vec![1, 2], None, 1))]);
+    assert_eq!(batch.events, vec![stored(vec![1, 2], None, 1).into()]);
 
     let removed = Mp::new().map(3).str("group_idx").uint(2).str("block_hashes").arr(1).uint(5).str("type");
     let batch = decode(&Mp::batch(1).raw(&removed.str("BlockRemoved").done()).uint(0).done()).unwrap();
@@ -641,7 +641,7 @@ fn every_named_field_of_a_map_event() {
         sliding_window: Some(4096),
         cache_salt: Some("s".into()),
     };
-    assert_eq!(batch.events, vec![EngineEvent::Stored(expected)]);
+    assert_eq!(batch.events, vec![expected.into()]);
 }
 
 #[test]
@@ -650,7 +650,7 @@ fn array_events_of_every_length_and_sglang_metadata() {
     let base = || Mp::new().str("BlockStored").arr(1).uint(1).uint(99).tokens(2).uint(2);
     let decode_one = |event: Mp| decode(&Mp::batch(1).raw(&event.done()).uint(0).done());
     let stored_only = decode_one(Mp::new().arr(5).raw(&base().done())).unwrap();
-    assert_eq!(stored_only.events, vec![EngineEvent::Stored(stored(vec![1], Some(99), 2))]);
+    assert_eq!(stored_only.events, vec![stored(vec![1], Some(99), 2).into()]);
     let full = Mp::new()
         .arr(14)
         .raw(&base().done())
@@ -719,7 +719,7 @@ fn unknown_event_classes_are_skipped_and_counted() {
         .uint(1);
     let batch = decode(&batch.done()).unwrap();
     assert_eq!(batch.unknown_events, 3);
-    assert_eq!(batch.events, vec![EngineEvent::Stored(stored(vec![3], None, 16))]);
+    assert_eq!(batch.events, vec![stored(vec![3], None, 16).into()]);
 }
 
 #[test]
@@ -1110,7 +1110,7 @@ fn block_stored() -> impl Strategy<Value = BlockStored> {
 
 fn engine_event() -> impl Strategy<Value = EngineEvent> {
     prop_oneof![
-        4 => block_stored().prop_map(EngineEvent::Stored),
+        4 => block_stored().prop_map(EngineEvent::from),
         2 => (prop::collection::vec(any::<u64>(), 0..4), medium(), any::<Option<u32>>()).prop_map(
             |(block_hashes, medium, group_idx)| EngineEvent::Removed(BlockRemoved { block_hashes, medium, group_idx })
         ),
@@ -1164,7 +1164,7 @@ fn decode_throughput() {
             let block_hashes: Vec<u64> = (0..8).map(|_| next()).collect();
             let token_ids = (0..8 * 16).map(|_| (next() % 200_000) as u32).collect();
             let extra_keys = Some(vec![None; 8]);
-            EngineEvent::Stored(BlockStored {
+            EngineEvent::from(BlockStored {
                 block_hashes,
                 parent: Some(next()),
                 token_ids,
