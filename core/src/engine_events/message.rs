@@ -66,14 +66,20 @@ pub enum Medium {
 impl Medium {
     /// The medium a string names (exact, upper case, as the engines send it).
     pub fn parse(name: &str) -> Medium {
+        Medium::known(name.as_bytes()).unwrap_or(Medium::Other)
+    }
+
+    /// The medium of one of the names the engines send, from its bytes; `None` for any
+    /// other name.
+    pub fn known(name: &[u8]) -> Option<Medium> {
         match name {
-            "GPU" => Medium::Gpu,
-            "CPU_PINNED" => Medium::CpuPinned,
-            "CPU" => Medium::Cpu,
-            "DISK" => Medium::Disk,
-            "STORAGE" => Medium::Storage,
-            "EXTERNAL" => Medium::External,
-            _ => Medium::Other,
+            b"GPU" => Some(Medium::Gpu),
+            b"CPU_PINNED" => Some(Medium::CpuPinned),
+            b"CPU" => Some(Medium::Cpu),
+            b"DISK" => Some(Medium::Disk),
+            b"STORAGE" => Some(Medium::Storage),
+            b"EXTERNAL" => Some(Medium::External),
+            _ => None,
         }
     }
 

@@ -352,8 +352,19 @@ fn read_sliding_window(reader: &mut Reader<'_>) -> Result<Option<u64>, DecodeErr
     reader.opt_int(Reader::int_u64, Kind::Shape, "kv_cache_spec_sliding_window is neither a u64 nor nil")
 }
 
+/// `medium`: a known name is matched on its bytes (every removal carries one); any other
+/// string must still be UTF-8, and is `Other`.
 fn read_medium(reader: &mut Reader<'_>) -> Result<Option<Medium>, DecodeError> {
-    Ok(reader.opt_str("medium is neither a string nor nil")?.map(Medium::parse))
+    if reader.eat_nil() {
+        return Ok(None);
+    }
+    let at = reader.offset();
+    let name = reader.str_bytes(Kind::Shape, "medium is neither a string nor nil")?;
+    match Medium::known(name) {
+        Some(medium) => Ok(Some(medium)),
+        None if std::str::from_utf8(name).is_ok() => Ok(Some(Medium::Other)),
+        None => Err(Kind::Shape.at(at, "string is not UTF-8")),
+    }
 }
 
 fn read_opt_string(reader: &mut Reader<'_>, what: &'static str) -> Result<Option<String>, DecodeError> {
