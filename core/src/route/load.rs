@@ -13,9 +13,18 @@
 //!
 //! A rank's `RankLoad` is shared (`Arc`) by the registry and by the requests charged to
 //! it, so a request finishing after its worker left releases harmlessly.
+//!
+//! Expiry: every opened request also goes to a lock-free FIFO of `(deadline, id)`, in
+//! deadline order (the TTL is fixed and the clock monotonic, up to the few microseconds
+//! between reading the clock and appending, which at worst expire a request that late).
+//! A sweep pops what is due, at most a budget per call, and releases those still in the
+//! map; entries of requests that finished already pop as no-ops. One sweeper at a time
+//! (a `try_lock`); the entry it popped but found not yet due waits in `held`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use crossbeam_queue::SegQueue;
 
 use super::registry::RankSlot;
 
@@ -126,11 +135,23 @@ impl ActiveRequest {
 pub(crate) struct LoadBook {
     requests: papaya::HashMap<u64, ActiveRequest>,
     next_id: AtomicU64,
+    /// `(deadline, id)` of every opened request, in deadline order; see the module docs.
+    deadlines: SegQueue<(u64, u64)>,
+    /// The sweeper's lock, and the entry it popped that was not due yet.
+    held: Mutex<Option<(u64, u64)>>,
 }
+
+/// Requests one expiry call may look at.
+pub(crate) const EXPIRY_BUDGET: usize = 65_536;
 
 impl LoadBook {
     pub(crate) fn new(first_id: u64) -> LoadBook {
-        LoadBook { requests: papaya::HashMap::new(), next_id: AtomicU64::new(first_id) }
+        LoadBook {
+            requests: papaya::HashMap::new(),
+            next_id: AtomicU64::new(first_id),
+            deadlines: SegQueue::new(),
+            held: Mutex::new(None),
+        }
     }
 
     /// Charges the request's loads and records it.
@@ -138,7 +159,9 @@ impl LoadBook {
         // Relaxed by design: ids need uniqueness only.
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         request.charge();
+        let deadline = request.expires_at_ms;
         self.requests.pin().insert(id, request);
+        self.deadlines.push((deadline, id));
         RequestId(id)
     }
 
@@ -163,11 +186,21 @@ impl LoadBook {
         }
     }
 
-    /// Releases every request whose deadline is at or before `now_ms`; returns how many.
-    pub(crate) fn expire(&self, now_ms: u64) -> usize {
-        let map = self.requests.pin();
-        let stale: Vec<u64> = map.iter().filter(|(_, r)| r.expires_at_ms <= now_ms).map(|(&id, _)| id).collect();
-        stale.into_iter().filter(|&id| self.finish(RequestId(id))).count()
+    /// Releases requests whose deadline is at or before `now_ms`, looking at most at
+    /// `budget` of them; returns how many it released and whether it got through all that
+    /// were due (false: call again). Returns `(0, true)` at once while another call sweeps.
+    pub(crate) fn expire(&self, now_ms: u64, budget: usize) -> (usize, bool) {
+        let Ok(mut held) = self.held.try_lock() else { return (0, true) };
+        let mut released = 0;
+        for _ in 0..budget {
+            let Some((deadline, id)) = held.take().or_else(|| self.deadlines.pop()) else { return (released, true) };
+            if deadline > now_ms {
+                *held = Some((deadline, id));
+                return (released, true);
+            }
+            released += usize::from(self.finish(RequestId(id)));
+        }
+        (released, false)
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -75,11 +75,12 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 
+pub use approx::ApproxStats;
 pub use cost::{CostBreakdown, CostWeights};
 pub use disagg::{Bootstrap, PdDecision, PdOptions, SglangDecodeFields, SglangPrefillFields};
 pub use error::RouteError;
 pub use load::{LoadSnapshot, RankLoad, RequestId};
 pub use registry::{BootstrapEndpoint, Role, WorkerSpec};
 pub use room::{BootstrapRoom, RoomAllocator};
-pub use router::{Clock, Decision, Prompt, RouteOptions, Router, RouterConfig, StorageTier, TierOverlap};
+pub use router::{Clock, Decision, ExpiryStep, Prompt, RouteOptions, Router, RouterConfig, StorageTier, TierOverlap};
 pub use snapshot::{RestoreError, RestoreReport, SkipReason};

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 
-use super::approx::ApproxBook;
+use super::approx::{ApproxBook, ApproxStats};
 use super::cost::{choose, CostBreakdown, CostRange, CostWeights, Rng};
 use super::load::{ActiveRequest, Charge, LoadBook, LoadSnapshot, RequestId};
 use super::registry::{Fleet, RankSlot, Role, WorkerEntry, WorkerSpec};
@@ -44,6 +44,9 @@ pub struct RouterConfig {
     pub request_ttl_ms: u64,
     /// Approximate-mode blocks are forgotten this long after last routed. Default 120 s.
     pub approx_ttl_ms: u64,
+    /// Most blocks approximate mode credits one rank with; past it the least recently
+    /// routed are evicted. Default 262,144 (a large GPU's KV cache, in 16-token blocks).
+    pub approx_max_blocks_per_rank: u64,
     /// Start of the bootstrap-room counter; give each router lifetime a random one.
     pub room_seed: u64,
     /// Seed of the tie-break / sampling generator.
@@ -58,10 +61,19 @@ impl Default for RouterConfig {
             weights: CostWeights::default(),
             request_ttl_ms: 300_000,
             approx_ttl_ms: 120_000,
+            approx_max_blocks_per_rank: 262_144,
             room_seed: 0x005e_ed0f_b007_5700,
             rng_seed: 0x0ddc_0ffe,
         }
     }
+}
+
+/// What one [`Router::expire_step`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpiryStep {
+    pub requests_released: usize,
+    /// Nothing due is left (false: run another step).
+    pub done: bool,
 }
 
 /// A prompt, as token ids or as block content hashes already computed by the caller.
@@ -197,7 +209,10 @@ impl Router {
             registry: Mutex::new(()),
             // Below 2^52: ids stay exact as JSON numbers in JavaScript clients too.
             loads: LoadBook::new(config.room_seed.rotate_left(17) & ((1 << 52) - 1)),
-            approx: Mutex::new(ApproxBook::new(config.approx_ttl_ms)),
+            approx: Mutex::new(ApproxBook::new(
+                config.approx_ttl_ms,
+                usize::try_from(config.approx_max_blocks_per_rank).unwrap_or(usize::MAX),
+            )),
             rooms: RoomAllocator::new(config.room_seed),
             rng: Rng::new(config.rng_seed),
             next_sweep_ms: AtomicU64::new(0),
@@ -307,6 +322,11 @@ impl Router {
     /// Requests routed and not yet finished or expired.
     pub fn active_requests(&self) -> usize {
         self.loads.len()
+    }
+
+    /// What approximate mode holds now (blocks credited, expiry entries).
+    pub fn approx_stats(&self) -> ApproxStats {
+        lock(&self.approx).stats()
     }
 
     /// Applies an engine's KV event to the device tier.
@@ -547,13 +567,34 @@ impl Router {
         self.loads.finish(request)
     }
 
-    /// Releases requests older than the TTL and forgets expired approximate blocks now;
-    /// returns how many requests expired. Routing also does this about every
-    /// `min(ttl) / 8` (at most every second), so calling it is optional.
+    /// Releases every request older than the TTL and forgets every expired approximate
+    /// block now, in bounded steps ([`Router::expire_step`]) until nothing due is left;
+    /// returns how many requests expired.
     pub fn expire(&self) -> usize {
+        let mut released = 0;
+        loop {
+            let step = self.expire_step();
+            released += step.requests_released;
+            if step.done {
+                return released;
+            }
+        }
+    }
+
+    /// One bounded step of expiry: at most 65,536 requests and 65,536 approximate-mode
+    /// entries looked at. Routing runs one about every `min(ttl) / 8` (at most every
+    /// second, again at once while `done` is false); `kvroute serve` also runs them on a
+    /// timer, so loads are right when traffic stops.
+    pub fn expire_step(&self) -> ExpiryStep {
         let now = self.clock.now_ms();
-        lock(&self.approx).expire(&self.indexes[StorageTier::Device.index()], now);
-        self.loads.expire(now)
+        let approx_done = lock(&self.approx).expire(&self.indexes[StorageTier::Device.index()], now);
+        let (requests_released, requests_done) = self.loads.expire(now, super::load::EXPIRY_BUDGET);
+        ExpiryStep { requests_released, done: approx_done && requests_done }
+    }
+
+    /// How often expiry should run: `min(request_ttl, approx_ttl) / 8`, 1 ms to 1 s.
+    pub fn expiry_interval_ms(&self) -> u64 {
+        (self.config.request_ttl_ms.min(self.config.approx_ttl_ms) / 8).clamp(1, 1000)
     }
 
     pub(crate) fn maybe_sweep(&self, now: u64) {
@@ -562,9 +603,12 @@ impl Router {
         if now < due {
             return;
         }
-        let interval = (self.config.request_ttl_ms.min(self.config.approx_ttl_ms) / 8).clamp(1, 1000);
-        if self.next_sweep_ms.compare_exchange(due, now + interval, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-            self.expire();
+        let interval = self.expiry_interval_ms();
+        if self.next_sweep_ms.compare_exchange(due, now + interval, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            && !self.expire_step().done
+        {
+            // More is due: the next route goes on with it.
+            self.next_sweep_ms.store(now, Ordering::Relaxed);
         }
     }
 

@@ -335,6 +335,36 @@ fn requests_never_finished_expire() {
     assert!(!router.finish(ids[0]), "an expired request is unknown");
 }
 
+#[test]
+fn expiry_runs_in_bounded_steps_oldest_first() {
+    let (router, now) = router();
+    router.add_worker(WorkerSpec::new(WorkerId(1), 1, BS)).unwrap();
+    let hot = router.fleet.load().ranks.iter().find(|s| s.key == key(1, 0)).unwrap().load.clone();
+    let charge = |blocks| super::load::Charge {
+        load: hot.clone(),
+        prefill_tokens: 0,
+        decode_blocks: blocks,
+        counts_request: true,
+    };
+    let none = || super::load::Charge { load: hot.clone(), prefill_tokens: 0, decode_blocks: 0, counts_request: false };
+    let budget = super::load::EXPIRY_BUDGET;
+    // More requests due than one step looks at, then one due later.
+    for _ in 0..budget + 10 {
+        router.loads.open(super::load::ActiveRequest::new(none(), charge(1), 1_000));
+    }
+    let late = router.loads.open(super::load::ActiveRequest::new(none(), charge(1), 5_000));
+    now.store(2_000, Ordering::Relaxed);
+    let first = router.expire_step();
+    assert_eq!(first, super::ExpiryStep { requests_released: budget, done: false });
+    let second = router.expire_step();
+    assert_eq!(second, super::ExpiryStep { requests_released: 10, done: true });
+    assert_eq!(router.active_requests(), 1);
+    assert_eq!(hot.snapshot().decode_blocks, 1, "only the late request is charged");
+    assert!(router.finish(late));
+    now.store(6_000, Ordering::Relaxed);
+    assert_eq!(router.expire_step(), super::ExpiryStep { requests_released: 0, done: true }, "finished: a no-op");
+}
+
 // ---------------------------------------------------------------- decisions
 
 #[test]

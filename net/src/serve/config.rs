@@ -307,6 +307,11 @@ fn resolve_router(o: &ServeOptions) -> Result<RouterConfig, ConfigError> {
     };
     let request_ttl_ms = ttl_ms("router.request_ttl", r.request_ttl, defaults.request_ttl_ms)?;
     let approx_ttl_ms = ttl_ms("router.approx_ttl", r.approx_ttl, defaults.approx_ttl_ms)?;
+    let approx_max_blocks_per_rank = match r.approx_max_blocks {
+        Some(0) => return Err(ConfigError::invalid("router.approx_max_blocks", "must be at least 1")),
+        Some(blocks) => blocks,
+        None => defaults.approx_max_blocks_per_rank,
+    };
     let room_seed = match r.room_seed {
         Some(seed) if seed >= ROOM_SEED_LIMIT => {
             return Err(ConfigError::invalid("router.room_seed", format!("must be below 2^62, got {seed}")));
@@ -323,6 +328,7 @@ fn resolve_router(o: &ServeOptions) -> Result<RouterConfig, ConfigError> {
         weights,
         request_ttl_ms,
         approx_ttl_ms,
+        approx_max_blocks_per_rank,
         room_seed,
         rng_seed: random_u64(),
     })

@@ -23,7 +23,7 @@ use super::ingest::start_ingest;
 use super::logging::init_logging;
 use super::options::ServeArgs;
 use super::state::{monotonic_clock, AppState};
-use super::{http, snapshots};
+use super::{expiry, http, snapshots};
 use crate::engine_ingest::{EngineIngest, EngineIngestConfig};
 use crate::tls::insecure::is_loopback;
 
@@ -107,6 +107,7 @@ pub async fn serve_on(
         None => Arc::new(Vec::new),
     };
     let periodic_snapshots = snapshots::start_periodic(&config, Arc::clone(&router), Arc::clone(&cursors));
+    let expiry_timer = expiry::start(Arc::clone(&router));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, http::app(state.clone())).with_graceful_shutdown(async move {
@@ -150,6 +151,7 @@ pub async fn serve_on(
     if let Some(task) = periodic_snapshots {
         task.abort();
     }
+    expiry_timer.abort();
     // Cursors before the ingest stops; the blocks exported after are at least as new.
     let final_cursors = cursors();
     engine_ingest.shutdown(ENGINE_INGEST_SHUTDOWN).await;

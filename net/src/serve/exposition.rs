@@ -136,6 +136,16 @@ pub fn render(state: &AppState) -> String {
     x.family("kvroute_active_requests", "gauge", "Requests routed and not yet finished or expired.");
     x.sample("kvroute_active_requests", &[], router.active_requests());
 
+    let approx = router.approx_stats();
+    x.family(
+        "kvroute_approx_blocks",
+        "gauge",
+        "Blocks approximate mode credits to ranks (workers without KV events yet).",
+    );
+    x.sample("kvroute_approx_blocks", &[], approx.blocks);
+    x.family("kvroute_approx_queue_entries", "gauge", "Approximate mode's expiry queue entries, live and stale.");
+    x.sample("kvroute_approx_queue_entries", &[], approx.queued);
+
     let specs = router.workers();
     let exact = specs.iter().filter(|s| router.is_exact(s.worker) == Some(true)).count();
     x.family("kvroute_workers", "gauge", "Registered workers by mode (exact: publishes KV events).");

@@ -44,6 +44,7 @@ pub mod config;
 pub mod daemon;
 pub mod duration;
 pub mod error;
+pub mod expiry;
 pub mod exposition;
 pub mod http;
 pub mod ingest;

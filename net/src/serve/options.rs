@@ -227,6 +227,11 @@ pub struct RouterOptions {
     #[arg(long, value_name = "DURATION")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approx_ttl: Option<HumanDuration>,
+    /// Most blocks approximate mode credits one rank with; past it the least recently
+    /// routed are forgotten, as a full KV cache evicts [default: 262144].
+    #[arg(long, value_name = "BLOCKS")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approx_max_blocks: Option<u64>,
     /// Start of the bootstrap-room counter, 0..2^62; fix it only for reproducible tests
     /// [default: random at each start].
     #[arg(long, value_name = "SEED")]
@@ -331,6 +336,7 @@ impl RouterOptions {
             temperature: self.temperature.or(file.temperature),
             request_ttl: self.request_ttl.or(file.request_ttl),
             approx_ttl: self.approx_ttl.or(file.approx_ttl),
+            approx_max_blocks: self.approx_max_blocks.or(file.approx_max_blocks),
             room_seed: self.room_seed.or(file.room_seed),
         }
     }
@@ -349,6 +355,7 @@ impl RouterOptions {
             temperature: self.temperature.or(Some(weights.temperature)),
             request_ttl: self.request_ttl.or(Some(HumanDuration::from_secs(core.request_ttl_ms / 1000))),
             approx_ttl: self.approx_ttl.or(Some(HumanDuration::from_secs(core.approx_ttl_ms / 1000))),
+            approx_max_blocks: self.approx_max_blocks.or(Some(core.approx_max_blocks_per_rank)),
             room_seed: self.room_seed,
         }
     }
