@@ -26,6 +26,45 @@ pub struct BootstrapEndpoint {
     pub port: Option<u16>,
 }
 
+/// Longest host name DNS allows (and so the longest `bootstrap_host`).
+pub const MAX_HOST_LEN: usize = 253;
+
+impl BootstrapEndpoint {
+    /// Checks that `host` is an IPv4 or IPv6 address (bare, or an IPv6 in brackets) or a
+    /// host name: at most [`MAX_HOST_LEN`] bytes of dot-separated labels of 1 to 63 ASCII
+    /// letters, digits, `-` or `_`, none starting or ending with `-`. The host is echoed to
+    /// clients, which put it in URLs: control characters, spaces, `/`, `@` and the like
+    /// never pass.
+    pub fn check_host(&self) -> Result<(), &'static str> {
+        let host = self.host.as_str();
+        if host.is_empty() {
+            return Err("empty");
+        }
+        if host.len() > MAX_HOST_LEN {
+            return Err("longer than 253 bytes");
+        }
+        let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        if bare.parse::<std::net::IpAddr>().is_ok() {
+            return Ok(());
+        }
+        if bare.len() != host.len() {
+            return Err("brackets around something that is not an IPv6 address");
+        }
+        for label in host.trim_end_matches('.').split('.') {
+            if label.is_empty() || label.len() > 63 {
+                return Err("a label is empty or longer than 63 bytes");
+            }
+            if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err("only letters, digits, '-', '_' and '.' may appear in a host name");
+            }
+            if label.starts_with('-') || label.ends_with('-') {
+                return Err("a label starts or ends with '-'");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A worker's registration.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WorkerSpec {

@@ -240,7 +240,8 @@ async fn worker_registry_add_list_remove() {
 
 #[tokio::test]
 async fn bad_input_is_a_json_error_never_a_panic() {
-    let app = http::app(state_with(ApiLimits { max_body_bytes: 4096, max_prompt_tokens: 100 }));
+    let app =
+        http::app(state_with(ApiLimits { max_body_bytes: 4096, max_prompt_tokens: 100, max_output_tokens: 1000 }));
     register(&app, json!({"worker_id": 7, "dp_size": 2})).await;
 
     let cases: Vec<(&str, StatusCode, &str)> = vec![
@@ -257,6 +258,8 @@ async fn bad_input_is_a_json_error_never_a_panic() {
         ("{\"block_hashes\": []}", StatusCode::BAD_REQUEST, "empty_prompt"),
         ("{\"tokens\": [1], \"workers\": [9]}", StatusCode::NOT_FOUND, "unknown_worker"),
         ("{\"tokens\": [1], \"worker_id\": 9, \"dp_rank\": 0}", StatusCode::NOT_FOUND, "unknown_worker"),
+        ("{\"tokens\": [1], \"output_tokens\": 1001}", StatusCode::BAD_REQUEST, "invalid_request"),
+        ("{\"tokens\": [1], \"output_tokens\": 4294967295}", StatusCode::BAD_REQUEST, "invalid_request"),
     ];
     for (body, status, kind) in cases {
         let (got_status, text) = call(&app, Method::POST, "/v1/route", Some(body)).await;
@@ -273,6 +276,13 @@ async fn bad_input_is_a_json_error_never_a_panic() {
     let value: Value = serde_json::from_str(&text).expect("JSON error body");
     assert_error(&(status, value), StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
 
+    let at_limit = post(&app, "/v1/route", json!({"tokens": [1], "output_tokens": 1000, "dry_run": true})).await;
+    assert_eq!(at_limit.0, StatusCode::OK, "{at_limit:?}");
+    let pd_output = json!({"tokens": [1], "output_tokens": 1001});
+    assert_error(&post(&app, "/v1/route/disaggregated", pd_output).await, StatusCode::BAD_REQUEST, "invalid_request");
+    let bad_host =
+        json!({"worker_id": 8, "dp_size": 1, "role": "prefill", "bootstrap_host": "a\r\nb", "bootstrap_port": 1});
+    assert_error(&post(&app, "/v1/workers", bad_host).await, StatusCode::BAD_REQUEST, "invalid_worker");
     let pd_unknown = json!({"tokens": [1], "prefill_workers": [9]});
     assert_error(&post(&app, "/v1/route/disaggregated", pd_unknown).await, StatusCode::NOT_FOUND, "unknown_worker");
     assert_error(&call_json(&app, Method::GET, "/v1/nope", None).await, StatusCode::NOT_FOUND, "not_found");

@@ -21,6 +21,8 @@ pub enum RouteError {
     BlockSizeMismatch { worker: WorkerId, router: u32, worker_block_size: u32 },
     /// A prefill worker registered without a bootstrap endpoint.
     MissingBootstrap(WorkerId),
+    /// A bootstrap host that is neither an IP address nor a host name (`reason` says why).
+    BadBootstrapHost { worker: WorkerId, reason: &'static str },
     /// No rank passes the role and option filters.
     NoCandidates,
     /// Same-rank disaggregation, but no prefill rank index exists on the decode side.
@@ -54,6 +56,9 @@ impl std::fmt::Display for RouteError {
             }
             RouteError::MissingBootstrap(w) => {
                 write!(f, "prefill worker {} has no bootstrap endpoint (host and port)", w.0)
+            }
+            RouteError::BadBootstrapHost { worker, reason } => {
+                write!(f, "worker {}: bootstrap_host is not an IP address or host name: {reason}", worker.0)
             }
             RouteError::NoCandidates => write!(f, "no registered rank matches the request's role and options"),
             RouteError::NoSharedRanks => write!(

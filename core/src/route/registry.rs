@@ -42,6 +42,9 @@ impl WorkerSpec {
         if self.role == Role::Prefill && self.bootstrap.is_none() {
             return Err(RouteError::MissingBootstrap(worker));
         }
+        if let Some(bootstrap) = &self.bootstrap {
+            bootstrap.check_host().map_err(|reason| RouteError::BadBootstrapHost { worker, reason })?;
+        }
         Ok(())
     }
 

@@ -365,6 +365,32 @@ fn expiry_runs_in_bounded_steps_oldest_first() {
     assert_eq!(router.expire_step(), super::ExpiryStep { requests_released: 0, done: true }, "finished: a no-op");
 }
 
+#[test]
+fn bootstrap_hosts_must_be_addresses_or_host_names() {
+    let (router, _) = router();
+    let spec = |id: u64, host: &str| {
+        let mut spec = WorkerSpec::new(WorkerId(id), 1, BS);
+        spec.role = Role::Prefill;
+        spec.bootstrap = Some(BootstrapEndpoint { host: host.to_owned(), port: Some(8998) });
+        spec
+    };
+    let good = ["10.0.0.5", "::1", "[fe80::1]", "prefill-0.prefill.svc.cluster.local", "node_3", "host."];
+    for (id, host) in good.iter().enumerate() {
+        assert_eq!(router.add_worker(spec(id as u64, host)), Ok(()), "{host}");
+    }
+    let long = format!("{}.example", "a".repeat(250));
+    let bad =
+        ["", "a\r\nX-Injected: 1", "nul\0", "two words", "http://x", "user@host", "-lead", "a..b", "[not-v6]", &long];
+    for (id, host) in bad.iter().enumerate() {
+        let worker = WorkerId(100 + id as u64);
+        let result = router.add_worker(spec(worker.0, host));
+        assert!(
+            matches!(result, Err(RouteError::BadBootstrapHost { worker: w, .. }) if w == worker),
+            "{host:?}: {result:?}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------- decisions
 
 #[test]

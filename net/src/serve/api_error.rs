@@ -142,9 +142,10 @@ impl From<RouteError> for ApiError {
             RouteError::EmptyPrompt => ErrorKind::EmptyPrompt,
             RouteError::UnknownWorker(_) => ErrorKind::UnknownWorker,
             RouteError::WorkerExists(_) => ErrorKind::WorkerExists,
-            RouteError::ZeroDpSize(_) | RouteError::DpWorldTooSmall { .. } | RouteError::MissingBootstrap(_) => {
-                ErrorKind::InvalidWorker
-            }
+            RouteError::ZeroDpSize(_)
+            | RouteError::DpWorldTooSmall { .. }
+            | RouteError::MissingBootstrap(_)
+            | RouteError::BadBootstrapHost { .. } => ErrorKind::InvalidWorker,
             RouteError::RankOutOfRange { .. } => ErrorKind::RankOutOfRange,
             RouteError::BlockSizeMismatch { .. } => ErrorKind::BlockSizeMismatch,
             RouteError::NoCandidates => ErrorKind::NoCandidates,

@@ -77,6 +77,22 @@ impl std::error::Error for TokenError {
     }
 }
 
+/// Whether the token file at `path` may be read by users other than its owner (group or
+/// world permission bits on Unix; never on other systems). The daemon warns: anyone who
+/// can read the file can call the API.
+pub fn readable_by_others(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o044 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
+    }
+}
+
 /// The HTTP API's bearer token. Cloning shares it; `Debug` redacts it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct BearerToken(Arc<str>);
@@ -241,6 +257,20 @@ mod tests {
             map.append(AUTHORIZATION, HeaderValue::from_str(value).expect("header value"));
         }
         map
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_token_file_others_can_read_is_told_apart() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("kvroute-token-{}", std::process::id()));
+        std::fs::write(&path, "secret").unwrap();
+        for (mode, shared) in [(0o600, false), (0o640, true), (0o644, true), (0o400, false)] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(readable_by_others(&path), shared, "mode {mode:o}");
+        }
+        std::fs::remove_file(&path).unwrap();
+        assert!(!readable_by_others(&path), "a missing file is not reported");
     }
 
     #[test]

@@ -80,6 +80,8 @@ pub struct ApiLimits {
     pub max_body_bytes: usize,
     /// Longest prompt, in tokens.
     pub max_prompt_tokens: usize,
+    /// Largest `output_tokens` of a route.
+    pub max_output_tokens: u32,
 }
 
 impl Default for ApiLimits {
@@ -87,6 +89,7 @@ impl Default for ApiLimits {
         ApiLimits {
             max_body_bytes: super::options::DEFAULT_MAX_BODY_BYTES as usize,
             max_prompt_tokens: super::options::DEFAULT_MAX_PROMPT_TOKENS as usize,
+            max_output_tokens: super::options::DEFAULT_MAX_OUTPUT_TOKENS as u32,
         }
     }
 }
@@ -274,10 +277,14 @@ fn resolve_limits(o: &ServeOptions) -> Result<ApiLimits, ConfigError> {
     if max_prompt_tokens == 0 {
         return Err(ConfigError::invalid("max_prompt_tokens", "must be at least 1"));
     }
+    let max_output_tokens = o.max_output_tokens.unwrap_or(u64::from(defaults.max_output_tokens));
+    let max_output_tokens = u32::try_from(max_output_tokens)
+        .map_err(|_| ConfigError::invalid("max_output_tokens", format!("must be at most {}", u32::MAX)))?;
     let too_large = |field: &str| ConfigError::invalid(field, "too large for this platform");
     Ok(ApiLimits {
         max_body_bytes: usize::try_from(max_body_bytes).map_err(|_| too_large("max_body_bytes"))?,
         max_prompt_tokens: usize::try_from(max_prompt_tokens).map_err(|_| too_large("max_prompt_tokens"))?,
+        max_output_tokens,
     })
 }
 

@@ -35,6 +35,12 @@ pub fn run(args: &ServeArgs) -> Result<(), ServeError> {
         return Ok(());
     }
     init_logging(&config.log)?;
+    if let Some(path) = config.effective.http_token_file.as_deref().filter(|p| super::auth::readable_by_others(p)) {
+        tracing::warn!(
+            path = %path.display(),
+            "the HTTP token file is readable by other users, who can then call the API: chmod 600 it"
+        );
+    }
     match crate::huge_pages::disable_transparent_huge_pages() {
         Ok(true) => tracing::debug!("transparent huge pages off for this process"),
         Ok(false) => {}

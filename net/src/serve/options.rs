@@ -24,6 +24,8 @@ pub const DEFAULT_INGEST_LISTEN: &str = "127.0.0.1:4433";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 << 20;
 /// Default prompt length limit: 1 Mi tokens.
 pub const DEFAULT_MAX_PROMPT_TOKENS: u64 = 1 << 20;
+/// Default `output_tokens` limit: 256 Ki tokens (beyond every model's context).
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 1 << 18;
 /// Default cap on QUIC publisher connections: the ingest's own default.
 pub const DEFAULT_MAX_PUBLISHER_CONNECTIONS: u32 = crate::transport::ingest::DEFAULT_MAX_CONNECTIONS as u32;
 
@@ -121,6 +123,11 @@ pub struct ServeOptions {
     #[arg(long, value_name = "TOKENS")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_prompt_tokens: Option<u64>,
+    /// Largest accepted `output_tokens` of a route (its decode blocks are charged to a
+    /// rank until the request finishes or expires) [default: 262144].
+    #[arg(long, value_name = "TOKENS")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u64>,
     /// Log line format [default: text].
     #[arg(long, value_enum, value_name = "FORMAT")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -275,6 +282,7 @@ impl ServeOptions {
             snapshot_interval: self.snapshot_interval.or(file.snapshot_interval),
             max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
             max_prompt_tokens: self.max_prompt_tokens.or(file.max_prompt_tokens),
+            max_output_tokens: self.max_output_tokens.or(file.max_output_tokens),
             log_format: self.log_format.or(file.log_format),
             log_filter: self.log_filter.or(file.log_filter),
             tls: TlsOptions {
@@ -305,6 +313,7 @@ impl ServeOptions {
             snapshot_interval: self.snapshot_interval.or(Some(HumanDuration::from_secs(60))),
             max_body_bytes: self.max_body_bytes.or(Some(DEFAULT_MAX_BODY_BYTES)),
             max_prompt_tokens: self.max_prompt_tokens.or(Some(DEFAULT_MAX_PROMPT_TOKENS)),
+            max_output_tokens: self.max_output_tokens.or(Some(DEFAULT_MAX_OUTPUT_TOKENS)),
             log_format: self.log_format.or(Some(LogFormat::Text)),
             tls: TlsOptions { insecure_loopback: self.tls.insecure_loopback.or(Some(false)), ..self.tls },
             router: self.router.with_defaults(),

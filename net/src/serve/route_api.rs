@@ -211,6 +211,16 @@ pub(crate) fn prompt<'a>(
     }
 }
 
+/// `output_tokens` checked against the limit (a 400 beyond it: a huge value would charge
+/// a rank's decode load for the whole request TTL).
+fn output_tokens(state: &AppState, output_tokens: u32) -> Result<u32, ApiError> {
+    let max = state.limits.max_output_tokens;
+    if output_tokens > max {
+        return Err(ApiError::invalid(format!("output_tokens {output_tokens} is over the limit of {max}")));
+    }
+    Ok(output_tokens)
+}
+
 /// `POST /v1/route`: the (worker, dp_rank) for an aggregated request.
 pub async fn route(
     State(state): State<AppState>,
@@ -238,7 +248,7 @@ fn decide(state: &AppState, body: &RouteBody) -> Result<DecisionJson, ApiError> 
         workers: body.workers.as_deref(),
         rank,
         dry_run: body.dry_run,
-        output_tokens: body.output_tokens,
+        output_tokens: output_tokens(state, body.output_tokens)?,
     };
     let started = Instant::now();
     let decision = state.router.best_worker(prompt, &options);
@@ -273,7 +283,7 @@ fn decide_disaggregated(state: &AppState, body: &PdRouteBody) -> Result<PdRouteR
         decode_workers: body.decode_workers.as_deref(),
         same_rank: body.same_rank,
         dry_run: body.dry_run,
-        output_tokens: body.output_tokens,
+        output_tokens: output_tokens(state, body.output_tokens)?,
     };
     let started = Instant::now();
     let decision = state.router.route_disaggregated(prompt, &options);
