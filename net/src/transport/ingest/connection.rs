@@ -82,9 +82,8 @@ pub(crate) async fn serve(server: Arc<ServerContext>, incoming: quinn::Incoming,
     let _open = GaugeGuard::new(&server.metrics.connections_open);
     let conn_id = server.next_conn_id();
     let mut tasks = JoinSet::new();
-    let claimed = match accept_hello(&server, &conn, &grant, conn_id, &mut tasks).await {
-        Some(claimed) => claimed,
-        None => return,
+    let Some((claimed, publisher_name)) = accept_hello(&server, &conn, &grant, conn_id, &mut tasks).await else {
+        return;
     };
     let mut shutdown = server.shutdown.clone();
     loop {
@@ -93,7 +92,14 @@ pub(crate) async fn serve(server: Arc<ServerContext>, incoming: quinn::Incoming,
                 Ok(stream) => {
                     tasks.spawn(reject_stray_stream(server.clone(), stream));
                 }
-                Err(_) => break,
+                Err(reason) => {
+                    // A killed publisher shows up here after the QUIC idle timeout.
+                    tracing::info!(
+                        publisher = %publisher_name, peer = %peer, workers = %grant, %reason,
+                        ranks = claimed.len(), "publisher disconnected"
+                    );
+                    break;
+                }
             },
             _ = shutdown.wait_for(|down| *down) => {
                 conn.close(close_code(GoodbyeCode::NORMAL), b"router shutting down");
@@ -113,14 +119,15 @@ pub(crate) async fn serve(server: Arc<ServerContext>, incoming: quinn::Incoming,
 }
 
 /// Reads the `Hello`, claims the authorised ranks and starts their tasks (and the control
-/// stream's reader). `None` when the connection was refused.
+/// stream's reader); returns the ranks claimed and the publisher's name, `None` when the
+/// connection was refused.
 async fn accept_hello(
     server: &Arc<ServerContext>,
     conn: &quinn::Connection,
     grant: &WorkerGrant,
     conn_id: ConnId,
     tasks: &mut JoinSet<()>,
-) -> Option<Vec<RankKey>> {
+) -> Option<(Vec<RankKey>, String)> {
     let config = &server.config;
     let first = tokio::time::timeout(config.hello_timeout, async {
         let control = conn.accept_uni().await.ok()?;
@@ -147,7 +154,10 @@ async fn accept_hello(
         conn.close(close_code(GoodbyeCode::PROTOCOL_ERROR), b"too many ranks");
         return None;
     }
-    tracing::info!(publisher = %publisher_name, peer = %conn.remote_address(), incarnation, ranks = ranks.len(), "publisher connected");
+    tracing::info!(
+        publisher = %publisher_name, peer = %conn.remote_address(), workers = %grant, incarnation,
+        ranks = ranks.len(), "publisher connected"
+    );
     let grant = Arc::new(grant.clone());
     let mut claimed = Vec::with_capacity(ranks.len());
     for rank in ranks {
@@ -163,11 +173,11 @@ async fn accept_hello(
         tasks.spawn(task.run());
     }
     tasks.spawn(read_control(server.clone(), conn.clone(), reader));
-    Some(claimed)
+    Some((claimed, publisher_name))
 }
 
 /// Refuses a connection whose control stream does not start with a `Hello`.
-fn refuse(server: &ServerContext, conn: &quinn::Connection, why: &str) -> Option<Vec<RankKey>> {
+fn refuse<T>(server: &ServerContext, conn: &quinn::Connection, why: &str) -> Option<T> {
     bump(&server.metrics.rejected_frames);
     tracing::warn!(peer = %conn.remote_address(), %why, "refusing publisher");
     conn.close(close_code(GoodbyeCode::PROTOCOL_ERROR), b"expected Hello");
