@@ -334,3 +334,60 @@ async fn the_ingest_refuses_a_zero_connection_cap() {
     let error = IngestServer::start(config, sink).err().expect("refused");
     assert!(error.to_string().contains("max_connections"), "{error}");
 }
+
+/// Reads until the peer closes; the bytes read (a refused or timed-out connection gets
+/// none).
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut bytes)).await.expect("closed in time");
+    bytes
+}
+
+async fn healthz(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("write");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.expect("read");
+    reply
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connections_are_capped_and_idle_or_slow_ones_closed() {
+    use kvroute_net::serve::http_server::{self, HttpConnectionMetrics, HttpServerLimits};
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = HttpServerLimits { max_connections: 2, header_read_timeout: Duration::from_millis(300) };
+    let metrics = Arc::new(HttpConnectionMetrics::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(http_server::serve(listener, http::app(state()), limits, Arc::clone(&metrics), stop_rx));
+
+    // Two connections hold the cap: one idle, one sending its head a byte at a time.
+    let started = Instant::now();
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /heal").await.unwrap();
+    while metrics.open.load(Ordering::Relaxed) < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A third is closed at once and counted.
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(read_until_closed(&mut third).await.is_empty());
+    assert_eq!(metrics.refused.load(Ordering::Relaxed), 1);
+    // The header timeout closes both (hyper answers the slow one 408, the idle one nothing).
+    assert!(read_until_closed(&mut idle).await.is_empty());
+    let slow_reply = String::from_utf8(read_until_closed(&mut slow).await).unwrap();
+    assert!(slow_reply.is_empty() || slow_reply.starts_with("HTTP/1.1 408"), "{slow_reply:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300), "not before the timeout");
+    // Then a real client gets through.
+    let reply = healthz(addr).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    stop_tx.send(true).unwrap();
+    server.await.unwrap().unwrap();
+    assert_eq!(metrics.open.load(Ordering::Relaxed), 0);
+}

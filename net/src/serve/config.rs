@@ -126,6 +126,8 @@ pub struct ServeConfig {
     pub publisher_grace: Duration,
     /// Most QUIC publisher connections held at once (handshakes included).
     pub max_publisher_connections: usize,
+    /// The HTTP server's connection cap and header-read timeout.
+    pub http_server: super::http_server::HttpServerLimits,
     /// `None`: no snapshots.
     pub snapshot: Option<SnapshotSettings>,
     /// Time between snapshots (also set when there is no snapshot path).
@@ -173,6 +175,7 @@ impl ServeConfig {
         }
         let max_publisher_connections = usize::try_from(max_publisher_connections)
             .map_err(|_| ConfigError::invalid("max_publisher_connections", "too large for this platform"))?;
+        let http_server = resolve_http_server(o)?;
         let max_frame_len = o.max_frame_len.unwrap_or(kvroute_core::wire::DEFAULT_MAX_FRAME_LEN);
         if max_frame_len < MIN_FRAME_LEN {
             return Err(ConfigError::invalid("max_frame_len", format!("must be at least {MIN_FRAME_LEN} bytes")));
@@ -200,6 +203,7 @@ impl ServeConfig {
             shutdown_grace: o.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
             publisher_grace: o.publisher_grace.map_or(Duration::from_secs(30), |d| d.0),
             max_publisher_connections,
+            http_server,
             snapshot,
             snapshot_interval,
             limits,
@@ -286,6 +290,21 @@ fn resolve_limits(o: &ServeOptions) -> Result<ApiLimits, ConfigError> {
         max_prompt_tokens: usize::try_from(max_prompt_tokens).map_err(|_| too_large("max_prompt_tokens"))?,
         max_output_tokens,
     })
+}
+
+fn resolve_http_server(o: &ServeOptions) -> Result<super::http_server::HttpServerLimits, ConfigError> {
+    let defaults = super::http_server::HttpServerLimits::default();
+    let max_connections = match o.max_http_connections {
+        Some(0) => return Err(ConfigError::invalid("max_http_connections", "must be at least 1")),
+        Some(n) => usize::try_from(n)
+            .map_err(|_| ConfigError::invalid("max_http_connections", "too large for this platform"))?,
+        None => defaults.max_connections,
+    };
+    let header_read_timeout = o.http_header_timeout.map_or(defaults.header_read_timeout, |d| d.0);
+    if header_read_timeout.is_zero() {
+        return Err(ConfigError::invalid("http_header_timeout", "must be above 0"));
+    }
+    Ok(super::http_server::HttpServerLimits { max_connections, header_read_timeout })
 }
 
 fn resolve_router(o: &ServeOptions) -> Result<RouterConfig, ConfigError> {

@@ -23,7 +23,7 @@ use super::ingest::start_ingest;
 use super::logging::init_logging;
 use super::options::ServeArgs;
 use super::state::{monotonic_clock, AppState};
-use super::{expiry, http, snapshots};
+use super::{expiry, http, http_server, snapshots};
 use crate::engine_ingest::{EngineIngest, EngineIngestConfig};
 use crate::tls::insecure::is_loopback;
 
@@ -115,12 +115,15 @@ pub async fn serve_on(
     let periodic_snapshots = snapshots::start_periodic(&config, Arc::clone(&router), Arc::clone(&cursors));
     let expiry_timer = expiry::start(Arc::clone(&router));
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, http::app(state.clone())).with_graceful_shutdown(async move {
-        // A dropped sender (the daemon is unwinding) stops the server as well.
-        let _ = stop_rx.await;
-    });
-    let mut server = tokio::spawn(async move { server.await });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = http_server::serve(
+        listener,
+        http::app(state.clone()),
+        config.http_server,
+        Arc::clone(&state.http_connections),
+        stop_rx,
+    );
+    let mut server = tokio::spawn(server);
     tracing::info!(
         http = %http_addr,
         ingest = %config.ingest_listen,
@@ -144,7 +147,7 @@ pub async fn serve_on(
 
     tracing::info!(shutdown_grace = ?config.shutdown_grace, "shutting down: no new connections, draining requests");
     state.begin_shutdown();
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
     match tokio::time::timeout(config.shutdown_grace, &mut server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(error))) => tracing::warn!(%error, "HTTP server error while draining"),

@@ -9,6 +9,7 @@
 //! (`kvroute_engine_*`: totals, drops, skipped blocks and clears by reason, per-rank state).
 
 use std::fmt::{Display, Write};
+use std::sync::atomic::Ordering;
 
 use kvroute_core::route::{LoadSnapshot, StorageTier};
 use kvroute_core::EventCounters;
@@ -132,6 +133,15 @@ pub fn render(state: &AppState) -> String {
     for failure in AuthFailure::ALL {
         x.sample(name, &[("reason", failure.as_str())], metrics.unauthorized(failure));
     }
+
+    let http = &state.http_connections;
+    x.family("kvroute_http_connections_open", "gauge", "HTTP connections open.");
+    x.sample("kvroute_http_connections_open", &[], http.open.load(Ordering::Relaxed));
+    x.family("kvroute_http_connections_accepted_total", "counter", "HTTP connections accepted.");
+    x.sample("kvroute_http_connections_accepted_total", &[], http.accepted.load(Ordering::Relaxed));
+    let name = "kvroute_http_connections_refused_total";
+    x.family(name, "counter", "HTTP connections closed at once: max_http_connections were open.");
+    x.sample(name, &[], http.refused.load(Ordering::Relaxed));
 
     x.family("kvroute_active_requests", "gauge", "Requests routed and not yet finished or expired.");
     x.sample("kvroute_active_requests", &[], router.active_requests());

@@ -47,6 +47,7 @@ pub mod error;
 pub mod expiry;
 pub mod exposition;
 pub mod http;
+pub mod http_server;
 pub mod ingest;
 pub mod json_body;
 pub mod logging;

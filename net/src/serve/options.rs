@@ -26,6 +26,8 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 << 20;
 pub const DEFAULT_MAX_PROMPT_TOKENS: u64 = 1 << 20;
 /// Default `output_tokens` limit: 256 Ki tokens (beyond every model's context).
 pub const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 1 << 18;
+use super::http_server::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_HTTP_CONNECTIONS};
+
 /// Default cap on QUIC publisher connections: the ingest's own default.
 pub const DEFAULT_MAX_PUBLISHER_CONNECTIONS: u32 = crate::transport::ingest::DEFAULT_MAX_CONNECTIONS as u32;
 
@@ -105,6 +107,16 @@ pub struct ServeOptions {
     #[arg(long, value_name = "N")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_publisher_connections: Option<u32>,
+    /// Most HTTP connections open at once; one more is closed at once and counted
+    /// (kvroute_http_connections_refused_total) [default: 4096].
+    #[arg(long, value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_http_connections: Option<u32>,
+    /// Longest wait for an HTTP request's head; an HTTP keep-alive connection idle this
+    /// long is closed too [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_header_timeout: Option<HumanDuration>,
     /// File the index snapshot is written to (periodically and at shutdown) and restored
     /// from at start [default: none, no snapshots].
     #[arg(long, value_name = "FILE")]
@@ -278,6 +290,8 @@ impl ServeOptions {
             shutdown_grace: self.shutdown_grace.or(file.shutdown_grace),
             publisher_grace: self.publisher_grace.or(file.publisher_grace),
             max_publisher_connections: self.max_publisher_connections.or(file.max_publisher_connections),
+            max_http_connections: self.max_http_connections.or(file.max_http_connections),
+            http_header_timeout: self.http_header_timeout.or(file.http_header_timeout),
             snapshot_path: self.snapshot_path.or(file.snapshot_path),
             snapshot_interval: self.snapshot_interval.or(file.snapshot_interval),
             max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
@@ -310,6 +324,8 @@ impl ServeOptions {
             shutdown_grace: self.shutdown_grace.or(Some(HumanDuration::from_secs(30))),
             publisher_grace: self.publisher_grace.or(Some(HumanDuration::from_secs(30))),
             max_publisher_connections: self.max_publisher_connections.or(Some(DEFAULT_MAX_PUBLISHER_CONNECTIONS)),
+            max_http_connections: self.max_http_connections.or(Some(DEFAULT_MAX_HTTP_CONNECTIONS as u32)),
+            http_header_timeout: self.http_header_timeout.or(Some(HumanDuration(DEFAULT_HEADER_READ_TIMEOUT))),
             snapshot_interval: self.snapshot_interval.or(Some(HumanDuration::from_secs(60))),
             max_body_bytes: self.max_body_bytes.or(Some(DEFAULT_MAX_BODY_BYTES)),
             max_prompt_tokens: self.max_prompt_tokens.or(Some(DEFAULT_MAX_PROMPT_TOKENS)),

@@ -23,6 +23,8 @@ pub struct AppState {
     pub router: Arc<Router>,
     pub metrics: Arc<ServeMetrics>,
     pub limits: ApiLimits,
+    /// The HTTP server's connection counters.
+    pub http_connections: Arc<super::http_server::HttpConnectionMetrics>,
     shutting_down: Arc<AtomicBool>,
     ingest: Option<Arc<dyn IngestCounterSource>>,
     engine_ingest: Option<Arc<EngineIngest>>,
@@ -36,6 +38,7 @@ impl AppState {
             router,
             metrics: Arc::new(ServeMetrics::default()),
             limits,
+            http_connections: Arc::default(),
             shutting_down: Arc::new(AtomicBool::new(false)),
             ingest: None,
             engine_ingest: None,
