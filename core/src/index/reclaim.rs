@@ -240,12 +240,16 @@ mod scheme {
         pub(crate) fn flush(&self) {
             self.inner.flush();
         }
+
+        /// The seize scheme's size hint; crossbeam collects every 128th pin anyway.
+        pub(crate) fn note_retired_bytes(&self, _bytes: usize) {}
     }
 }
 
 #[cfg(not(feature = "crossbeam"))]
 mod scheme {
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
+    use std::sync::atomic::AtomicUsize;
 
     use std::collections::VecDeque;
     use std::sync::Mutex;
@@ -313,6 +317,8 @@ mod scheme {
         collector: seize::Collector,
         graveyard: Box<Graveyard<Garbage>>,
         backlog: Mutex<VecDeque<Taken<Garbage>>>,
+        /// Bytes (as hinted by writers) retired into seize's current batch.
+        pending_bytes: AtomicUsize,
     }
 
     /// A pinned section. A writer's guard also gathers what it retires and hands it to
@@ -322,7 +328,9 @@ mod scheme {
         inner: seize::LocalGuard<'a>,
         graveyard: &'a Graveyard<Garbage>,
         backlog: &'a Mutex<VecDeque<Taken<Garbage>>>,
+        pending_bytes: &'a AtomicUsize,
         retired: RefCell<Vec<Retired>>,
+        retired_bytes: Cell<usize>,
     }
 
     /// Graves (each one writer guard's garbage) a writer guard drops when it ends.
@@ -344,12 +352,21 @@ mod scheme {
     /// MB at most) waiting per batch.
     const BATCH: usize = 4096;
 
+    /// Retired bytes that end seize's batch early. A batch counts writer guards, not bytes:
+    /// a guard that retires a node of a long prompt (a 1 M-token approximate-mode record
+    /// holds 512 KiB of hashes in one run) would otherwise let 4096 of them, gigabytes,
+    /// wait for the batch to fill. Past this many bytes the batch is retired at once, so
+    /// the garbage waiting stays about this size; ordinary events, whose nodes are a few
+    /// hundred bytes, fill the batch long before.
+    const FLUSH_BYTES: usize = 16 << 20;
+
     impl Default for Domain {
         fn default() -> Self {
             Domain {
                 collector: seize::Collector::new().batch_size(BATCH),
                 graveyard: Box::default(),
                 backlog: Mutex::new(VecDeque::new()),
+                pending_bytes: AtomicUsize::new(0),
             }
         }
     }
@@ -360,7 +377,9 @@ mod scheme {
                 inner: self.collector.enter(),
                 graveyard: &self.graveyard,
                 backlog: &self.backlog,
+                pending_bytes: &self.pending_bytes,
                 retired: RefCell::new(Vec::new()),
+                retired_bytes: Cell::new(0),
             }
         }
     }
@@ -383,6 +402,12 @@ mod scheme {
         /// As for the crossbeam scheme: `free(ptr)` sound once, after the grace period.
         pub(crate) unsafe fn retire_with(&self, ptr: *mut (), free: unsafe fn(*mut ())) {
             self.retired.borrow_mut().push(Retired { ptr, drop: free });
+        }
+
+        /// Says how much memory the values retired by this guard hold beyond their own box
+        /// (a node's run of hashes): a hint for [`FLUSH_BYTES`], never needed for safety.
+        pub(crate) fn note_retired_bytes(&self, bytes: usize) {
+            self.retired_bytes.set(self.retired_bytes.get().saturating_add(bytes));
         }
 
         /// Hands what this guard retired so far to seize as one value.
@@ -437,6 +462,14 @@ mod scheme {
                 return;
             }
             self.seal();
+            // Relaxed by design: a size heuristic; writers are serialised by the index's
+            // writer lock in practice, and a lost update only delays one early retirement.
+            let bytes = self.retired_bytes.take();
+            if bytes > 0 && self.pending_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes >= FLUSH_BYTES {
+                self.pending_bytes.store(0, Ordering::Relaxed);
+                // Retires seize's partial batch now (one process-wide barrier).
+                self.inner.flush();
+            }
             // Only writers retire, so only writers get here: free some of what readers
             // and earlier writers buried.
             self.free_some();
@@ -467,6 +500,21 @@ mod tests {
         let guard = domain.pin();
         // SAFETY: a fresh box, reachable from nowhere, retired once.
         unsafe { guard.retire(Box::into_raw(Box::new(Counted(dropped.clone())))) };
+    }
+
+    #[test]
+    fn big_garbage_ends_the_batch_early() {
+        // Each write says it retired 4 MiB: the batch (4096 writes) must not wait to fill.
+        let domain = Domain::default();
+        let dropped = Arc::new(AtomicUsize::new(0));
+        for _ in 0..12 {
+            let guard = domain.pin();
+            // SAFETY: a fresh box, reachable from nowhere, retired once.
+            unsafe { guard.retire(Box::into_raw(Box::new(Counted(dropped.clone())))) };
+            guard.note_retired_bytes(4 << 20);
+        }
+        // 16 MiB pending after the 4th write retires the batch; later writes free it.
+        assert!(dropped.load(Ordering::SeqCst) >= 4, "{} dropped", dropped.load(Ordering::SeqCst));
     }
 
     #[test]

@@ -346,6 +346,7 @@ impl WriterState {
                 }
                 guard.retire(n.shape.load(Ordering::Relaxed));
                 guard.retire(node.0);
+                guard.note_retired_bytes(s.len as usize * std::mem::size_of::<crate::ids::BlockHash>());
             }
             node = parent;
         }
