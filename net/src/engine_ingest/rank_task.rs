@@ -5,7 +5,8 @@
 //! ```text
 //! loop select:
 //!   subscriber: Connected (first)  -> stream.start()         (a late joiner replays from 0)
-//!               Message(frames)    -> stream.on_live(frames)
+//!               Message(frames)    -> stream.queue_live(frames), for every message queued
+//!                                     (up to LIVE_BATCH), then one stream.flush()
 //!   replay:     Message(frames)    -> stream.on_replay_reply(id, frames)
 //!               End                -> stream.on_replay_end(id)
 //!               error / timeout    -> stream.on_replay_failed(id)
@@ -139,7 +140,7 @@ impl RankTask {
                 SubscriberEvent::Connected if !*started => {
                     *started = true;
                     tracing::info!(rank = %name, "engine KV events connected");
-                    stream.flush(sink);
+                    // Applies what is queued first: `start` flushes before it returns.
                     stream.start(sink)
                 }
                 SubscriberEvent::Connected => {
