@@ -14,13 +14,15 @@
 //!   common-rate trials;
 //! - [`report`]: the JSON record and the table;
 //! - [`memory`]: the counting allocator the `replay` binary wraps around mimalloc;
-//! - [`synthetic_chain`]: stored chains for the criterion benches.
+//! - [`synthetic_chain`]: stored chains for the criterion benches;
+//! - [`quic_flood`]: half-open QUIC handshakes, for the router's hardening checks.
 //!
 //! The `replay` binary (`src/bin/replay.rs`) is the command-line front end.
 
 pub mod backend;
 pub mod backends;
 pub mod memory;
+pub mod quic_flood;
 pub mod replay;
 pub mod report;
 pub mod schedule;

@@ -153,11 +153,14 @@ fn invalid_field(flags: &[&str]) -> (String, String) {
 
 #[test]
 fn guard_options_from_flags_and_file() {
-    // Defaults: an open API, 1024 publisher connections.
+    // Defaults: an open API, 1024 publisher connections, 64 handshakes apart from them.
     let config = ServeConfig::load(&parse_flags(&["--insecure-loopback"])).expect("valid");
     assert!(config.http_token.is_none());
-    assert_eq!(config.max_publisher_connections, 1024);
+    assert_eq!((config.max_publisher_connections, config.max_publisher_handshakes), (1024, 64));
     assert_eq!(config.effective.max_publisher_connections, Some(1024), "--print-config shows the default");
+    assert_eq!(config.effective.max_publisher_handshakes, Some(64));
+    let (field, _) = invalid_field(&["--insecure-loopback", "--max-publisher-handshakes", "0"]);
+    assert_eq!(field, "max_publisher_handshakes");
 
     let token_file = temp_file(&format!("\n  {TOKEN}  \n"));
     let path = token_file.path().to_str().expect("utf-8 path");

@@ -9,7 +9,8 @@
 //! of deltas dropped and 1% duplicated; a router falling behind its queue (cut, resume);
 //! two routers agreeing; a certificate for worker 7
 //! publishing for worker 8; a client without a certificate; random bytes on one stream;
-//! the grace period (removed past it, kept within it); a router killed and restarted from
+//! the grace period (removed past it, kept within it); a flood of half-open handshakes
+//! while a real publisher connects; a router killed and restarted from
 //! its snapshot file (written and read as `kvroute serve` does: a new `Router`), within
 //! the ring (resume) and beyond it (dump), and from a corrupt file (ignored, dumps).
 //! Tests wait for conditions (with a generous limit), never for fixed times.
@@ -592,4 +593,51 @@ async fn a_publisher_shuts_down_at_once_while_its_router_does_not_answer() {
     assert!(took < Duration::from_millis(1500), "shutdown took {took:?} with a handshake in flight");
     assert_eq!(p0.metrics().connects, 0, "nothing answered, so nothing connected");
     drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_half_open_handshakes_does_not_lock_out_a_publisher() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const MAX_HANDSHAKES: usize = 8;
+    let certs = Certs::new("0");
+    let index = router(&[0]);
+    let mut config = ingest_config(certs.router());
+    config.max_handshakes = MAX_HANDSHAKES;
+    let ingest = start_router(config, index.clone());
+    let target = ingest.local_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let mut flood = kvroute_bench::quic_flood::HalfOpenFlood::new(target).expect("flood socket");
+            while !stop.load(Ordering::Relaxed) {
+                flood.send_attempt().expect("send");
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            flood.attempts()
+        }
+    });
+    // Past half of the handshake slots, unvalidated attempts get a Retry (and the flood
+    // never answers it), so the slots stay free for a client that does.
+    wait_until("the flood is sent Retry packets", || ingest.metrics().snapshot().handshakes_retried >= 200).await;
+    let in_flight = ingest.metrics().snapshot().handshakes_in_flight;
+    assert!(in_flight <= MAX_HANDSHAKES as u64, "{in_flight} handshakes in flight");
+    let p0 = start_publisher(publisher_config(0, certs.publisher(0), &[&ingest]));
+    let expected = ReferenceSink::default();
+    let mut e0 = Engine::new(0);
+    for i in 0..50 {
+        e0.serve(i, &p0, Some(&expected));
+    }
+    converge(&ingest, &[&p0]).await;
+    assert_same_lookups(&index, &expected);
+    stop.store(true, Ordering::Relaxed);
+    let attempts = flood.join().expect("flood thread");
+    let m = ingest.metrics().snapshot();
+    assert_eq!((m.connections_total, m.connections_open, m.connections_refused), (1, 1, 0), "{m:?}");
+    // Unvalidated attempts hold at most half the slots, so none was ever refused; the
+    // ones that held a slot timed out (failed) or are still timing out.
+    assert_eq!(m.handshakes_refused, 0, "{m:?}");
+    assert!(m.handshakes_failed + m.handshakes_retried <= attempts, "{m:?} after {attempts} attempts");
+    p0.shutdown().await;
+    ingest.shutdown().await;
 }

@@ -156,4 +156,6 @@ impl GoodbyeCode {
     pub const SEQUENCE_GAP: GoodbyeCode = GoodbyeCode(4);
     /// The sender hit an internal error.
     pub const INTERNAL: GoodbyeCode = GoodbyeCode(5);
+    /// The router holds as many connections as it takes: try again later.
+    pub const BUSY: GoodbyeCode = GoodbyeCode(6);
 }

@@ -21,7 +21,10 @@ use kvroute_core::hashing::HashScheme;
 use kvroute_core::route::{CostWeights, Router, RouterConfig, WorkerSpec};
 
 use super::auth::BearerToken;
-use super::options::{HashSchemeName, LogFormat, ServeArgs, ServeOptions, DEFAULT_MAX_PUBLISHER_CONNECTIONS};
+use super::options::{
+    HashSchemeName, LogFormat, ServeArgs, ServeOptions, DEFAULT_MAX_PUBLISHER_CONNECTIONS,
+    DEFAULT_MAX_PUBLISHER_HANDSHAKES,
+};
 use crate::engine_ingest::EngineSource;
 use crate::tls::insecure::is_loopback;
 use crate::tls::TlsFiles;
@@ -124,8 +127,10 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// How long a disconnected publisher's ranks stay before removal.
     pub publisher_grace: Duration,
-    /// Most QUIC publisher connections held at once (handshakes included).
+    /// Most QUIC publisher connections established at once.
     pub max_publisher_connections: usize,
+    /// Most QUIC/TLS handshakes in progress at once.
+    pub max_publisher_handshakes: usize,
     /// The HTTP server's connection cap and header-read timeout.
     pub http_server: super::http_server::HttpServerLimits,
     /// `None`: no snapshots.
@@ -169,12 +174,14 @@ impl ServeConfig {
             None => None,
         };
         let tls = resolve_tls(o, ingest_listen)?;
-        let max_publisher_connections = o.max_publisher_connections.unwrap_or(DEFAULT_MAX_PUBLISHER_CONNECTIONS);
-        if max_publisher_connections == 0 {
-            return Err(ConfigError::invalid("max_publisher_connections", "must be at least 1"));
-        }
-        let max_publisher_connections = usize::try_from(max_publisher_connections)
-            .map_err(|_| ConfigError::invalid("max_publisher_connections", "too large for this platform"))?;
+        let max_publisher_connections = resolve_count(
+            "max_publisher_connections",
+            o.max_publisher_connections.unwrap_or(DEFAULT_MAX_PUBLISHER_CONNECTIONS),
+        )?;
+        let max_publisher_handshakes = resolve_count(
+            "max_publisher_handshakes",
+            o.max_publisher_handshakes.unwrap_or(DEFAULT_MAX_PUBLISHER_HANDSHAKES),
+        )?;
         let http_server = resolve_http_server(o)?;
         let max_frame_len = o.max_frame_len.unwrap_or(kvroute_core::wire::DEFAULT_MAX_FRAME_LEN);
         if max_frame_len < MIN_FRAME_LEN {
@@ -203,6 +210,7 @@ impl ServeConfig {
             shutdown_grace: o.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
             publisher_grace: o.publisher_grace.map_or(Duration::from_secs(30), |d| d.0),
             max_publisher_connections,
+            max_publisher_handshakes,
             http_server,
             snapshot,
             snapshot_interval,
@@ -292,12 +300,18 @@ fn resolve_limits(o: &ServeOptions) -> Result<ApiLimits, ConfigError> {
     })
 }
 
+/// A count option that must be at least 1 (`field` names it in the error).
+fn resolve_count(field: &'static str, value: u32) -> Result<usize, ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::invalid(field, "must be at least 1"));
+    }
+    usize::try_from(value).map_err(|_| ConfigError::invalid(field, "too large for this platform"))
+}
+
 fn resolve_http_server(o: &ServeOptions) -> Result<super::http_server::HttpServerLimits, ConfigError> {
     let defaults = super::http_server::HttpServerLimits::default();
     let max_connections = match o.max_http_connections {
-        Some(0) => return Err(ConfigError::invalid("max_http_connections", "must be at least 1")),
-        Some(n) => usize::try_from(n)
-            .map_err(|_| ConfigError::invalid("max_http_connections", "too large for this platform"))?,
+        Some(n) => resolve_count("max_http_connections", n)?,
         None => defaults.max_connections,
     };
     let header_read_timeout = o.http_header_timeout.map_or(defaults.header_read_timeout, |d| d.0);

@@ -44,7 +44,8 @@ impl RunningIngest {
 }
 
 /// Starts the QUIC ingest on `config.ingest_listen` (TLS per `config.tls`, frames up to
-/// `config.max_frame_len`, at most `config.max_publisher_connections` connections),
+/// `config.max_frame_len`, at most `config.max_publisher_connections` connections and
+/// `config.max_publisher_handshakes` handshakes),
 /// applying events to `router`.
 /// `initial_cursors` (from a restored snapshot) make publishers resume instead of dump.
 pub async fn start_ingest(
@@ -56,6 +57,7 @@ pub async fn start_ingest(
     ingest.max_frame_len = config.max_frame_len;
     ingest.grace = config.publisher_grace;
     ingest.max_connections = config.max_publisher_connections;
+    ingest.max_handshakes = config.max_publisher_handshakes;
     ingest.initial_cursors = initial_cursors;
     let sink: Arc<dyn IngestSink> = router;
     let handle = IngestServer::start(ingest, sink).map_err(|error| ServeError::Ingest(Box::new(error)))?;
@@ -92,11 +94,15 @@ fn describe(name: &str) -> (MetricKind, &'static str) {
         "connections_open" => (Gauge, "Publisher connections open now."),
         "connections_total" => (Counter, "Publisher connections accepted since start."),
         "handshakes_failed" => (Counter, "QUIC/TLS handshakes that failed or timed out."),
-        "handshakes_in_flight" => (Gauge, "QUIC/TLS handshakes in progress now (each holds a connection slot)."),
-        "connections_refused" => (
+        "handshakes_in_flight" => (Gauge, "QUIC/TLS handshakes in progress now."),
+        "handshakes_retried" => (
             Counter,
-            "Publisher connections refused because max_publisher_connections were held (handshakes included).",
+            "Connection attempts from unvalidated addresses sent a QUIC Retry (half of max_publisher_handshakes busy).",
         ),
+        "handshakes_refused" => (Counter, "Connection attempts refused: max_publisher_handshakes in progress."),
+        "connections_refused" => {
+            (Counter, "Publisher connection attempts refused: max_publisher_connections were established.")
+        }
         "ranks_removed_after_grace" => {
             (Counter, "Ranks removed after their publisher stayed away past the grace period.")
         }

@@ -30,6 +30,8 @@ use super::http_server::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_HTTP_CONNECTIO
 
 /// Default cap on QUIC publisher connections: the ingest's own default.
 pub const DEFAULT_MAX_PUBLISHER_CONNECTIONS: u32 = crate::transport::ingest::DEFAULT_MAX_CONNECTIONS as u32;
+/// Default `max_publisher_handshakes`.
+pub const DEFAULT_MAX_PUBLISHER_HANDSHAKES: u32 = crate::transport::ingest::DEFAULT_MAX_HANDSHAKES as u32;
 
 /// `kvroute serve`: the routing daemon (HTTP/JSON API, QUIC KV event ingest, metrics).
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -101,12 +103,19 @@ pub struct ServeOptions {
     #[arg(long, value_name = "DURATION")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publisher_grace: Option<HumanDuration>,
-    /// Most QUIC publisher connections held at once, handshakes in progress included;
-    /// further connection attempts are refused (kvroute_ingest_connections_refused_total)
-    /// until one ends [default: 1024].
+    /// Most QUIC publisher connections established at once; further connection attempts
+    /// are refused (kvroute_ingest_connections_refused_total) until one ends [default: 1024].
     #[arg(long, value_name = "N")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_publisher_connections: Option<u32>,
+    /// Most QUIC/TLS handshakes in progress at once (each must finish within 3 s), apart
+    /// from established connections. Past half of them, attempts from unvalidated addresses
+    /// get a stateless QUIC Retry (kvroute_ingest_handshakes_retried_total); at the cap they
+    /// are refused (kvroute_ingest_handshakes_refused_total). A flood of half-open
+    /// handshakes so holds no more than this, and real publishers still get in [default: 64].
+    #[arg(long, value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_publisher_handshakes: Option<u32>,
     /// Most HTTP connections open at once; one more is closed at once and counted
     /// (kvroute_http_connections_refused_total) [default: 4096].
     #[arg(long, value_name = "N")]
@@ -290,6 +299,7 @@ impl ServeOptions {
             shutdown_grace: self.shutdown_grace.or(file.shutdown_grace),
             publisher_grace: self.publisher_grace.or(file.publisher_grace),
             max_publisher_connections: self.max_publisher_connections.or(file.max_publisher_connections),
+            max_publisher_handshakes: self.max_publisher_handshakes.or(file.max_publisher_handshakes),
             max_http_connections: self.max_http_connections.or(file.max_http_connections),
             http_header_timeout: self.http_header_timeout.or(file.http_header_timeout),
             snapshot_path: self.snapshot_path.or(file.snapshot_path),
@@ -324,6 +334,7 @@ impl ServeOptions {
             shutdown_grace: self.shutdown_grace.or(Some(HumanDuration::from_secs(30))),
             publisher_grace: self.publisher_grace.or(Some(HumanDuration::from_secs(30))),
             max_publisher_connections: self.max_publisher_connections.or(Some(DEFAULT_MAX_PUBLISHER_CONNECTIONS)),
+            max_publisher_handshakes: self.max_publisher_handshakes.or(Some(DEFAULT_MAX_PUBLISHER_HANDSHAKES)),
             max_http_connections: self.max_http_connections.or(Some(DEFAULT_MAX_HTTP_CONNECTIONS as u32)),
             http_header_timeout: self.http_header_timeout.or(Some(HumanDuration(DEFAULT_HEADER_READ_TIMEOUT))),
             snapshot_interval: self.snapshot_interval.or(Some(HumanDuration::from_secs(60))),

@@ -61,10 +61,15 @@ ingest_metrics! {
     /// Handshakes that failed (no or bad client certificate, wrong ALPN, ...) or did not
     /// complete within the handshake timeout.
     handshakes_failed,
-    /// Handshakes in progress now (each holds one of the `max_connections` slots).
+    /// Handshakes in progress now (each holds one of the `max_handshakes` slots).
     handshakes_in_flight,
-    /// Incoming connections refused because `max_connections` were held (handshakes in
-    /// progress included).
+    /// Connection attempts from unvalidated addresses answered with a stateless Retry
+    /// (past half of `max_handshakes` in progress).
+    handshakes_retried,
+    /// Connection attempts refused because `max_handshakes` were in progress.
+    handshakes_refused,
+    /// Connection attempts refused because `max_connections` were established (at once,
+    /// or, when the last slot went during the handshake, closed right after it).
     connections_refused,
     /// Ranks whose publisher stayed away past the grace period, removed from the sink.
     ranks_removed_after_grace,

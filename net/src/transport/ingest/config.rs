@@ -12,6 +12,8 @@ use crate::transport::error::TransportError;
 
 /// Default of [`IngestConfig::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default of [`IngestConfig::max_handshakes`].
+pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
 
 /// Where the router stands in one rank's stream: every event up to `applied_seq` of the
 /// publisher incarnation `incarnation` is in the index. Saved with a snapshot of the index
@@ -42,15 +44,20 @@ pub struct IngestConfig {
     pub max_ranks_per_connection: usize,
     /// A new connection must send its `Hello` within this time. Default 5 s.
     pub hello_timeout: Duration,
-    /// Most publisher connections held at once, handshakes in progress included: an
-    /// incoming connection beyond it is refused at once (QUIC `CONNECTION_REFUSED`,
-    /// counted in `connections_refused`); the connections already held are unaffected,
-    /// and a slot frees when one of them ends. Default 1024.
+    /// Most established publisher connections held at once: a connection that completes
+    /// its handshake beyond it is closed at once (counted in `connections_refused`); the
+    /// connections already held are unaffected, and a slot frees when one of them ends.
+    /// Handshakes in progress do not count here (see `max_handshakes`). Default 1024.
     pub max_connections: usize,
+    /// Most QUIC/TLS handshakes in progress at once, apart from `max_connections`. Past
+    /// half of it, a connection attempt from an address QUIC has not validated gets a
+    /// stateless Retry (counted in `handshakes_retried`): a real client answers it at once,
+    /// a flood of spoofed or fire-and-forget Initial packets holds nothing. At the cap,
+    /// attempts are refused (counted in `handshakes_refused`). Default 64.
+    pub max_handshakes: usize,
     /// A connection must complete its QUIC/TLS handshake within this time, or it is
-    /// dropped (counted in `handshakes_failed`) and its slot freed. quinn's idle timeout
-    /// alone would let a peer that keeps sending handshake packets hold a slot forever.
-    /// Default 10 s.
+    /// dropped (counted in `handshakes_failed`) and its handshake slot freed: well under
+    /// the idle timeout, so half-open handshakes turn over fast. Default 3 s.
     pub handshake_timeout: Duration,
     /// Pacing of a rank's resubscriptions after a stream failed without progress
     /// (a gap after progress resubscribes at once). Default 10 ms doubling to 1 s.
@@ -72,7 +79,8 @@ impl IngestConfig {
             max_ranks_per_connection: 4096,
             hello_timeout: Duration::from_secs(5),
             max_connections: DEFAULT_MAX_CONNECTIONS,
-            handshake_timeout: Duration::from_secs(10),
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            handshake_timeout: Duration::from_secs(3),
             resubscribe: Backoff { initial: Duration::from_millis(10), max: Duration::from_secs(1) },
             quic: QuicTuning::default(),
             initial_cursors: Vec::new(),
@@ -90,19 +98,22 @@ impl IngestConfig {
         if self.max_ranks_per_connection == 0
             || self.hello_timeout.is_zero()
             || self.max_connections == 0
+            || self.max_handshakes == 0
             || self.handshake_timeout.is_zero()
         {
             return Err(TransportError::InvalidConfig(
-                "max_ranks_per_connection, hello_timeout, max_connections and handshake_timeout must be above zero"
+                "max_ranks_per_connection, hello_timeout, max_connections, max_handshakes and handshake_timeout \
+                 must be above zero"
                     .into(),
             ));
         }
-        if self.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
-            return Err(TransportError::InvalidConfig(format!(
-                "max_connections {} is above the maximum of {}",
-                self.max_connections,
-                tokio::sync::Semaphore::MAX_PERMITS
-            )));
+        for (name, value) in [("max_connections", self.max_connections), ("max_handshakes", self.max_handshakes)] {
+            if value > tokio::sync::Semaphore::MAX_PERMITS {
+                return Err(TransportError::InvalidConfig(format!(
+                    "{name} {value} is above the maximum of {}",
+                    tokio::sync::Semaphore::MAX_PERMITS
+                )));
+            }
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! One publisher connection on the router: the handshake (within `handshake_timeout`,
-//! holding its `max_connections` slot from the start), its worker grant, the `Hello` on
+//! holding a `max_handshakes` slot), then a `max_connections` slot (none free: closed at
+//! once), its worker grant, the `Hello` on
 //! the first unidirectional stream, one [`RankTask`] per authorised rank, the rest of the
 //! control stream (a `Goodbye` closes the connection), and any further unidirectional
 //! stream, which has no place in the protocol: it is read up to its first frame or error,
@@ -44,15 +45,16 @@ impl Drop for GaugeGuard<'_> {
     }
 }
 
-/// Serves one incoming connection to its end. `_slot` is its place under
-/// `max_connections`, given back when this returns.
-pub(crate) async fn serve(server: Arc<ServerContext>, incoming: quinn::Incoming, _slot: OwnedSemaphorePermit) {
+/// Serves one incoming connection to its end. `handshake_slot` is its place under
+/// `max_handshakes`, given back once the handshake is over.
+pub(crate) async fn serve(server: Arc<ServerContext>, incoming: quinn::Incoming, handshake_slot: OwnedSemaphorePermit) {
     let peer = incoming.remote_address();
     let handshake = {
         let _in_flight = GaugeGuard::new(&server.metrics.handshakes_in_flight);
         // On timeout the dropped future closes the half-made connection.
         tokio::time::timeout(server.config.handshake_timeout, incoming.into_future()).await
     };
+    drop(handshake_slot);
     let conn = match handshake {
         Ok(Ok(conn)) => conn,
         Ok(Err(error)) => {
@@ -77,6 +79,12 @@ pub(crate) async fn serve(server: Arc<ServerContext>, incoming: quinn::Incoming,
                 return;
             }
         },
+    };
+    let Ok(_slot) = Arc::clone(&server.connection_slots).try_acquire_owned() else {
+        bump(&server.metrics.connections_refused);
+        server.note_refusal(peer, "max_connections", server.config.max_connections);
+        conn.close(close_code(GoodbyeCode::BUSY), b"max_connections reached");
+        return;
     };
     bump(&server.metrics.connections_total);
     let _open = GaugeGuard::new(&server.metrics.connections_open);

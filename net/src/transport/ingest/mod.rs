@@ -2,10 +2,14 @@
 //! ranks' events into an [`IngestSink`] (the router's index).
 //!
 //! Shape: [`IngestServer::start`] binds a quinn endpoint and spawns an accept loop on the
-//! current tokio runtime, which refuses connections beyond
-//! [`IngestConfig::max_connections`] (handshakes in progress included; counted in
-//! `connections_refused`). Each accepted connection is served by one task (`connection`)
-//! which completes the handshake within [`IngestConfig::handshake_timeout`], reads the
+//! current tokio runtime. Handshakes and established connections have separate bounds, so
+//! a flood of connection attempts cannot lock out real publishers: at most
+//! [`IngestConfig::max_handshakes`] handshakes run at once (past half of them an
+//! unvalidated address gets a stateless QUIC Retry, at the cap attempts are refused), and
+//! at most [`IngestConfig::max_connections`] connections are held once established (one
+//! more is closed; counted in `connections_refused`). Each accepted connection is served
+//! by one task (`connection`) which completes the handshake within
+//! [`IngestConfig::handshake_timeout`], reads the
 //! publisher's `Hello`, claims its authorised ranks in the `registry` and spawns one task
 //! per rank (`rank_stream`) that subscribes and hands each frame to core's sans-IO
 //! `RankSession` (through the rank's slot, `session`). Events of one rank are applied in order by its one task; a
@@ -30,7 +34,7 @@ use kvroute_core::RankKey;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
-pub use config::{IngestConfig, RankCursorState, DEFAULT_MAX_CONNECTIONS};
+pub use config::{IngestConfig, RankCursorState, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HANDSHAKES};
 use registry::Registry;
 
 use super::error::TransportError;
@@ -51,12 +55,21 @@ pub(crate) struct ServerContext {
     pub(crate) registry: Registry,
     /// `true` once shutting down.
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Established connections: `config.max_connections` permits.
+    pub(crate) connection_slots: Arc<Semaphore>,
+    /// Refusals of either bound, logged at a bounded rate.
+    pub(crate) refusals: std::sync::Mutex<RefusalLog>,
     next_conn: AtomicU64,
 }
 
 impl ServerContext {
     pub(crate) fn next_conn_id(&self) -> registry::ConnId {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts nothing; logs one refusal through the rate-limited log.
+    pub(crate) fn note_refusal(&self, peer: SocketAddr, bound: &'static str, limit: usize) {
+        self.refusals.lock().unwrap_or_else(std::sync::PoisonError::into_inner).note(peer, bound, limit);
     }
 
     /// Starts the grace timer of released ranks: after `config.grace`, each one still
@@ -99,6 +112,8 @@ impl IngestServer {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let server = Arc::new(ServerContext {
             registry: Registry::with_cursors(&config.initial_cursors),
+            connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+            refusals: std::sync::Mutex::new(RefusalLog::default()),
             config,
             sink,
             metrics: Arc::new(IngestMetrics::default()),
@@ -114,27 +129,48 @@ impl IngestServer {
     }
 }
 
-/// Accepts connections while fewer than `config.max_connections` are held (handshakes in
-/// progress included), refusing the others at once; each accepted one holds a slot until
-/// its task ends.
+/// Takes each connection attempt: refused at once while `config.max_connections` are
+/// established; else a handshake slot (of `config.max_handshakes`) for it, a Retry first
+/// when half the slots are busy and its address is unvalidated, a refusal when none is
+/// free. The established connection's own slot is taken by its task.
 async fn accept_loop(server: Arc<ServerContext>, endpoint: quinn::Endpoint) {
     let mut connections = JoinSet::new();
     let mut shutdown = server.shutdown.clone();
-    let slots = Arc::new(Semaphore::new(server.config.max_connections));
-    let mut refusals = RefusalLog::default();
+    let max_handshakes = server.config.max_handshakes;
+    let handshake_slots = Arc::new(Semaphore::new(max_handshakes));
     loop {
         tokio::select! {
             incoming = endpoint.accept() => match incoming {
-                Some(incoming) => match Arc::clone(&slots).try_acquire_owned() {
-                    Ok(slot) => {
-                        connections.spawn(connection::serve(server.clone(), incoming, slot));
-                    }
-                    Err(_) => {
+                Some(incoming) => {
+                    if server.connection_slots.available_permits() == 0 {
+                        // Checked again once the handshake is done (`connection::serve`);
+                        // refusing here spares a handshake that could only be closed.
                         bump(&server.metrics.connections_refused);
-                        refusals.note(incoming.remote_address(), server.config.max_connections);
+                        server.note_refusal(incoming.remote_address(), "max_connections", server.config.max_connections);
                         incoming.refuse();
+                        continue;
                     }
-                },
+                    let in_progress = max_handshakes - handshake_slots.available_permits();
+                    if in_progress >= retry_threshold(max_handshakes) && incoming.may_retry() {
+                        // Stateless: nothing is held until the client comes back with the
+                        // token, which proves it receives at its address.
+                        bump(&server.metrics.handshakes_retried);
+                        if let Err(error) = incoming.retry() {
+                            error.into_incoming().ignore();
+                        }
+                        continue;
+                    }
+                    match Arc::clone(&handshake_slots).try_acquire_owned() {
+                        Ok(slot) => {
+                            connections.spawn(connection::serve(server.clone(), incoming, slot));
+                        }
+                        Err(_) => {
+                            bump(&server.metrics.handshakes_refused);
+                            server.note_refusal(incoming.remote_address(), "max_handshakes", max_handshakes);
+                            incoming.refuse();
+                        }
+                    }
+                }
                 None => break,
             },
             _ = shutdown.wait_for(|down| *down) => break,
@@ -145,30 +181,32 @@ async fn accept_loop(server: Arc<ServerContext>, endpoint: quinn::Endpoint) {
     let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, async { while connections.join_next().await.is_some() {} }).await;
 }
 
+/// Handshakes in progress from which an unvalidated address is sent a Retry: half the cap
+/// (at least one), so that validated clients always find free slots during a flood.
+fn retry_threshold(max_handshakes: usize) -> usize {
+    (max_handshakes / 2).max(1)
+}
+
 /// Logs refused connections at warn level at most once per [`REFUSAL_LOG_INTERVAL`] (with
 /// how many were refused since), so that a flood of connection attempts does not flood
 /// the log too; the others at debug level.
 #[derive(Default)]
-struct RefusalLog {
+pub(crate) struct RefusalLog {
     last_warning: Option<Instant>,
     refused_since: u64,
 }
 
 impl RefusalLog {
-    fn note(&mut self, peer: SocketAddr, max_connections: usize) {
+    /// Notes one refusal of `peer` because the bound `limit` (named `bound`) was reached.
+    pub(crate) fn note(&mut self, peer: SocketAddr, bound: &'static str, limit: usize) {
         self.refused_since += 1;
         let now = Instant::now();
         if self.last_warning.is_none_or(|last| now.duration_since(last) >= REFUSAL_LOG_INTERVAL) {
-            tracing::warn!(
-                %peer,
-                max_connections,
-                refused = self.refused_since,
-                "max_connections reached: refusing publisher connections"
-            );
+            tracing::warn!(%peer, bound, limit, refused = self.refused_since, "publisher connection limit reached: refusing");
             self.last_warning = Some(now);
             self.refused_since = 0;
         } else {
-            tracing::debug!(%peer, max_connections, "connection refused: max_connections reached");
+            tracing::debug!(%peer, bound, limit, "publisher connection refused: limit reached");
         }
     }
 }
