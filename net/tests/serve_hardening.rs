@@ -394,3 +394,36 @@ async fn http_connections_are_capped_and_idle_or_slow_ones_closed() {
     server.await.unwrap().unwrap();
     assert_eq!(metrics.open.load(Ordering::Relaxed), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_body_is_answered_408_and_counted() {
+    use kvroute_net::serve::http_server::{self, HttpServerLimits};
+    use kvroute_net::serve::ApiLimits;
+    use std::sync::atomic::Ordering;
+    use tokio::io::AsyncWriteExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app_state = state_with(ApiLimits { request_timeout: Duration::from_millis(300), ..ApiLimits::default() });
+    let metrics = app_state.http_connections.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let app = http::app(app_state.clone());
+    let server = tokio::spawn(http_server::serve(listener, app, HttpServerLimits::default(), metrics.clone(), stop_rx));
+
+    // The head arrives at once, the body never completes.
+    let started = Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"POST /v1/route HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"tok")
+        .await
+        .unwrap();
+    let reply = String::from_utf8(read_until_closed(&mut slow).await).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300), "not before the timeout");
+    assert_eq!(metrics.timed_out.load(Ordering::Relaxed), 1);
+    // A whole request in time is answered as usual, and /metrics shows the count.
+    let (status, body) = http_over_socket(addr, "GET", "/metrics", None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(sample(&body, "kvroute_http_requests_timed_out_total"), 1.0);
+    stop_tx.send(true).unwrap();
+    server.await.unwrap().unwrap();
+}

@@ -85,6 +85,8 @@ pub struct ApiLimits {
     pub max_prompt_tokens: usize,
     /// Largest `output_tokens` of a route.
     pub max_output_tokens: u32,
+    /// Longest time from a request's head to its answer (body upload included).
+    pub request_timeout: Duration,
 }
 
 impl Default for ApiLimits {
@@ -93,6 +95,7 @@ impl Default for ApiLimits {
             max_body_bytes: super::options::DEFAULT_MAX_BODY_BYTES as usize,
             max_prompt_tokens: super::options::DEFAULT_MAX_PROMPT_TOKENS as usize,
             max_output_tokens: super::options::DEFAULT_MAX_OUTPUT_TOKENS as u32,
+            request_timeout: super::options::DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -292,11 +295,16 @@ fn resolve_limits(o: &ServeOptions) -> Result<ApiLimits, ConfigError> {
     let max_output_tokens = o.max_output_tokens.unwrap_or(u64::from(defaults.max_output_tokens));
     let max_output_tokens = u32::try_from(max_output_tokens)
         .map_err(|_| ConfigError::invalid("max_output_tokens", format!("must be at most {}", u32::MAX)))?;
+    let request_timeout = o.http_request_timeout.map_or(defaults.request_timeout, |d| d.0);
+    if request_timeout.is_zero() {
+        return Err(ConfigError::invalid("http_request_timeout", "must be above 0"));
+    }
     let too_large = |field: &str| ConfigError::invalid(field, "too large for this platform");
     Ok(ApiLimits {
         max_body_bytes: usize::try_from(max_body_bytes).map_err(|_| too_large("max_body_bytes"))?,
         max_prompt_tokens: usize::try_from(max_prompt_tokens).map_err(|_| too_large("max_prompt_tokens"))?,
         max_output_tokens,
+        request_timeout,
     })
 }
 

@@ -142,6 +142,9 @@ pub fn render(state: &AppState) -> String {
     let name = "kvroute_http_connections_refused_total";
     x.family(name, "counter", "HTTP connections closed at once: max_http_connections were open.");
     x.sample(name, &[], http.refused.load(Ordering::Relaxed));
+    let name = "kvroute_http_requests_timed_out_total";
+    x.family(name, "counter", "HTTP requests answered 408: not done within http_request_timeout (a slow body).");
+    x.sample(name, &[], http.timed_out.load(Ordering::Relaxed));
 
     x.family("kvroute_active_requests", "gauge", "Requests routed and not yet finished or expired.");
     x.sample("kvroute_active_requests", &[], router.active_requests());

@@ -1,5 +1,7 @@
 //! The HTTP/JSON API as an axum [`Router`](axum::Router): [`app`] wires every endpoint to
-//! its handler over an [`AppState`], with a request body limit, JSON 404/405 answers,
+//! its handler over an [`AppState`], with a request body limit, a request deadline
+//! (tower-http's timeout: 408 for a request, slow body included, not answered within
+//! `limits.request_timeout`; counted), JSON 404/405 answers,
 //! `/healthz` and `/metrics`, and, when the state has a token, the bearer-token check
 //! ([`auth::require_bearer`]) in front of everything but `GET /healthz`.
 //!
@@ -17,8 +19,12 @@
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use std::sync::atomic::Ordering;
+
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+
+use tower_http::timeout::TimeoutLayer;
 
 use super::api_error::{ApiError, ErrorKind};
 use super::state::AppState;
@@ -44,7 +50,21 @@ pub fn app(state: AppState) -> axum::Router {
         Some(_) => router.layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_bearer)),
         None => router,
     };
-    router.layer(DefaultBodyLimit::max(body_limit)).with_state(state)
+    let request_timeout = state.limits.request_timeout;
+    router
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
+        .layer(axum::middleware::map_response_with_state(state.clone(), count_timeouts))
+        .with_state(state)
+}
+
+/// Counts the timeout layer's 408 answers.
+async fn count_timeouts(State(state): State<AppState>, response: Response) -> Response {
+    if response.status() == StatusCode::REQUEST_TIMEOUT {
+        state.http_connections.timed_out.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("HTTP request timed out (408)");
+    }
+    response
 }
 
 /// `GET /healthz`: 200 `ok`, or 503 `shutting down` once a shutdown signal arrived.

@@ -54,6 +54,8 @@ pub struct HttpConnectionMetrics {
     pub accepted: AtomicU64,
     pub refused: AtomicU64,
     pub open: AtomicU64,
+    /// Requests answered 408: not done within the request timeout (a slow body).
+    pub timed_out: AtomicU64,
 }
 
 /// Serves `app` on `listener` until `stop` turns true; see the module docs. Returns an

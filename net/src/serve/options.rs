@@ -26,6 +26,8 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 << 20;
 pub const DEFAULT_MAX_PROMPT_TOKENS: u64 = 1 << 20;
 /// Default `output_tokens` limit: 256 Ki tokens (beyond every model's context).
 pub const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 1 << 18;
+/// Default `http_request_timeout`.
+pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 use super::http_server::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_HTTP_CONNECTIONS};
 
 /// Default cap on QUIC publisher connections: the ingest's own default.
@@ -126,6 +128,12 @@ pub struct ServeOptions {
     #[arg(long, value_name = "DURATION")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_header_timeout: Option<HumanDuration>,
+    /// Longest time from a request's head to its answer, the body's upload included: a
+    /// slower request is answered 408 and its connection closed
+    /// (kvroute_http_requests_timed_out_total) [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_request_timeout: Option<HumanDuration>,
     /// File the index snapshot is written to (periodically and at shutdown) and restored
     /// from at start [default: none, no snapshots].
     #[arg(long, value_name = "FILE")]
@@ -302,6 +310,7 @@ impl ServeOptions {
             max_publisher_handshakes: self.max_publisher_handshakes.or(file.max_publisher_handshakes),
             max_http_connections: self.max_http_connections.or(file.max_http_connections),
             http_header_timeout: self.http_header_timeout.or(file.http_header_timeout),
+            http_request_timeout: self.http_request_timeout.or(file.http_request_timeout),
             snapshot_path: self.snapshot_path.or(file.snapshot_path),
             snapshot_interval: self.snapshot_interval.or(file.snapshot_interval),
             max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
@@ -337,6 +346,7 @@ impl ServeOptions {
             max_publisher_handshakes: self.max_publisher_handshakes.or(Some(DEFAULT_MAX_PUBLISHER_HANDSHAKES)),
             max_http_connections: self.max_http_connections.or(Some(DEFAULT_MAX_HTTP_CONNECTIONS as u32)),
             http_header_timeout: self.http_header_timeout.or(Some(HumanDuration(DEFAULT_HEADER_READ_TIMEOUT))),
+            http_request_timeout: self.http_request_timeout.or(Some(HumanDuration(DEFAULT_REQUEST_TIMEOUT))),
             snapshot_interval: self.snapshot_interval.or(Some(HumanDuration::from_secs(60))),
             max_body_bytes: self.max_body_bytes.or(Some(DEFAULT_MAX_BODY_BYTES)),
             max_prompt_tokens: self.max_prompt_tokens.or(Some(DEFAULT_MAX_PROMPT_TOKENS)),
