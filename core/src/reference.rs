@@ -168,4 +168,10 @@ impl ReferenceIndex {
     pub fn held_pairs(&self) -> usize {
         self.ranks.values().map(|m| m.copies.len()).sum()
     }
+
+    /// Number of (rank, engine hash) pairs held (two engine hashes of one position count
+    /// twice).
+    pub fn held_engine_blocks(&self) -> usize {
+        self.ranks.values().map(|m| m.blocks.len()).sum()
+    }
 }

@@ -64,17 +64,6 @@ async fn call(app: &axum::Router, method: Method, path: &str, auth: Option<&str>
     Reply { status, challenge, body: String::from_utf8(bytes.to_vec()).expect("utf-8 body") }
 }
 
-/// The value of one unlabelled or labelled sample in an exposition, by its full text
-/// before the value (`name{label="v"}`).
-fn sample(exposition: &str, series: &str) -> f64 {
-    exposition
-        .lines()
-        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no {series} in\n{exposition}"))
-        .parse()
-        .expect("sample value")
-}
-
 #[tokio::test]
 async fn with_a_token_every_endpoint_but_healthz_needs_it() {
     let app = http::app(state().with_http_token(token()));
@@ -413,9 +402,11 @@ async fn a_slow_body_is_answered_408_and_counted() {
     // The head arrives at once, the body never completes.
     let started = Instant::now();
     let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
-    slow.write_all(b"POST /v1/route HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"tok")
-        .await
-        .unwrap();
+    slow.write_all(
+        b"POST /v1/route HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"tok",
+    )
+    .await
+    .unwrap();
     let reply = String::from_utf8(read_until_closed(&mut slow).await).unwrap();
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply:?}");
     assert!(started.elapsed() >= Duration::from_millis(300), "not before the timeout");

@@ -240,8 +240,12 @@ async fn worker_registry_add_list_remove() {
 
 #[tokio::test]
 async fn bad_input_is_a_json_error_never_a_panic() {
-    let app =
-        http::app(state_with(ApiLimits { max_body_bytes: 4096, max_prompt_tokens: 100, max_output_tokens: 1000 }));
+    let app = http::app(state_with(ApiLimits {
+        max_body_bytes: 4096,
+        max_prompt_tokens: 100,
+        max_output_tokens: 1000,
+        ..ApiLimits::default()
+    }));
     register(&app, json!({"worker_id": 7, "dp_size": 2})).await;
 
     let cases: Vec<(&str, StatusCode, &str)> = vec![
@@ -529,9 +533,16 @@ async fn daemon_restarts_from_its_snapshot() {
     publish_prompt(&publisher, rank, &tokens, 1);
     let decision = route_until_overlap(addr, &tokens, 6).await;
     assert_eq!((&decision["dp_rank"], &decision["overlap_blocks"]), (&json!(1), &json!(6)), "{decision}");
+    let (_, metrics) = http_over_socket(addr, "GET", "/metrics", None, None).await;
+    assert_eq!(sample(&metrics, r#"kvroute_index_held_blocks{tier="device"}"#), 6.0, "{metrics}");
+    assert!(sample(&metrics, r#"kvroute_index_nodes{tier="device"}"#) >= 1.0);
+    assert_eq!(sample(&metrics, r#"kvroute_index_held_blocks{tier="host"}"#), 0.0);
+    assert_eq!(sample(&metrics, "kvroute_snapshot_age_seconds"), -1.0, "no snapshot yet");
+    assert_eq!(sample(&metrics, "kvroute_snapshot_bytes"), 0.0);
     publisher.shutdown().await;
     stop_daemon(stop, daemon, Duration::from_secs(20)).await;
     assert!(snapshot.exists(), "the final snapshot is written at shutdown");
+    let file_len = std::fs::metadata(&snapshot).expect("snapshot metadata").len();
 
     // A new daemon with no publisher: the index comes back from the file alone.
     let (addr, stop, daemon) = start_daemon(&toml).await;
@@ -540,6 +551,12 @@ async fn daemon_restarts_from_its_snapshot() {
     let (_, workers) = http_over_socket(addr, "GET", "/v1/workers", None, None).await;
     let workers: Value = serde_json::from_str(&workers).expect("workers JSON");
     assert_eq!(workers["workers"][0]["mode"], "exact", "the worker's mode is restored too");
+    let (_, metrics) = http_over_socket(addr, "GET", "/metrics", None, None).await;
+    assert_eq!(sample(&metrics, "kvroute_snapshot_bytes"), file_len as f64, "the restored file's size");
+    let age = sample(&metrics, "kvroute_snapshot_age_seconds");
+    assert!((0.0..600.0).contains(&age), "age {age}");
+    assert_eq!(sample(&metrics, "kvroute_snapshot_writes_total"), 0.0, "restored, not written");
+    assert_eq!(sample(&metrics, r#"kvroute_index_held_blocks{tier="device"}"#), 6.0);
     stop_daemon(stop, daemon, Duration::from_secs(20)).await;
 
     // A corrupt file is ignored with a warning: the daemon starts empty.

@@ -115,6 +115,18 @@ pub struct IndexStats {
     pub ranks: usize,
 }
 
+/// The index's size as its writer keeps it: cheap to read (one pass over the ranks,
+/// not the tree), for gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexSize {
+    pub ranks: usize,
+    /// (rank, engine hash) pairs held: the sum of the ranks' block maps (an engine that
+    /// stores one position under two engine hashes counts twice).
+    pub held_blocks: usize,
+    /// Live tree nodes, excluding the root.
+    pub nodes: usize,
+}
+
 /// Errors of rank registration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IndexError {
@@ -455,6 +467,16 @@ impl KvIndex {
 
     pub fn counters(&self) -> EventCounters {
         self.writer().counters.clone()
+    }
+
+    /// The size as the writer keeps it (a short hold of the writer lock; see [`IndexSize`]).
+    pub fn size(&self) -> IndexSize {
+        let w = self.writer();
+        IndexSize {
+            ranks: w.rank_ids.len(),
+            held_blocks: w.ranks.iter().flatten().map(|state| state.entries.len()).sum(),
+            nodes: w.node_count(),
+        }
     }
 
     /// Walks the whole tree under the writer lock.

@@ -226,6 +226,9 @@ impl Harness {
         assert_eq!(stats.distinct_blocks, self.reference.distinct_blocks());
         assert_eq!(stats.held_pairs, self.reference.held_pairs());
         assert_eq!(stats.empty_leaves, 0);
+        let size = self.index.size();
+        assert_eq!((size.nodes, size.ranks), (stats.nodes, stats.ranks));
+        assert_eq!(size.held_blocks, self.reference.held_engine_blocks());
     }
 }
 

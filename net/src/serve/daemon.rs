@@ -86,9 +86,9 @@ pub async fn serve_on(
     for spec in &config.workers {
         router.add_worker(spec.clone())?;
     }
-    let restored_cursors = snapshots::restore(&config, &router)?;
-    let ingest = start_ingest(&config, Arc::clone(&router), restored_cursors).await?;
     let mut state = AppState::new(Arc::clone(&router), config.limits);
+    let restored_cursors = snapshots::restore(&config, &router, &state.snapshots)?;
+    let ingest = start_ingest(&config, Arc::clone(&router), restored_cursors).await?;
     if let Some(ingest) = &ingest {
         state = state.with_ingest_counters(Arc::clone(&ingest.counters));
     }
@@ -112,7 +112,8 @@ pub async fn serve_on(
         Some(ingest) => Arc::clone(&ingest.cursors),
         None => Arc::new(Vec::new),
     };
-    let periodic_snapshots = snapshots::start_periodic(&config, Arc::clone(&router), Arc::clone(&cursors));
+    let periodic_snapshots =
+        snapshots::start_periodic(&config, Arc::clone(&router), Arc::clone(&cursors), Arc::clone(&state.snapshots));
     let expiry_timer = expiry::start(Arc::clone(&router));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -167,7 +168,7 @@ pub async fn serve_on(
     if let Some(ingest) = ingest {
         (ingest.stop)().await;
     }
-    snapshots::write_final(&config, Arc::clone(&router), final_cursors).await?;
+    snapshots::write_final(&config, Arc::clone(&router), final_cursors, &state.snapshots).await?;
     tracing::info!("kvroute stopped");
     Ok(())
 }

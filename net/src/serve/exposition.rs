@@ -3,7 +3,8 @@
 //! Each family is a `# HELP` and a `# TYPE` line, then samples `name{label="value"} value`.
 //! Families: routing calls by endpoint and outcome, decision latency histograms, request
 //! lifecycle calls, requests refused for their bearer token, active requests, workers by
-//! mode, per-rank load gauges, the index's event counters per storage tier, the
+//! mode, per-rank load gauges, the index's event counters and size per storage tier, the
+//! last snapshot's size and age, the
 //! shutting-down flag, the ingest's counters when a source is plugged in
 //! ([`super::metrics::IngestCounterSource`]), and the engines' ZeroMQ ingest
 //! (`kvroute_engine_*`: totals, drops, skipped blocks and clears by reason, per-rank state).
@@ -11,6 +12,7 @@
 use std::fmt::{Display, Write};
 use std::sync::atomic::Ordering;
 
+use kvroute_core::index::IndexSize;
 use kvroute_core::route::{LoadSnapshot, StorageTier};
 use kvroute_core::EventCounters;
 
@@ -21,6 +23,8 @@ use crate::engine_ingest::{EngineIngestSnapshot, RankStatus};
 
 /// Reads one counter of a rank's load.
 type LoadField = fn(&LoadSnapshot) -> u64;
+/// Reads one figure of an index's size.
+type IndexSizeField = fn(&IndexSize) -> usize;
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -191,6 +195,30 @@ pub fn render(state: &AppState) -> String {
             x.sample(&name, &[("tier", tier)], fields[field].2);
         }
     }
+
+    let sizes = [StorageTier::Device, StorageTier::Host, StorageTier::Disk]
+        .map(|tier| (tier_name(tier), router.tier_index(tier).size()));
+    let size_gauges: [(&str, &str, IndexSizeField); 2] = [
+        ("kvroute_index_held_blocks", "(rank, engine block hash) pairs the index holds.", |s| s.held_blocks),
+        ("kvroute_index_nodes", "Radix tree nodes of the index (the root excepted).", |s| s.nodes),
+    ];
+    for (name, help, value) in size_gauges {
+        x.family(name, "gauge", help);
+        for (tier, size) in &sizes {
+            x.sample(name, &[("tier", tier)], value(size));
+        }
+    }
+
+    let snapshots = &state.snapshots;
+    x.family("kvroute_snapshot_bytes", "gauge", "Size of the last index snapshot (restored or written), in bytes.");
+    x.sample("kvroute_snapshot_bytes", &[], snapshots.bytes.load(Ordering::Relaxed));
+    let name = "kvroute_snapshot_age_seconds";
+    x.family(name, "gauge", "Seconds since the last index snapshot (restored or written) was taken; -1 before any.");
+    x.sample(name, &[], super::snapshots::snapshot_age_seconds(snapshots).unwrap_or(-1.0));
+    x.family("kvroute_snapshot_writes_total", "counter", "Index snapshots written.");
+    x.sample("kvroute_snapshot_writes_total", &[], snapshots.writes.load(Ordering::Relaxed));
+    x.family("kvroute_snapshot_write_failures_total", "counter", "Index snapshot writes that failed.");
+    x.sample("kvroute_snapshot_write_failures_total", &[], snapshots.failures.load(Ordering::Relaxed));
 
     x.family("kvroute_shutting_down", "gauge", "1 once a shutdown signal was received.");
     x.sample("kvroute_shutting_down", &[], u8::from(state.is_shutting_down()));

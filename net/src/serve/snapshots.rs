@@ -10,8 +10,12 @@
 //! re-store is counted as a duplicate, a re-removal as an unknown block). A publisher
 //! whose ring no longer covers the cursor sends a dump instead. Corrupt, truncated or
 //! foreign files are ignored with a warning (`read_snapshot_file`), never trusted.
+//!
+//! [`SnapshotStatus`] keeps the last snapshot's size and time (restored or written) and
+//! the write counts, for `/metrics`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,11 +32,40 @@ use crate::transport::RankCursorState;
 /// Reads the ingest's per-rank cursors at the moment a snapshot is taken.
 pub type CursorSource = Arc<dyn Fn() -> Vec<RankCursorState> + Send + Sync>;
 
+/// The last snapshot (restored or written) and the writes so far; Relaxed by design
+/// (independent gauges and counts, read for `/metrics` only).
+#[derive(Debug, Default)]
+pub struct SnapshotStatus {
+    /// Size of the last snapshot file, in bytes (0: none yet).
+    pub bytes: AtomicU64,
+    /// When the last snapshot was taken, in ms since the Unix epoch (0: none yet).
+    pub taken_at_ms: AtomicU64,
+    /// Snapshots written.
+    pub writes: AtomicU64,
+    /// Snapshot writes that failed.
+    pub failures: AtomicU64,
+}
+
+impl SnapshotStatus {
+    fn note(&self, bytes: usize, taken_at_ms: u64) {
+        self.bytes.store(bytes as u64, Ordering::Relaxed);
+        self.taken_at_ms.store(taken_at_ms, Ordering::Relaxed);
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64
+}
+
 /// Restores the router's index from `config.snapshot`'s file, if one is configured and
 /// exists and is sound; returns the restored ranks' cursors for the ingest to resume
 /// from. Called after the configured workers are registered. A bad file is logged and
 /// ignored: the router starts empty and publishers send dumps.
-pub fn restore(config: &ServeConfig, router: &Router) -> Result<Vec<RankCursorState>, ServeError> {
+pub fn restore(
+    config: &ServeConfig,
+    router: &Router,
+    status: &SnapshotStatus,
+) -> Result<Vec<RankCursorState>, ServeError> {
     let Some(settings) = &config.snapshot else { return Ok(Vec::new()) };
     let started = std::time::Instant::now();
     let mapped = match read_snapshot_file(&settings.path) {
@@ -48,6 +81,7 @@ pub fn restore(config: &ServeConfig, router: &Router) -> Result<Vec<RankCursorSt
     };
     match router.restore_snapshot(&mapped.view()) {
         Ok(report) => {
+            status.note(mapped.len(), mapped.view().meta().taken_at_ms);
             tracing::info!(
                 path = %settings.path.display(),
                 bytes = mapped.len(),
@@ -72,7 +106,12 @@ pub fn restore(config: &ServeConfig, router: &Router) -> Result<Vec<RankCursorSt
 }
 
 /// Starts writing snapshots every `config.snapshot_interval`; `None` when not configured.
-pub fn start_periodic(config: &ServeConfig, router: Arc<Router>, cursors: CursorSource) -> Option<JoinHandle<()>> {
+pub fn start_periodic(
+    config: &ServeConfig,
+    router: Arc<Router>,
+    cursors: CursorSource,
+    status: Arc<SnapshotStatus>,
+) -> Option<JoinHandle<()>> {
     let settings = config.snapshot.clone()?;
     Some(tokio::spawn(async move {
         let mut ticks = tokio::time::interval(settings.interval);
@@ -80,7 +119,8 @@ pub fn start_periodic(config: &ServeConfig, router: Arc<Router>, cursors: Cursor
         ticks.tick().await; // the first tick is immediate; the index was just restored
         loop {
             ticks.tick().await;
-            if let Err(error) = write_now(&settings.path, Arc::clone(&router), Arc::clone(&cursors)).await {
+            let written = write_now(&settings.path, Arc::clone(&router), Arc::clone(&cursors), &status).await;
+            if let Err(error) = written {
                 tracing::warn!(path = %settings.path.display(), %error, "periodic snapshot failed");
             }
         }
@@ -93,16 +133,22 @@ pub async fn write_final(
     config: &ServeConfig,
     router: Arc<Router>,
     cursors: Vec<RankCursorState>,
+    status: &SnapshotStatus,
 ) -> Result<(), ServeError> {
     let Some(settings) = &config.snapshot else { return Ok(()) };
-    write_now(&settings.path, router, Arc::new(move || cursors.clone()))
+    write_now(&settings.path, router, Arc::new(move || cursors.clone()), status)
         .await
         .map_err(|error| ServeError::Io { action: "write the final snapshot", error })
 }
 
 /// Encodes and writes a snapshot on a blocking thread (export takes the index's writer
-/// lock per rank; the file write fsyncs).
-async fn write_now(path: &std::path::Path, router: Arc<Router>, cursors: CursorSource) -> std::io::Result<()> {
+/// lock per rank; the file write fsyncs), and notes it in `status`.
+async fn write_now(
+    path: &std::path::Path,
+    router: Arc<Router>,
+    cursors: CursorSource,
+    status: &SnapshotStatus,
+) -> std::io::Result<()> {
     let path = path.to_path_buf();
     let task = tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
@@ -111,7 +157,7 @@ async fn write_now(path: &std::path::Path, router: Arc<Router>, cursors: CursorS
             .into_iter()
             .map(|c| (c.rank, CursorState { incarnation: c.incarnation, applied_seq: c.applied_seq }))
             .collect();
-        let taken_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64;
+        let taken_at_ms = now_ms();
         let mut bytes = Vec::new();
         router.encode_snapshot(taken_at_ms, |rank| cursors.get(&rank).copied(), &mut bytes);
         let len = bytes.len();
@@ -123,7 +169,24 @@ async fn write_now(path: &std::path::Path, router: Arc<Router>, cursors: CursorS
             elapsed_ms = started.elapsed().as_millis() as u64,
             "snapshot written"
         );
-        Ok(())
+        Ok((len, taken_at_ms))
     });
-    task.await.map_err(|join| std::io::Error::other(join.to_string()))?
+    let written = task.await.map_err(|join| std::io::Error::other(join.to_string())).and_then(|r| r);
+    match written {
+        Ok((len, taken_at_ms)) => {
+            status.note(len, taken_at_ms);
+            status.writes.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(error) => {
+            status.failures.fetch_add(1, Ordering::Relaxed);
+            Err(error)
+        }
+    }
+}
+
+/// Age of the last snapshot now, in seconds; `None` before any.
+pub fn snapshot_age_seconds(status: &SnapshotStatus) -> Option<f64> {
+    let taken_at = status.taken_at_ms.load(Ordering::Relaxed);
+    (taken_at > 0).then(|| now_ms().saturating_sub(taken_at) as f64 / 1000.0)
 }

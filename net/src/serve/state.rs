@@ -25,6 +25,8 @@ pub struct AppState {
     pub limits: ApiLimits,
     /// The HTTP server's connection counters.
     pub http_connections: Arc<super::http_server::HttpConnectionMetrics>,
+    /// The last index snapshot and the snapshot writes.
+    pub snapshots: Arc<super::snapshots::SnapshotStatus>,
     shutting_down: Arc<AtomicBool>,
     ingest: Option<Arc<dyn IngestCounterSource>>,
     engine_ingest: Option<Arc<EngineIngest>>,
@@ -39,6 +41,7 @@ impl AppState {
             metrics: Arc::new(ServeMetrics::default()),
             limits,
             http_connections: Arc::default(),
+            snapshots: Arc::default(),
             shutting_down: Arc::new(AtomicBool::new(false)),
             ingest: None,
             engine_ingest: None,

@@ -125,3 +125,14 @@ pub fn temp_file(text: &str) -> tempfile::NamedTempFile {
     file.write_all(text.as_bytes()).expect("write");
     file
 }
+
+/// The value of one unlabelled or labelled sample in an exposition, by its full text
+/// before the value (`name{label="v"}`).
+pub fn sample(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {series} in\n{exposition}"))
+        .parse()
+        .expect("sample value")
+}
