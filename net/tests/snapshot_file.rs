@@ -47,11 +47,7 @@ fn populated(extra: u64) -> Router {
 
 fn snapshot_bytes(r: &Router) -> Vec<u8> {
     let mut bytes = Vec::new();
-    r.encode_snapshot(
-        42,
-        |rank| Some(CursorState { incarnation: 1, applied_seq: u64::from(rank.dp_rank.0) }),
-        &mut bytes,
-    );
+    r.encode_snapshot(42, |rank| Some(CursorState::exact(1, u64::from(rank.dp_rank.0))), &mut bytes);
     bytes
 }
 

@@ -300,7 +300,7 @@ fn main() -> ExitCode {
     // Snapshot: export + encode, then write.
     let t = Instant::now();
     let mut bytes = Vec::new();
-    original.encode_snapshot(0, |_| Some(CursorState { incarnation: 1, applied_seq: 1_000 }), &mut bytes);
+    original.encode_snapshot(0, |_| Some(CursorState::exact(1, 1_000)), &mut bytes);
     let encode = t.elapsed();
     let file_len = bytes.len();
     let t = Instant::now();

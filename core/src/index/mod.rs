@@ -73,6 +73,10 @@ pub struct EventCounters {
     pub unknown_rank: u64,
     /// An event whose id was not above the rank's last applied id: skipped.
     pub stale_event: u64,
+    /// Duplicate stores, unknown parents and unknown removals of events re-applied after
+    /// a snapshot restore that the snapshot may already hold ([`KvIndex::apply_replayed_batch`]):
+    /// expected there, so counted here and not as anomalies.
+    pub snapshot_replays: u64,
 }
 
 /// For each rank with a non-zero overlap, the number of leading request blocks it holds.
@@ -433,6 +437,25 @@ impl KvIndex {
         for event in events {
             w.apply(&guard, event);
         }
+    }
+
+    /// [`apply_batch`](Self::apply_batch) for events the index may already reflect (the
+    /// events after a restored snapshot's cursor, up to its settled point): applying them
+    /// again is idempotent, and the duplicate stores, unknown parents and unknown removals
+    /// it meets are counted in `snapshot_replays` instead of as anomalies.
+    pub fn apply_replayed_batch<'a>(&self, events: impl IntoIterator<Item = &'a KvEvent>) {
+        let mut w = self.writer();
+        let guard = self.domain.pin();
+        self.release_retired(&mut w, &guard);
+        let c = &w.counters;
+        let before = (c.duplicate_store, c.unknown_parent, c.unknown_remove);
+        for event in events {
+            w.apply(&guard, event);
+        }
+        let c = &mut w.counters;
+        c.snapshot_replays +=
+            (c.duplicate_store - before.0) + (c.unknown_parent - before.1) + (c.unknown_remove - before.2);
+        (c.duplicate_store, c.unknown_parent, c.unknown_remove) = before;
     }
 
     /// Overlap of every rank holding a non-empty prefix of `request`. Lock-free.

@@ -5,8 +5,10 @@
 //! the returned [`FrameError`].
 //!
 //! State, all per rank: the [`RankCursor`] (publisher incarnation, last applied sequence
-//! number or dump in progress), the [`DumpCollector`] of a dump in progress, and the
-//! tiers the sink may hold the rank's blocks in (so a dump replaces exactly those).
+//! number or dump in progress), the [`DumpCollector`] of a dump in progress, the tiers the
+//! sink may hold the rank's blocks in (so a dump replaces exactly those), and, after a
+//! snapshot restore, the sequence number up to which the restored blocks may already hold
+//! the events (those go to the sink's `apply_replayed_batch`).
 //!
 //! Per frame:
 //!
@@ -141,6 +143,9 @@ pub struct RankSession {
     /// Tiers the sink may hold blocks of this rank in (bit per tier).
     tiers_touched: u8,
     dump: Option<DumpCollector>,
+    /// `(incarnation, seq)`: events of that incarnation up to `seq` may already be in the
+    /// sink (restored from a snapshot taken while they were being applied).
+    replay_through: Option<(u64, u64)>,
 }
 
 impl RankSession {
@@ -150,9 +155,15 @@ impl RankSession {
     }
 
     /// A rank restored from a snapshot: synchronised at `applied_seq` of publisher
-    /// `incarnation`, possibly held in any tier.
-    pub fn restored(incarnation: u64, applied_seq: u64) -> Self {
-        RankSession { cursor: RankCursor::resumed(incarnation, applied_seq), tiers_touched: ALL_TIERS, dump: None }
+    /// `incarnation`, possibly held in any tier; the restored blocks may also hold the
+    /// events after it up to `settled_seq`, which are applied as replays.
+    pub fn restored(incarnation: u64, applied_seq: u64, settled_seq: u64) -> Self {
+        RankSession {
+            cursor: RankCursor::resumed(incarnation, applied_seq),
+            tiers_touched: ALL_TIERS,
+            dump: None,
+            replay_through: (settled_seq > applied_seq).then_some((incarnation, settled_seq)),
+        }
     }
 
     /// A publisher's `Hello` announced the rank: a stream in progress is abandoned, and
@@ -161,6 +172,9 @@ impl RankSession {
     pub fn on_hello(&mut self, incarnation: u64) {
         self.abandon_stream();
         self.cursor.on_hello(incarnation);
+        if self.replay_through.is_some_and(|(of, _)| of != incarnation) {
+            self.replay_through = None;
+        }
     }
 
     /// The rank's stream ended (any reason): a dump in progress is dropped (the cursor
@@ -225,7 +239,15 @@ impl RankSession {
                     .zip(events.into_iter().skip(skip))
                     .map(|(event_id, data)| KvEvent { rank, event_id, data })
                     .collect();
-                ctx.sink.apply_batch(tier, &batch);
+                // The fresh events are numbered from `first_seq + skip`.
+                let replayed = self.take_replayed(first_seq.saturating_add(skip as u64), fresh);
+                let (old, new) = batch.split_at(replayed);
+                if !old.is_empty() {
+                    ctx.sink.apply_replayed_batch(tier, old);
+                }
+                if !new.is_empty() {
+                    ctx.sink.apply_batch(tier, new);
+                }
                 effect.events = fresh as u64;
                 effect.block_events = batch.iter().map(|e| e.block_count() as u64).sum();
                 Ok(effect)
@@ -233,9 +255,24 @@ impl RankSession {
         }
     }
 
+    /// How many of `count` events numbered from `first_seq` are within the restored
+    /// snapshot's settled window; the window ends once the events pass it.
+    fn take_replayed(&mut self, first_seq: u64, count: usize) -> usize {
+        let Some((_, through)) = self.replay_through else { return 0 };
+        let past = first_seq.saturating_add(count as u64); // the first seq after the batch
+        if past > through {
+            self.replay_through = None;
+        }
+        if through < first_seq {
+            return 0;
+        }
+        usize::try_from(through - first_seq + 1).map_or(count, |n| n.min(count))
+    }
+
     fn on_dump_end(&mut self, end: DumpEnd, ctx: &FrameContext<'_>) -> Result<FrameEffect, FrameError> {
         self.cursor.on_dump_end(end.as_of_seq, end.block_count).map_err(FrameError::Order)?;
         let blocks = self.dump.take().map(DumpCollector::finish).unwrap_or_default();
+        self.replay_through = None;
         let mut touched = 0;
         for (tier, blocks) in StorageTier::ALL.into_iter().zip(&blocks) {
             if !blocks.is_empty() {

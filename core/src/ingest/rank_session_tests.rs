@@ -19,6 +19,11 @@ impl IngestSink for Recorder {
             self.log.lock().unwrap().push(format!("apply {tier:?} {:?}", event.data));
         }
     }
+    fn apply_replayed_batch(&self, tier: StorageTier, events: &[KvEvent]) {
+        for event in events {
+            self.log.lock().unwrap().push(format!("replay {tier:?} {:?}", event.data));
+        }
+    }
     fn replace_rank(&self, tier: StorageTier, rank: RankKey, dump: &[DumpBlock]) {
         let events = crate::event::dump_events(dump);
         self.log.lock().unwrap().push(format!("replace {tier:?} {rank} {events:?}"));
@@ -127,7 +132,7 @@ fn a_dump_replaces_every_tier_the_rank_held_at_its_end() {
 
 #[test]
 fn a_restored_session_resumes_and_its_first_dump_replaces_every_tier() {
-    let mut session = RankSession::restored(42, 17);
+    let mut session = RankSession::restored(42, 17, 17);
     assert_eq!((session.resume_after(), session.position()), (Some(17), Some((42, 17))));
     session.on_hello(42);
     assert_eq!(session.resume_after(), Some(17), "the same incarnation keeps its position");
@@ -172,4 +177,37 @@ fn bad_frames_are_typed_errors() {
     let goodbye = Frame::Goodbye(crate::wire::Goodbye { code: GoodbyeCode::NORMAL, message: String::new() });
     assert_eq!(f.feed(goodbye), Err(FrameError::Goodbye(GoodbyeCode::NORMAL)));
     assert!(f.log().len() == 1, "only the one good batch reached the sink");
+}
+
+#[test]
+fn events_in_a_restored_snapshots_settled_window_are_applied_as_replays() {
+    let kinds = |sink: &Recorder| -> Vec<String> {
+        std::mem::take(&mut *sink.log.lock().unwrap()).iter().map(|l| l.split(' ').next().unwrap().to_owned()).collect()
+    };
+    let may_publish = |_: WorkerId| true;
+    let sink = Recorder::default();
+    let ctx = FrameContext { rank: RANK, may_publish: &may_publish, sink: &sink, max_dump_blocks: 3 };
+    // Blocks hold every event up to 17, maybe some up to 20.
+    let mut session = RankSession::restored(42, 17, 20);
+    session.on_hello(42);
+    session.on_frame(deltas(16, vec![stored(16), stored(17), stored(18)]), &ctx).unwrap();
+    assert_eq!(kinds(&sink), ["replay"], "16 and 17 are skipped as duplicates, 18 replayed");
+    session.on_frame(deltas(19, vec![stored(19), stored(20), stored(21)]), &ctx).unwrap();
+    assert_eq!(kinds(&sink), ["replay", "replay", "apply"]);
+    session.on_frame(deltas(22, vec![stored(22)]), &ctx).unwrap();
+    assert_eq!(kinds(&sink), ["apply"], "the window is over");
+
+    // Another incarnation, or a dump, ends the window.
+    let mut session = RankSession::restored(42, 17, 20);
+    session.on_hello(43);
+    session.on_frame(Frame::DumpBegin(DumpBegin { rank: RANK, as_of_seq: 0 }), &ctx).unwrap();
+    session.on_frame(Frame::DumpEnd(DumpEnd { rank: RANK, as_of_seq: 0, block_count: 0 }), &ctx).unwrap();
+    kinds(&sink);
+    session.on_frame(deltas(1, vec![stored(1)]), &ctx).unwrap();
+    assert_eq!(kinds(&sink), ["apply"]);
+    // No window: nothing is a replay.
+    let mut session = RankSession::restored(42, 17, 17);
+    session.on_hello(42);
+    session.on_frame(deltas(18, vec![stored(18)]), &ctx).unwrap();
+    assert_eq!(kinds(&sink), ["apply"]);
 }

@@ -18,6 +18,13 @@ pub trait IngestSink: Send + Sync + 'static {
     /// Applies a batch of events (of any ranks, each rank's in order) to `tier`, under one
     /// writer-lock acquisition.
     fn apply_batch(&self, tier: StorageTier, events: &[KvEvent]);
+    /// [`apply_batch`](Self::apply_batch) for events the sink may already hold: those a
+    /// restored snapshot's blocks may reflect (after its cursor, up to its settled point).
+    /// A sink that counts anomalies should not count the re-stores and re-removals these
+    /// meet; by default they are applied as any batch.
+    fn apply_replayed_batch(&self, tier: StorageTier, events: &[KvEvent]) {
+        self.apply_batch(tier, events);
+    }
     /// Replaces the rank's blocks in `tier` with a full dump, atomically for lookups: a
     /// lookup sees the old blocks or the new ones, never a mix. An empty dump empties it.
     fn replace_rank(&self, tier: StorageTier, rank: RankKey, dump: &[DumpBlock]);

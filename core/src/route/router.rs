@@ -344,6 +344,16 @@ impl Router {
     /// Applies KV events (each rank's in order) to a tier's index under one writer-lock
     /// acquisition; otherwise as [`Router::apply_event_in`].
     pub fn apply_events_in(&self, tier: StorageTier, events: &[KvEvent]) {
+        self.apply_events_as(tier, events, false);
+    }
+
+    /// [`apply_events_in`](Self::apply_events_in) for events the index may already hold
+    /// (replayed after a snapshot restore; see [`KvIndex::apply_replayed_batch`]).
+    pub fn apply_replayed_events_in(&self, tier: StorageTier, events: &[KvEvent]) {
+        self.apply_events_as(tier, events, true);
+    }
+
+    fn apply_events_as(&self, tier: StorageTier, events: &[KvEvent], replayed: bool) {
         if events.is_empty() {
             return;
         }
@@ -363,7 +373,11 @@ impl Router {
                 self.switch_to_exact(worker);
             }
         }
-        self.indexes[tier.index()].apply_batch(events);
+        if replayed {
+            self.indexes[tier.index()].apply_replayed_batch(events);
+        } else {
+            self.indexes[tier.index()].apply_batch(events);
+        }
     }
 
     pub(crate) fn switch_to_exact(&self, worker: WorkerId) {

@@ -19,6 +19,10 @@ impl IngestSink for Router {
         self.apply_events_in(tier, events);
     }
 
+    fn apply_replayed_batch(&self, tier: StorageTier, events: &[KvEvent]) {
+        self.apply_replayed_events_in(tier, events);
+    }
+
     fn replace_rank(&self, tier: StorageTier, rank: RankKey, dump: &[DumpBlock]) {
         let placeholders = dump_placeholders(dump);
         // An error means the rank's worker is not (or no longer) registered: the dump is

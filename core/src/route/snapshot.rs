@@ -9,10 +9,12 @@
 //! transport owns cursors). The device section is always written (it carries the cursor);
 //! host and disk sections only when non-empty. Approximate-mode blocks (what the router
 //! recorded itself for workers that publish no events) expire within minutes and are not
-//! saved. A rank's cursor must describe exactly the blocks exported for it: take both
-//! with none of the rank's events applied in between (e.g. from the task that applies
-//! them). [`Router::snapshot_ranks`] yields the same sections lazily, for callers that
-//! encode themselves.
+//! saved. `cursor_of` is asked for a rank's cursor twice, before its tiers are exported
+//! and after: the first is where a restored router resumes (the blocks hold every event
+//! up to it), the second bounds the events the blocks may already hold
+//! ([`CursorState::settled_seq`]), which the restored session applies as replays rather
+//! than counting them as anomalies. [`Router::snapshot_ranks`] yields the same sections
+//! lazily, for callers that encode themselves.
 //!
 //! # Restoring one
 //! [`Router::restore_snapshot`] (zero-copy, from a verified [`SnapshotView`]) or
@@ -162,9 +164,15 @@ impl Router {
     ) -> impl Iterator<Item = RankSnapshot> + 'a {
         let ranks: Vec<RankKey> = fleet.ranks.iter().filter(|s| s.worker.exact).map(|s| s.key).collect();
         ranks.into_iter().flat_map(move |rank| {
-            let cursor = cursor_of(rank);
-            StorageTier::ALL.into_iter().filter_map(move |tier| {
-                let blocks = self.tier_index(tier).export_rank(rank)?;
+            // The cursor before the rank's tiers are exported and again after: the blocks
+            // hold every event up to the first, none past the second.
+            let before = cursor_of(rank);
+            let exported: Vec<(StorageTier, Vec<crate::event::DumpBlock>)> = StorageTier::ALL
+                .into_iter()
+                .filter_map(|tier| Some((tier, self.tier_index(tier).export_rank(rank)?)))
+                .collect();
+            let cursor = before.map(|b| b.settled_by(cursor_of(rank)));
+            exported.into_iter().filter_map(move |(tier, blocks)| {
                 (tier == StorageTier::Device || !blocks.is_empty()).then_some(RankSnapshot {
                     rank,
                     tier,
@@ -341,8 +349,7 @@ mod tests {
     }
 
     fn cursor_of(rank: RankKey) -> Option<CursorState> {
-        (rank.worker == WorkerId(1))
-            .then_some(CursorState { incarnation: 9, applied_seq: u64::from(rank.dp_rank.0) + 5 })
+        (rank.worker == WorkerId(1)).then_some(CursorState::exact(9, u64::from(rank.dp_rank.0) + 5))
     }
 
     #[test]
@@ -423,5 +430,80 @@ mod tests {
             .all(|(rank, _, why)| rank.worker == WorkerId(1) && *why == SkipReason::SpecChanged));
         assert_eq!(changed.is_exact(WorkerId(1)), Some(false));
         assert_eq!(changed.is_exact(WorkerId(2)), Some(true));
+    }
+
+    /// A snapshot taken while events 6 to 8 were being applied (cursor 5 before the
+    /// export, 8 after): after a restore, the publisher resumes after 5, and the events the
+    /// blocks already hold are replays, not anomalies; the index ends equal to one that
+    /// saw every event once.
+    #[test]
+    fn events_the_snapshot_may_hold_replay_without_anomalies() {
+        use crate::ingest::{FrameContext, RankSession};
+        use crate::reference::ReferenceIndex;
+        use crate::wire::{Deltas, Frame};
+
+        let rank = RankKey::new(1, 0);
+        let chain = |seed: u64, n: u64| chain(seed, n);
+        let stream: Vec<KvEventData> = vec![
+            KvEventData::Stored { parent: None, blocks: chain(1, 10) },
+            KvEventData::Stored { parent: Some(EngineHash(1 << 32 | 4)), blocks: chain(2, 5) },
+            KvEventData::Removed { blocks: vec![EngineHash(1 << 32 | 9)] },
+            KvEventData::Stored { parent: None, blocks: chain(3, 6) },
+            KvEventData::Removed { blocks: vec![EngineHash(3 << 32 | 5), EngineHash(3 << 32 | 4)] },
+            // 6..=8: in the blocks, after the cursor.
+            KvEventData::Stored { parent: Some(EngineHash(3 << 32 | 3)), blocks: chain(4, 4) },
+            KvEventData::Removed { blocks: vec![EngineHash(2 << 32 | 4), EngineHash(1 << 32 | 8)] },
+            KvEventData::Stored { parent: Some(EngineHash(4 << 32 | 3)), blocks: chain(6, 3) },
+            // 9..=10: after the snapshot.
+            KvEventData::Removed { blocks: vec![EngineHash(4 << 32 | 3)] },
+            KvEventData::Stored { parent: Some(EngineHash(1 << 32 | 7)), blocks: chain(7, 2) },
+        ];
+        let original = router();
+        original.add_worker(WorkerSpec::new(WorkerId(1), 1, 16)).unwrap();
+        let mut reference = ReferenceIndex::new();
+        reference.register_rank(rank);
+        for (i, data) in stream.iter().enumerate() {
+            let event = KvEvent { rank, event_id: i as u64 + 1, data: data.clone() };
+            reference.apply(&event);
+            if i < 8 {
+                original.apply_event(&event);
+            }
+        }
+        let mut reads = 0;
+        let cursor_of = |_| {
+            reads += 1;
+            Some(CursorState::exact(9, if reads == 1 { 5 } else { 8 }))
+        };
+        let mut bytes = Vec::new();
+        original.encode_snapshot(1, cursor_of, &mut bytes);
+        let restored = router();
+        let report = restored.restore_ranks(&decode_snapshot(&bytes).unwrap()).unwrap();
+        let cursor = report.cursors[0].1;
+        assert_eq!(cursor, CursorState { incarnation: 9, applied_seq: 5, settled_seq: 8 });
+
+        let mut session = RankSession::restored(cursor.incarnation, cursor.applied_seq, cursor.settled_seq);
+        session.on_hello(9);
+        assert_eq!(session.resume_after(), Some(5));
+        let may_publish = |_: WorkerId| true;
+        let ctx = FrameContext { rank, may_publish: &may_publish, sink: &restored, max_dump_blocks: 1 << 20 };
+        for (first_seq, events) in [(6u64, &stream[5..7]), (8, &stream[7..10])] {
+            let frame = Frame::Deltas(Deltas { rank, tier: StorageTier::Device, first_seq, events: events.to_vec() });
+            session.on_frame(frame, &ctx).unwrap();
+        }
+        let counters = restored.tier_index(StorageTier::Device).counters();
+        assert_eq!(
+            (counters.duplicate_store, counters.unknown_parent, counters.unknown_remove),
+            (0, 0, 0),
+            "{counters:?}"
+        );
+        assert!(counters.snapshot_replays > 0, "{counters:?}");
+        let probes: Vec<Vec<BlockHash>> = [1u64, 2, 3, 4, 6, 7]
+            .iter()
+            .flat_map(|&seed| (1..=10).map(move |n| chain(seed, n).iter().map(|b| b.content_hash).collect()))
+            .collect();
+        for q in &probes {
+            let got = restored.tier_index(StorageTier::Device).find_matches(q).sorted();
+            assert_eq!(got, reference.find_matches(q), "{q:?}");
+        }
     }
 }

@@ -427,12 +427,18 @@ fn read_section(r: &mut Reader<'_>) -> Result<SectionInfo, SnapshotError> {
     let rank = RankKey { worker: WorkerId(le_u64(h, 0)), dp_rank: DpRank(le_u32(h, 8)) };
     let tier = tier_from_code(h[12]).ok_or(malformed("unknown tier"))?;
     let flags = h[13];
-    if flags & !SECTION_HAS_CURSOR != 0 || le_u16(h, 14) != 0 {
+    let window = le_u16(h, S_SETTLED_WINDOW);
+    if flags & !(SECTION_HAS_CURSOR | SECTION_HAS_SETTLED) != 0 {
         return Err(malformed("unknown section flags"));
+    }
+    let settled = flags & SECTION_HAS_SETTLED != 0;
+    if settled != (window != 0) || (settled && flags & SECTION_HAS_CURSOR == 0) {
+        return Err(malformed("settled window without its flag or without a cursor"));
     }
     let (incarnation, applied_seq) = (le_u64(h, 16), le_u64(h, 24));
     let cursor = if flags & SECTION_HAS_CURSOR != 0 {
-        Some(CursorState { incarnation, applied_seq })
+        let settled_seq = applied_seq.checked_add(u64::from(window)).ok_or(malformed("settled window overflows"))?;
+        Some(CursorState { incarnation, applied_seq, settled_seq })
     } else if incarnation != 0 || applied_seq != 0 {
         return Err(malformed("cursor fields set without the cursor flag"));
     } else {

@@ -65,6 +65,12 @@ impl<'a> SnapshotEncoder<'a> {
             h[13] = SECTION_HAS_CURSOR;
             put_u64(h, 16, c.incarnation);
             put_u64(h, 24, c.applied_seq);
+            // Clamped: a narrower window only counts some replays as anomalies.
+            let window = u16::try_from(c.settled_seq.saturating_sub(c.applied_seq)).unwrap_or(u16::MAX);
+            if window > 0 {
+                h[13] |= SECTION_HAS_SETTLED;
+                h[S_SETTLED_WINDOW..S_SETTLED_WINDOW + 2].copy_from_slice(&window.to_le_bytes());
+            }
         }
         // Runs: a block continues the current run when its parent is the run's last block
         // (as `DumpReplay` groups them), else it starts one.

@@ -39,6 +39,9 @@ pub(crate) const S_RUN_COUNT: usize = 32;
 pub(crate) const S_BLOCK_COUNT: usize = 40;
 pub(crate) const S_PLACEHOLDER_COUNT: usize = 48;
 pub(crate) const SECTION_HAS_CURSOR: u8 = 1;
+/// The cursor's settled window (`settled_seq - applied_seq`, u16, clamped) is set.
+pub(crate) const SECTION_HAS_SETTLED: u8 = 2;
+pub(crate) const S_SETTLED_WINDOW: usize = 14;
 
 /// A run's header: parent u64, length u32, flags u32.
 pub(crate) const RUN_HEADER_LEN: usize = 16;

@@ -69,14 +69,35 @@ pub struct WorkerRecord {
 }
 
 /// Where the router stood in a rank's event stream: every event up to `applied_seq` of
-/// publisher incarnation `incarnation` is in the snapshot's blocks.
+/// publisher incarnation `incarnation` is in the snapshot's blocks, and none after
+/// `settled_seq` (read once the rank's blocks were exported, `applied_seq` or more):
+/// events in between, re-applied after a restore, may already be in the blocks
+/// ([`crate::ingest::RankSession::restored`] applies them as replays).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CursorState {
     pub incarnation: u64,
     pub applied_seq: u64,
+    pub settled_seq: u64,
 }
 
 impl CursorState {
+    /// A cursor whose blocks hold exactly the events up to `applied_seq`.
+    pub fn exact(incarnation: u64, applied_seq: u64) -> Self {
+        CursorState { incarnation, applied_seq, settled_seq: applied_seq }
+    }
+
+    /// The cursor read before a rank's export (`self`) joined with the one read after it:
+    /// `settled_seq` from `after` when it is of the same incarnation (else the blocks may
+    /// be a newer incarnation's, which a resume at `self` would refuse anyway).
+    pub fn settled_by(self, after: Option<CursorState>) -> Self {
+        match after {
+            Some(a) if a.incarnation == self.incarnation && a.applied_seq >= self.applied_seq => {
+                CursorState { settled_seq: a.applied_seq.max(self.settled_seq), ..self }
+            }
+            _ => self,
+        }
+    }
+
     /// A cursor synchronised at `applied_seq` of `incarnation`: subscribing with its
     /// `resume_after()` asks the publisher to resume after it (or dump, if its ring no
     /// longer covers it).

@@ -66,8 +66,11 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
                     // Unique (rank, tier); a rank's tiers share its cursor.
                     rank: RankKey::new(u64::from(seed % 3), i as u32 / 3),
                     tier: [StorageTier::Device, StorageTier::Host, StorageTier::Disk][i % 3],
-                    cursor: (seed % 2 == 0)
-                        .then_some(CursorState { incarnation: 7, applied_seq: u64::from(i as u32 / 3) }),
+                    cursor: (seed % 2 == 0).then_some(CursorState {
+                        incarnation: 7,
+                        applied_seq: u64::from(i as u32 / 3),
+                        settled_seq: u64::from(i as u32 / 3) + u64::from(i as u32 / 3 % 2) * 3,
+                    }),
                     blocks,
                 })
                 .collect::<Vec<_>>();
@@ -217,7 +220,7 @@ fn errors_are_typed() {
 
 #[test]
 fn a_cursor_state_resumes_after_its_seq() {
-    let cursor = CursorState { incarnation: 3, applied_seq: 41 }.to_cursor();
+    let cursor = CursorState::exact(3, 41).to_cursor();
     assert_eq!(cursor.resume_after(), Some(41));
     let mut same = cursor.clone();
     assert!(same.on_hello(3), "same incarnation keeps the position");

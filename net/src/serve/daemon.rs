@@ -110,7 +110,7 @@ pub async fn serve_on(
     }
     let cursors: snapshots::CursorSource = match &ingest {
         Some(ingest) => Arc::clone(&ingest.cursors),
-        None => Arc::new(Vec::new),
+        None => Arc::new(|_| None),
     };
     let periodic_snapshots =
         snapshots::start_periodic(&config, Arc::clone(&router), Arc::clone(&cursors), Arc::clone(&state.snapshots));
@@ -162,13 +162,12 @@ pub async fn serve_on(
         task.abort();
     }
     expiry_timer.abort();
-    // Cursors before the ingest stops; the blocks exported after are at least as new.
-    let final_cursors = cursors();
     engine_ingest.shutdown(ENGINE_INGEST_SHUTDOWN).await;
     if let Some(ingest) = ingest {
         (ingest.stop)().await;
     }
-    snapshots::write_final(&config, Arc::clone(&router), final_cursors, &state.snapshots).await?;
+    // The stopped ingest's positions stay readable and no longer move.
+    snapshots::write_final(&config, Arc::clone(&router), cursors, &state.snapshots).await?;
     tracing::info!("kvroute stopped");
     Ok(())
 }

@@ -83,7 +83,7 @@ fn tier_name(tier: StorageTier) -> &'static str {
 }
 
 /// How many event counters the index has.
-const INDEX_COUNTERS: usize = 8;
+const INDEX_COUNTERS: usize = 9;
 
 /// The index's event counters: (metric name suffix, help, value).
 fn index_counters(c: &EventCounters) -> [(&'static str, &'static str, u64); INDEX_COUNTERS] {
@@ -96,6 +96,11 @@ fn index_counters(c: &EventCounters) -> [(&'static str, &'static str, u64); INDE
         ("unknown_remove", "Removed blocks the rank did not hold.", c.unknown_remove),
         ("unknown_rank", "Events for ranks that are not registered (dropped).", c.unknown_rank),
         ("stale_event", "Events whose id was not above the rank's last applied id (skipped).", c.stale_event),
+        (
+            "snapshot_replays",
+            "Re-stores and re-removals of events re-applied after a snapshot restore that the snapshot held already.",
+            c.snapshot_replays,
+        ),
     ]
 }
 

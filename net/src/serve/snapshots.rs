@@ -3,12 +3,13 @@
 //! `snapshot_path` is set.
 //!
 //! A snapshot holds the worker registry, every exact rank's blocks per tier and the
-//! rank's ingest cursor (publisher incarnation, last applied sequence number). Cursors
-//! are read *before* the blocks are exported, so a snapshot's blocks are never older
-//! than its cursors: after a restart the publishers resume after the cursor and the few
-//! events re-applied are already in the blocks, which the index takes idempotently (a
-//! re-store is counted as a duplicate, a re-removal as an unknown block). A publisher
-//! whose ring no longer covers the cursor sends a dump instead. Corrupt, truncated or
+//! rank's ingest cursor (publisher incarnation, last applied sequence number). A rank's
+//! cursor is read before its blocks are exported and again after, so the blocks hold
+//! every event up to the first and none past the second: after a restart the publishers
+//! resume after the first, and the events up to the second, which the blocks may hold
+//! already, are applied as replays (idempotent, counted in the index's
+//! `snapshot_replays`, not as duplicate stores or unknown removals). A publisher whose
+//! ring no longer covers the cursor sends a dump instead. Corrupt, truncated or
 //! foreign files are ignored with a warning (`read_snapshot_file`), never trusted.
 //!
 //! [`SnapshotStatus`] keeps the last snapshot's size and time (restored or written) and
@@ -29,8 +30,15 @@ use super::error::ServeError;
 use crate::snapshot_file::{read_snapshot_file, write_snapshot_file};
 use crate::transport::RankCursorState;
 
-/// Reads the ingest's per-rank cursors at the moment a snapshot is taken.
-pub type CursorSource = Arc<dyn Fn() -> Vec<RankCursorState> + Send + Sync>;
+/// Reads one rank's ingest cursor now; a snapshot reads each rank's before and after
+/// exporting it.
+pub type CursorSource = Arc<dyn Fn(RankKey) -> Option<RankCursorState> + Send + Sync>;
+
+/// A [`CursorSource`] over fixed positions (an ingest that stopped).
+pub fn fixed_cursors(cursors: Vec<RankCursorState>) -> CursorSource {
+    let by_rank: HashMap<RankKey, RankCursorState> = cursors.into_iter().map(|c| (c.rank, c)).collect();
+    Arc::new(move |rank| by_rank.get(&rank).copied())
+}
 
 /// The last snapshot (restored or written) and the writes so far; Relaxed by design
 /// (independent gauges and counts, read for `/metrics` only).
@@ -95,7 +103,12 @@ pub fn restore(
             Ok(report
                 .cursors
                 .into_iter()
-                .map(|(rank, c)| RankCursorState { rank, incarnation: c.incarnation, applied_seq: c.applied_seq })
+                .map(|(rank, c)| RankCursorState {
+                    rank,
+                    incarnation: c.incarnation,
+                    applied_seq: c.applied_seq,
+                    settled_seq: c.settled_seq,
+                })
                 .collect())
         }
         Err(error) => {
@@ -132,11 +145,11 @@ pub fn start_periodic(
 pub async fn write_final(
     config: &ServeConfig,
     router: Arc<Router>,
-    cursors: Vec<RankCursorState>,
+    cursors: CursorSource,
     status: &SnapshotStatus,
 ) -> Result<(), ServeError> {
     let Some(settings) = &config.snapshot else { return Ok(()) };
-    write_now(&settings.path, router, Arc::new(move || cursors.clone()), status)
+    write_now(&settings.path, router, cursors, status)
         .await
         .map_err(|error| ServeError::Io { action: "write the final snapshot", error })
 }
@@ -152,14 +165,11 @@ async fn write_now(
     let path = path.to_path_buf();
     let task = tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
-        // Cursors first: the blocks exported after them are at least as new.
-        let cursors: HashMap<RankKey, CursorState> = cursors()
-            .into_iter()
-            .map(|c| (c.rank, CursorState { incarnation: c.incarnation, applied_seq: c.applied_seq }))
-            .collect();
         let taken_at_ms = now_ms();
         let mut bytes = Vec::new();
-        router.encode_snapshot(taken_at_ms, |rank| cursors.get(&rank).copied(), &mut bytes);
+        // Asked before and after each rank's export (see `Router::encode_snapshot`).
+        let cursor_of = |rank| cursors(rank).map(|c| CursorState::exact(c.incarnation, c.applied_seq));
+        router.encode_snapshot(taken_at_ms, cursor_of, &mut bytes);
         let len = bytes.len();
         let written = write_snapshot_file(&path, bytes)?;
         tracing::info!(

@@ -260,7 +260,10 @@ pub async fn shut_down_with_snapshot(
     let addr = ingest.local_addr();
     let cursors = ingest.cursors();
     ingest.shutdown().await;
-    snapshots::write_final(config, Arc::clone(&router), cursors.clone()).await.unwrap();
+    let status = snapshots::SnapshotStatus::default();
+    snapshots::write_final(config, Arc::clone(&router), snapshots::fixed_cursors(cursors.clone()), &status)
+        .await
+        .unwrap();
     let old = Arc::downgrade(&router);
     drop(router);
     wait_until("the old router to be freed", || old.strong_count() == 0).await;
@@ -273,7 +276,7 @@ pub async fn shut_down_with_snapshot(
 /// by rank, for its ingest to resume from.
 pub fn restore_router(config: &ServeConfig, workers: &[u64]) -> (Arc<Router>, Vec<RankCursorState>) {
     let restored = router(workers);
-    let mut cursors = snapshots::restore(config, &restored).unwrap();
+    let mut cursors = snapshots::restore(config, &restored, &snapshots::SnapshotStatus::default()).unwrap();
     cursors.sort_by_key(|c| c.rank);
     (restored, cursors)
 }

@@ -18,12 +18,23 @@ pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
 /// Where the router stands in one rank's stream: every event up to `applied_seq` of the
 /// publisher incarnation `incarnation` is in the index. Saved with a snapshot of the index
 /// and handed back through [`IngestConfig::initial_cursors`], it lets a restarted router
-/// resume instead of asking for a dump.
+/// resume instead of asking for a dump. `settled_seq` (at least `applied_seq`) bounds the
+/// events a restored index may hold already: those after `applied_seq` up to it are
+/// applied as replays (not counted as anomalies).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct RankCursorState {
     pub rank: RankKey,
     pub incarnation: u64,
     pub applied_seq: u64,
+    #[serde(default)]
+    pub settled_seq: u64,
+}
+
+impl RankCursorState {
+    /// A position whose index holds exactly the events up to `applied_seq`.
+    pub fn exact(rank: RankKey, incarnation: u64, applied_seq: u64) -> Self {
+        RankCursorState { rank, incarnation, applied_seq, settled_seq: applied_seq }
+    }
 }
 
 /// Ingest server settings. [`IngestConfig::new`] fills in the defaults.

@@ -237,11 +237,11 @@ impl IngestHandle {
         self.server.registry.cursors()
     }
 
-    /// [`cursors`](Self::cursors) as a function that stays valid after the handle is shut
-    /// down (a snapshot writer can keep it).
-    pub fn cursor_reader(&self) -> impl Fn() -> Vec<RankCursorState> + Send + Sync + 'static {
+    /// One rank's position now, as a function that stays valid after the handle is shut
+    /// down (a snapshot writer keeps it, and reads each rank before and after exporting it).
+    pub fn cursor_reader(&self) -> impl Fn(RankKey) -> Option<RankCursorState> + Send + Sync + 'static {
         let server = Arc::clone(&self.server);
-        move || server.registry.cursors()
+        move |rank| server.registry.cursor_of(rank)
     }
 
     /// Closes every connection and stops. The sink keeps what it holds (no rank is removed).

@@ -38,7 +38,9 @@ impl Registry {
     pub(crate) fn with_cursors(cursors: &[RankCursorState]) -> Self {
         let registry = Registry::default();
         for saved in cursors {
-            lock(&registry.slot(saved.rank)).session = RankSession::restored(saved.incarnation, saved.applied_seq);
+            let settled = saved.settled_seq.max(saved.applied_seq);
+            lock(&registry.slot(saved.rank)).session =
+                RankSession::restored(saved.incarnation, saved.applied_seq, settled);
         }
         registry
     }
@@ -99,6 +101,12 @@ impl Registry {
             .collect()
     }
 
+    /// One rank's position now (`None`: unknown or not synchronised).
+    pub(crate) fn cursor_of(&self, rank: RankKey) -> Option<RankCursorState> {
+        let slot = self.slots().get(&rank).cloned()?;
+        position_of(&slot)
+    }
+
     /// The grace period of a release ended: if the rank is still unowned at `generation`,
     /// removes it from `sink` and drops its slot (its next publisher starts afresh with a
     /// dump), so ranks that come and go do not accumulate. Done under the slot's lock, so a
@@ -120,17 +128,16 @@ impl Registry {
     /// Every rank's position, for saving with a snapshot (ranks synchronised only).
     pub(crate) fn cursors(&self) -> Vec<RankCursorState> {
         let slots: Vec<SlotRef> = self.slots().values().cloned().collect();
-        let mut cursors: Vec<RankCursorState> = slots
-            .iter()
-            .filter_map(|slot| {
-                let state = lock(slot);
-                let (incarnation, applied_seq) = state.session.position()?;
-                Some(RankCursorState { rank: state.rank, incarnation, applied_seq })
-            })
-            .collect();
+        let mut cursors: Vec<RankCursorState> = slots.iter().filter_map(position_of).collect();
         cursors.sort_unstable_by_key(|c| c.rank);
         cursors
     }
+}
+
+fn position_of(slot: &SlotRef) -> Option<RankCursorState> {
+    let state = lock(slot);
+    let (incarnation, applied_seq) = state.session.position()?;
+    Some(RankCursorState::exact(state.rank, incarnation, applied_seq))
 }
 
 #[cfg(test)]
@@ -178,7 +185,7 @@ mod tests {
 
     #[test]
     fn saved_cursors_come_back_unowned_and_resume() {
-        let saved = RankCursorState { rank: RANK, incarnation: 42, applied_seq: 17 };
+        let saved = RankCursorState::exact(RANK, 42, 17);
         let registry = Registry::with_cursors(&[saved]);
         assert_eq!(registry.cursors(), [saved]);
         assert_eq!(registry.unowned(), [(RANK, 0)]);
