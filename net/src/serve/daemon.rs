@@ -23,7 +23,7 @@ use super::ingest::start_ingest;
 use super::logging::init_logging;
 use super::options::ServeArgs;
 use super::state::{monotonic_clock, AppState};
-use super::{expiry, http, http_server, snapshots};
+use super::{expiry, fd_limit, http, http_server, snapshots};
 use crate::engine_ingest::{EngineIngest, EngineIngestConfig};
 use crate::tls::insecure::is_loopback;
 
@@ -116,11 +116,18 @@ pub async fn serve_on(
         snapshots::start_periodic(&config, Arc::clone(&router), Arc::clone(&cursors), Arc::clone(&state.snapshots));
     let expiry_timer = expiry::start(Arc::clone(&router));
 
+    // Two sockets per engine rank at most (live and replay).
+    let engine_sockets: u64 = config.engine_sources.iter().map(|s| 2 * u64::from(s.ranks.len() as u32)).sum();
+    let mut http_limits = config.http_server;
+    http_limits.max_connections = fd_limit::fit_http_connections(
+        http_limits.max_connections,
+        fd_limit::RESERVED_DESCRIPTORS + engine_sockets,
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = http_server::serve(
         listener,
         http::app(state.clone()),
-        config.http_server,
+        http_limits,
         Arc::clone(&state.http_connections),
         stop_rx,
     );

@@ -46,6 +46,7 @@ pub mod duration;
 pub mod error;
 pub mod expiry;
 pub mod exposition;
+pub mod fd_limit;
 pub mod http;
 pub mod http_server;
 pub mod ingest;
