@@ -352,6 +352,10 @@ impl KvIndex {
             // SAFETY: a fresh box, retired once; its drop only raises the flag.
             unsafe { guard.retire(Box::into_raw(marker)) };
             w.retiring.push((previous, elapsed));
+            // The replaced rank's blocks wait for the marker: hand it to the reclaimer now
+            // rather than when this thread's batch fills (promotions are rare; a quiet
+            // ingest would otherwise keep a replaced copy of the rank indefinitely).
+            guard.flush();
         }
         RankId(staged.id)
     }
@@ -495,11 +499,9 @@ impl KvIndex {
     /// The size as the writer keeps it (a short hold of the writer lock; see [`IndexSize`]).
     pub fn size(&self) -> IndexSize {
         let w = self.writer();
-        IndexSize {
-            ranks: w.rank_ids.len(),
-            held_blocks: w.ranks.iter().flatten().map(|state| state.entries.len()).sum(),
-            nodes: w.node_count(),
-        }
+        // Registered ranks only: a replaced rank's old id waits for its grace period.
+        let live = w.rank_ids.values().filter_map(|&id| w.ranks.get(id as usize).and_then(Option::as_ref));
+        IndexSize { ranks: w.rank_ids.len(), held_blocks: live.map(|state| state.entries.len()).sum(), nodes: w.node_count() }
     }
 
     /// Walks the whole tree under the writer lock.

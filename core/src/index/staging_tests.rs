@@ -123,3 +123,24 @@ fn lookups_see_the_old_or_the_new_state_never_a_mix() {
     assert!(lookups.load(Ordering::Relaxed) > 0);
     assert_eq!(index.find_matches(&query).get(rank), 64);
 }
+
+/// A replaced rank's old blocks are freed without any further event: two idle
+/// reclamation calls (as `kvroute serve`'s timer makes) release its id, and the size the
+/// gauges read counts only the live rank from the moment of the promotion.
+#[test]
+fn a_replaced_rank_is_freed_by_idle_reclamation_alone() {
+    let index = KvIndex::new();
+    let rank = RankKey::new(1, 0);
+    index.register_rank(rank).expect("register");
+    let old: Vec<BlockHash> = (0..1000).map(BlockHash).collect();
+    index.apply(&KvEvent { rank, event_id: 1, data: stored(&old, 1) });
+    let staged = index.stage_rank(rank).expect("stage");
+    fill(&index, &staged, &stored(&old[..10], 2));
+    index.promote_staged(staged);
+    assert_eq!(index.size().held_blocks, 10, "the replaced copy is not counted");
+    assert_eq!(index.writer().retiring.len(), 1);
+    index.flush_reclamation();
+    index.flush_reclamation();
+    assert!(index.writer().retiring.is_empty(), "released with no event applied since");
+    assert_eq!(index.stats().held_pairs, 10);
+}

@@ -2,7 +2,9 @@
 //! [`Router::expiry_interval_ms`], so requests past their TTL release their load and
 //! approximate-mode blocks go when traffic stops (routing also sweeps, but only while
 //! routes arrive). A step looks at a bounded number of entries; while more are due the
-//! task yields to the runtime between steps instead of holding a worker thread.
+//! task yields to the runtime between steps instead of holding a worker thread. Each tick
+//! also frees what the index retired (`Router::reclaim_idle`), so a quiet ingest gives
+//! memory back too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +31,7 @@ pub fn start(router: Arc<Router>) -> JoinHandle<()> {
             if released > 0 {
                 tracing::debug!(released, "requests expired (no finish within request_ttl)");
             }
+            router.reclaim_idle();
         }
     })
 }
