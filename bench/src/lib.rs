@@ -15,7 +15,8 @@
 //! - [`report`]: the JSON record and the table;
 //! - [`memory`]: the counting allocator the `replay` binary wraps around mimalloc;
 //! - [`synthetic_chain`]: stored chains for the criterion benches;
-//! - [`quic_flood`]: half-open QUIC handshakes, for the router's hardening checks.
+//! - [`quic_flood`]: half-open QUIC handshakes, for the router's hardening checks;
+//! - [`soak`]: the soak test of a `kvroute serve` process (the `soak` binary).
 //!
 //! The `replay` binary (`src/bin/replay.rs`) is the command-line front end.
 
@@ -26,5 +27,6 @@ pub mod quic_flood;
 pub mod replay;
 pub mod report;
 pub mod schedule;
+pub mod soak;
 pub mod sweep;
 pub mod synthetic_chain;
