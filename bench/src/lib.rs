@@ -13,8 +13,10 @@
 //! - [`sweep`]: calibration, the search for each backend's highest sustained rate, and the
 //!   common-rate trials;
 //! - [`report`]: the JSON record and the table;
+//! - [`machine`]: the CPU model, cores and huge-page mode every report records;
 //! - [`memory`]: the counting allocator the `replay` binary wraps around mimalloc;
 //! - [`synthetic_chain`]: stored chains for the criterion benches;
+//! - [`trace_shapes`]: generated traces (a shared system prompt; long-context agents);
 //! - [`quic_flood`]: half-open QUIC handshakes, for the router's hardening checks;
 //! - [`soak`]: the soak test of a `kvroute serve` process (the `soak` binary).
 //!
@@ -22,11 +24,14 @@
 
 pub mod backend;
 pub mod backends;
+pub mod machine;
 pub mod memory;
 pub mod quic_flood;
 pub mod replay;
 pub mod report;
+pub mod rng;
 pub mod schedule;
 pub mod soak;
 pub mod sweep;
 pub mod synthetic_chain;
+pub mod trace_shapes;

@@ -19,6 +19,8 @@ use crate::schedule::{Routing, Totals};
 /// The workload every backend replayed.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Workload {
+    /// Where it ran (CPU model, cores, transparent huge pages).
+    pub machine: crate::machine::Machine,
     pub trace: String,
     pub block_size: u32,
     pub workers: u32,
@@ -171,6 +173,7 @@ impl Report {
     pub fn table(&self) -> String {
         let w = &self.workload;
         let mut s = String::new();
+        let _ = writeln!(s, "machine: {}", w.machine.line());
         let _ = writeln!(
             s,
             "workload: {} requests, block size {}, {} ranks ({} x {}), {} blocks/rank, {} query + {} event threads, {:?} pacing; {} block ops; {} distinct blocks at the end",

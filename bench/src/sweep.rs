@@ -36,6 +36,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::trace_shapes::{generate, TraceShape};
 use kvroute_core::ids::BlockHash;
 use kvroute_core::trace::{parse_trace, TraceRequest};
 
@@ -51,7 +52,7 @@ use kvroute_core::event::KvEventData;
 /// Everything the benchmark is run with.
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
-    pub trace: PathBuf,
+    pub trace: TraceSource,
     pub block_size: u32,
     pub workers: u32,
     pub dp_size: u32,
@@ -81,6 +82,37 @@ pub struct BenchConfig {
     pub mismatch_examples: usize,
 }
 
+/// Where the replayed requests come from.
+#[derive(Clone, Debug)]
+pub enum TraceSource {
+    /// A Mooncake-format file.
+    File(PathBuf),
+    /// A generated shape (`crate::trace_shapes`): that many requests from that seed.
+    Shape { shape: TraceShape, requests: usize, seed: u64 },
+}
+
+impl TraceSource {
+    /// The requests.
+    pub fn load(&self) -> Result<Vec<TraceRequest>, String> {
+        match self {
+            TraceSource::File(path) => load_trace(path),
+            TraceSource::Shape { shape, requests, seed } => Ok(generate(*shape, *requests, *seed)),
+        }
+    }
+
+    /// What the report names it: the file's full path, or `generated:<shape>` with its size.
+    pub fn describe(&self) -> String {
+        match self {
+            TraceSource::File(path) => {
+                std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()).display().to_string()
+            }
+            TraceSource::Shape { shape, requests, seed } => {
+                format!("generated:{} ({requests} requests, seed {seed})", shape.name())
+            }
+        }
+    }
+}
+
 /// The trace the repository ships.
 pub fn default_trace() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/conversation_trace.jsonl"))
@@ -89,7 +121,7 @@ pub fn default_trace() -> PathBuf {
 impl Default for BenchConfig {
     fn default() -> Self {
         BenchConfig {
-            trace: default_trace(),
+            trace: TraceSource::File(default_trace()),
             block_size: 16,
             workers: 64,
             dp_size: 4,
@@ -366,7 +398,7 @@ pub fn run_bench(config: &BenchConfig) -> Result<Report, String> {
         return Err("no backend selected".into());
     }
     let t0 = Instant::now();
-    let trace = load_trace(&config.trace)?;
+    let trace = config.trace.load()?;
     let schedule = build_schedule(
         &trace,
         &ScheduleConfig {
@@ -533,7 +565,8 @@ pub fn run_bench(config: &BenchConfig) -> Result<Report, String> {
 
     Ok(Report {
         workload: Workload {
-            trace: std::fs::canonicalize(&config.trace).unwrap_or_else(|_| config.trace.clone()).display().to_string(),
+            machine: crate::machine::Machine::this(),
+            trace: config.trace.describe(),
             block_size: config.block_size,
             workers: config.workers,
             dp_size: config.dp_size,

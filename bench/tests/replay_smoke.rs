@@ -8,13 +8,14 @@
 use kvroute_bench::backend::{BackendKind, PositionalHashes};
 use kvroute_bench::replay::Pacing;
 use kvroute_bench::schedule::{build_plan, build_schedule, Item, Routing, ScheduleConfig};
-use kvroute_bench::sweep::{default_trace, load_trace, run_bench, BenchConfig};
+use kvroute_bench::sweep::{default_trace, run_bench, BenchConfig, TraceSource};
+use kvroute_bench::trace_shapes::TraceShape;
 
 const REQUESTS: usize = 300;
 
 fn config() -> BenchConfig {
     BenchConfig {
-        trace: default_trace(),
+        trace: TraceSource::File(default_trace()),
         block_size: 128,
         workers: 4,
         dp_size: 2,
@@ -40,7 +41,7 @@ fn config() -> BenchConfig {
 #[test]
 fn schedule_and_plan_are_consistent() {
     let c = config();
-    let trace = load_trace(&c.trace).expect("shipped trace");
+    let trace = c.trace.load().expect("shipped trace");
     let schedule = build_schedule(
         &trace,
         &ScheduleConfig {
@@ -131,6 +132,7 @@ fn every_backend_replays_and_kvroute_is_exact() {
     }
     let ours = &report.backends["kvroute"];
     assert!(ours.exact, "kvroute mismatched {} lookups", ours.mismatches);
+    assert!(report.workload.machine.cores > 0, "the report names its machine");
     assert_eq!(ours.mismatches, 0);
     // The report serialises with the required keys.
     let json: serde_json::Value = serde_json::from_str(&report.to_json()).expect("valid JSON");
@@ -141,4 +143,23 @@ fn every_backend_replays_and_kvroute_is_exact() {
     }
     assert!(json["workload"].get("common_rate_block_ops_per_sec").is_some());
     assert_eq!(json["workload"]["requests"], REQUESTS as u64);
+}
+
+/// The generated shapes go through the same simulator: a consistent schedule (simulator
+/// and reference agree, no anomalies), and our index exact on them.
+#[test]
+fn generated_shapes_replay_exactly() {
+    for shape in [TraceShape::SharedPrefix, TraceShape::Agent] {
+        let c = BenchConfig {
+            trace: TraceSource::Shape { shape, requests: REQUESTS, seed: 3 },
+            backends: vec![BackendKind::Kvroute],
+            ..config()
+        };
+        let report = run_bench(&c).expect("bench runs");
+        assert_eq!(report.workload.oracle_disagreements, 0, "{shape:?}");
+        assert_eq!(report.workload.reference_anomalies, 0, "{shape:?}");
+        assert!(report.workload.trace.starts_with("generated:"), "{}", report.workload.trace);
+        let ours = &report.backends["kvroute"];
+        assert!(ours.exact && ours.lookups_checked > 0, "{shape:?}: {} mismatches", ours.mismatches);
+    }
 }

@@ -300,19 +300,13 @@ fn main() {
     let decode_seconds = started.elapsed().as_secs_f64();
     assert_eq!(decoded_blocks, block_events);
     let in_process_seconds = run_in_process(&args, &payloads, block_events);
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let machine = kvroute_bench::machine::Machine::this();
     if args.json {
         println!(
             "{}",
             serde_json::json!({"kind": "decode", "format": args.format, "block_events": block_events, "bytes": bytes,
                 "seconds": decode_seconds, "block_events_per_sec": block_events as f64 / decode_seconds,
-                "cpu": cpu, "cores": cores})
+                "machine": machine})
         );
         println!(
             "{}",
@@ -320,7 +314,7 @@ fn main() {
                 "seconds": in_process_seconds, "block_events_per_sec": block_events as f64 / in_process_seconds})
         );
     } else {
-        println!("machine: {cpu}, {cores} cores");
+        println!("machine: {}", machine.line());
         println!(
             "workload: {} ranks x {} batches ({}), {} block events, {:.1} MB of msgpack",
             payloads.len(),

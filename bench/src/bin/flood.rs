@@ -81,7 +81,10 @@ async fn hold(addr: SocketAddr, kind: Slow, until: Instant) -> Option<bool> {
     let (first, drip): (&[u8], &[u8]) = match kind {
         Slow::Idle => (b"", b""),
         Slow::Header => (b"POST /v1/rou", b"t"),
-        Slow::Body => (b"POST /v1/route HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{", b" "),
+        Slow::Body => (
+            b"POST /v1/route HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+            b" ",
+        ),
     };
     stream.write_all(first).await.ok()?;
     let mut buf = [0u8; 512];

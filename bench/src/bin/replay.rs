@@ -16,7 +16,8 @@ use kvroute_bench::backend::{BackendKind, PositionalHashes};
 use kvroute_bench::memory::CountingAlloc;
 use kvroute_bench::replay::Pacing;
 use kvroute_bench::schedule::Routing;
-use kvroute_bench::sweep::{default_trace, run_bench, BenchConfig};
+use kvroute_bench::sweep::{default_trace, run_bench, BenchConfig, TraceSource};
+use kvroute_bench::trace_shapes::TraceShape;
 use mimalloc::MiMalloc;
 
 #[global_allocator]
@@ -48,8 +49,22 @@ static GLOBAL: CountingAlloc<MiMalloc> = CountingAlloc(MiMalloc);
 struct Args {
     /// Mooncake-format trace (JSON lines with timestamp, input_length, output_length,
     /// hash_ids). Default: the trace the repository ships (data/conversation_trace.jsonl).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "trace_shape")]
     trace: Option<PathBuf>,
+
+    /// Replay a generated workload instead of a trace file: `shared-prefix` (2,000 users
+    /// behind one 8,192-token system prompt, short unique tails) or `agent` (12 agents with
+    /// contexts growing turn by turn to 128 Ki tokens). Seeded: every run is the same.
+    #[arg(long, value_enum, value_name = "SHAPE")]
+    trace_shape: Option<TraceShape>,
+
+    /// Requests of the generated workload (`--trace-shape`).
+    #[arg(long, default_value_t = 4_000, value_parser = clap::value_parser!(u64).range(1..))]
+    shape_requests: u64,
+
+    /// Seed of the generated workload (`--trace-shape`).
+    #[arg(long, default_value_t = 1)]
+    shape_seed: u64,
 
     /// Tokens per KV block; must divide 512 (each trace hash id covers 512 tokens).
     #[arg(long, default_value_t = 16, value_parser = parse_block_size)]
@@ -195,7 +210,10 @@ fn main() -> ExitCode {
     let mut backends = args.backends.clone();
     backends.dedup();
     let config = BenchConfig {
-        trace: args.trace.unwrap_or_else(default_trace),
+        trace: match args.trace_shape {
+            Some(shape) => TraceSource::Shape { shape, requests: args.shape_requests as usize, seed: args.shape_seed },
+            None => TraceSource::File(args.trace.unwrap_or_else(default_trace)),
+        },
         block_size: args.block_size,
         workers: args.workers,
         dp_size: args.dp_size,

@@ -27,8 +27,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
 use super::http_client::{self, connect, read_response, request_head, HttpClient};
-use super::rng::Rng;
 use super::tally::Tally;
+use crate::rng::Rng;
 
 /// Slow-header and idle connections held at once, at most.
 const MAX_HELD: usize = 8;

@@ -29,8 +29,8 @@ use rustls::pki_types::CertificateDer;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
-use super::rng::Rng;
 use super::tally::Tally;
+use crate::rng::Rng;
 
 /// How long a peer that must be refused may stay connected.
 const REFUSAL_LIMIT: Duration = Duration::from_secs(3);

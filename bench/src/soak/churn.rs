@@ -26,9 +26,9 @@ use tokio::sync::watch;
 use super::api;
 use super::fleet::Fleet;
 use super::http_client::HttpClient;
-use super::rng::Rng;
 use super::tally::Tally;
 use super::workload::Workload;
+use crate::rng::Rng;
 
 /// Chains a leaving worker held that the leave check follows.
 const FOLLOWED_CHAINS: usize = 16;

@@ -27,9 +27,9 @@ use super::api;
 use super::engine::Served;
 use super::fleet::Fleet;
 use super::http_client::HttpClient;
-use super::rng::Rng;
 use super::tally::Tally;
 use super::workload::Workload;
+use crate::rng::Rng;
 
 /// Longest a request stays open before its `finish`.
 const MAX_HOLD: Duration = Duration::from_secs(2);

@@ -23,7 +23,7 @@
 //! [`bad_quic`]) and the sampler ([`sampler`], parsing [`exposition`]); then load stops,
 //! every engine is up, the ingest settles and the index is compared ([`exactness`]); the
 //! daemon is stopped with SIGTERM, and [`verdict`] prints the summary and the failures.
-//! [`tally`] holds the soak's own counts, [`rng`] its randomness.
+//! [`tally`] holds the soak's own counts; its randomness is [`crate::rng`].
 
 pub mod api;
 pub mod bad_http;
@@ -36,7 +36,6 @@ pub mod exposition;
 pub mod fleet;
 pub mod http_client;
 pub mod load;
-pub mod rng;
 pub mod sampler;
 pub mod tally;
 pub mod verdict;

@@ -28,7 +28,7 @@ use std::sync::Mutex;
 use kvroute_core::hashing::BlockHasher;
 use kvroute_core::BlockHash;
 
-use super::rng::Rng;
+use crate::rng::Rng;
 
 /// Shared system prompts.
 pub const SYSTEM_PROMPTS: u64 = 16;

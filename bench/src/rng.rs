@@ -1,8 +1,9 @@
-//! [`Rng`]: the soak test's one source of randomness, a SplitMix64 generator.
+//! [`Rng`]: the bench's source of randomness for workloads, a SplitMix64 generator.
 //!
 //! Every random choice of the soak (which prompt a client sends, its tokens, garbage
 //! bytes, datagram sizes) comes from an `Rng` seeded from `--seed` and the task's number,
-//! so that a run's workload is reproducible up to the timing of the tasks. SplitMix64 is
+//! so that a run's workload is reproducible up to the timing of the tasks; the generated
+//! trace shapes ([`crate::trace_shapes`]) draw from one seeded the same way. SplitMix64 is
 //! small, fast and statistically good enough for a workload generator; it is not for
 //! anything secret.
 
