@@ -501,7 +501,11 @@ impl KvIndex {
         let w = self.writer();
         // Registered ranks only: a replaced rank's old id waits for its grace period.
         let live = w.rank_ids.values().filter_map(|&id| w.ranks.get(id as usize).and_then(Option::as_ref));
-        IndexSize { ranks: w.rank_ids.len(), held_blocks: live.map(|state| state.entries.len()).sum(), nodes: w.node_count() }
+        IndexSize {
+            ranks: w.rank_ids.len(),
+            held_blocks: live.map(|state| state.entries.len()).sum(),
+            nodes: w.node_count(),
+        }
     }
 
     /// Walks the whole tree under the writer lock.

@@ -119,10 +119,8 @@ pub async fn serve_on(
     // Two sockets per engine rank at most (live and replay).
     let engine_sockets: u64 = config.engine_sources.iter().map(|s| 2 * u64::from(s.ranks.len() as u32)).sum();
     let mut http_limits = config.http_server;
-    http_limits.max_connections = fd_limit::fit_http_connections(
-        http_limits.max_connections,
-        fd_limit::RESERVED_DESCRIPTORS + engine_sockets,
-    );
+    http_limits.max_connections =
+        fd_limit::fit_http_connections(http_limits.max_connections, fd_limit::RESERVED_DESCRIPTORS + engine_sockets);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = http_server::serve(
         listener,
