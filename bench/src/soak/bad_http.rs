@@ -76,11 +76,7 @@ pub async fn run_bad_http(context: BadHttpContext, interval: Duration, mut stop:
     let held = Arc::new(AtomicUsize::new(0));
     let mut holders = tokio::task::JoinSet::new();
     for i in 0.. {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stop.changed() => break,
-        }
-        if *stop.borrow() {
+        if !super::tick_or_stop(interval, &mut stop).await {
             break;
         }
         let kind = KINDS[i % KINDS.len()];

@@ -81,11 +81,7 @@ pub async fn run_bad_quic(context: BadQuicContext, interval: Duration, mut stop:
         None => &[Peer::Garbage],
     };
     for i in 0.. {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stop.changed() => break,
-        }
-        if *stop.borrow() {
+        if !super::tick_or_stop(interval, &mut stop).await {
             break;
         }
         for _ in 0..BURST {

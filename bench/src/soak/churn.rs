@@ -65,11 +65,7 @@ pub async fn run_churn(context: ChurnContext, interval: Duration, mut stop: watc
     let mut client = HttpClient::new(context.http);
     let n = workers.len();
     for i in 0.. {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stop.changed() => break,
-        }
-        if *stop.borrow() {
+        if !super::tick_or_stop(interval, &mut stop).await {
             break;
         }
         let worker = workers[i % n];

@@ -305,3 +305,13 @@ pub async fn run(config: SoakConfig) -> Result<bool, String> {
     }
     Ok(failures.is_empty())
 }
+
+/// Waits `interval`, or until the run stops: `false` once it has (the periodic tasks' loop
+/// condition).
+pub(crate) async fn tick_or_stop(interval: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(interval) => {}
+        _ = stop.changed() => return false,
+    }
+    !*stop.borrow()
+}
