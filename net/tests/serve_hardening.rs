@@ -418,3 +418,35 @@ async fn a_slow_body_is_answered_408_and_counted() {
     stop_tx.send(true).unwrap();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_request_head_closes_its_connection() {
+    use kvroute_net::serve::http_server::{self, HttpConnectionMetrics, HttpServerLimits, MAX_READ_BUFFER};
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let metrics = Arc::new(HttpConnectionMetrics::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server =
+        tokio::spawn(http_server::serve(listener, http::app(state()), HttpServerLimits::default(), metrics, stop_rx));
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(MAX_READ_BUFFER + 1));
+    // The server may close before taking it all: a failed write is fine, the reply counts.
+    let (mut read, mut write) = stream.into_split();
+    let writer = tokio::spawn(async move { write.write_all(head.as_bytes()).await });
+    let mut reply = Vec::new();
+    let read_all = tokio::io::AsyncReadExt::read_to_end(&mut read, &mut reply);
+    // Closed at once (hyper answers 431 when it can, or just closes).
+    let closed = tokio::time::timeout(Duration::from_secs(5), read_all).await;
+    assert!(closed.is_ok(), "the connection must be closed, not held");
+    let _ = writer.await;
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 431"), "{reply:?}");
+    // A normal head still works.
+    let reply = healthz(addr).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    stop_tx.send(true).unwrap();
+    server.await.unwrap().unwrap();
+}

@@ -8,6 +8,10 @@
 //! - hyper's own `header_read_timeout` (with tokio's timer): a client must send a
 //!   request's whole head within it, and it runs from the moment the connection waits for
 //!   a request, so it also closes keep-alive connections idle that long.
+//! - hyper's `max_buf_size` at [`MAX_READ_BUFFER`]: a request head larger than that
+//!   closes the connection, so each connection's read buffer stays at
+//!   64 KiB (hyper's default, ~400 KiB, times the connection cap would be 1.6 GB of
+//!   slow-header flood); bodies stream through it in pieces.
 //! - Graceful shutdown: on the stop signal the accept loop ends and every connection is
 //!   asked to finish its request in flight and close (`graceful_shutdown`); the caller
 //!   bounds the wait.
@@ -27,6 +31,8 @@ use tokio::task::JoinSet;
 
 /// Default [`HttpServerLimits::max_connections`].
 pub const DEFAULT_MAX_HTTP_CONNECTIONS: usize = 4096;
+/// Largest read buffer of a connection, so also the largest request head.
+pub const MAX_READ_BUFFER: usize = 64 << 10;
 /// Default [`HttpServerLimits::header_read_timeout`].
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -106,7 +112,10 @@ pub async fn serve(
             let _slot = slot;
             metrics.open.fetch_add(1, Ordering::Relaxed);
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(MAX_READ_BUFFER);
             let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
             tokio::pin!(connection);
             let result = tokio::select! {
