@@ -79,7 +79,7 @@ pub async fn sample(context: &SamplerContext, client: &mut HttpClient) -> Result
     let row = row_of(context, rss, healthz, &metrics);
     println!(
         "[{:>5.0} s] rss {:>7.1} MB | index held {} nodes {} | decisions {:>8} | block events applied {:>10} | \
-         active {:>3} | approx blocks {:>7} | publishers {} | healthz {}{}",
+         active {:>3} | approx blocks {:>7} | QUIC connections {} | healthz {}{}",
         row.elapsed.as_secs_f64(),
         row.rss_kib as f64 / 1024.0,
         optional(row.held_blocks),
