@@ -170,6 +170,17 @@ pub fn judge(e: &Evidence<'_>) -> Vec<String> {
         ));
     }
 
+    // The index's size gauge: every block it holds is the reference's or an approximate one.
+    if let Some(held) = x.get("kvroute_index_held_blocks", &[("tier", "device")]) {
+        let expected = e.reference_held as u64 + approx;
+        if held as u64 != expected {
+            failures.push(format!(
+                "the index holds {held} (rank, block) pairs, the reference {} plus {approx} approximate",
+                e.reference_held
+            ));
+        }
+    }
+
     // Ingest recovery.
     let ingest = |name: &str| x.value(&format!("kvroute_ingest_{name}_total"), &[]);
     let (gaps, resumes, dumps) = (ingest("gaps"), ingest("resumes"), ingest("dumps"));
@@ -262,7 +273,7 @@ pub fn judge(e: &Evidence<'_>) -> Vec<String> {
     );
     println!(
         "index          device: {} events applied, {} blocks stored, {} removed; held (rank, block) pairs: daemon {}, \
-         reference {} + approximate {} (the daemon's gauge also counts replaced ranks not yet reclaimed)",
+         reference {} + approximate {}",
         x.value("kvroute_index_events_applied_total", &[("tier", "device")]),
         x.value("kvroute_index_blocks_stored_total", &[("tier", "device")]),
         x.value("kvroute_index_blocks_removed_total", &[("tier", "device")]),
