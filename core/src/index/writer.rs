@@ -52,6 +52,23 @@ pub(crate) struct Loc {
     offset: u32,
 }
 
+/// Events with at least this many blocks probe their rank-map slots ahead.
+const TOUCH_AHEAD_MIN_BLOCKS: usize = 4;
+
+/// Looks up every key of a multi-block event once before the event is applied, results
+/// unused. The map probes are where applying an event waits on memory (a rank's map is
+/// too large for the cache), and the apply loop cannot overlap them: each block's probe
+/// sits behind the tree walk of the one before. Here no probe depends on another, so the
+/// processor keeps several cache misses in flight, and the apply loop then hits.
+fn touch_ahead(entries: &PrehashedMap<EngineHash, Loc>, keys: impl ExactSizeIterator<Item = EngineHash>) {
+    if keys.len() < TOUCH_AHEAD_MIN_BLOCKS {
+        return;
+    }
+    for key in keys {
+        std::hint::black_box(entries.get(&key));
+    }
+}
+
 /// Positions `lo..=hi` of `node`.
 #[derive(Clone, Copy, Debug)]
 struct PositionRun {
@@ -408,6 +425,7 @@ impl WriterState {
         };
         let mut matched = std::mem::take(&mut self.scratch);
         matched.clear();
+        touch_ahead(entries, blocks.iter().map(|b| b.engine_hash));
         let mut i = 0;
         while i < blocks.len() {
             let block = blocks[i];
@@ -502,6 +520,7 @@ impl WriterState {
     fn remove(&mut self, guard: &Guard, rank: u32, entries: &mut PrehashedMap<EngineHash, Loc>, blocks: &[EngineHash]) {
         let mut runs = std::mem::take(&mut self.runs);
         runs.clear();
+        touch_ahead(entries, blocks.iter().copied());
         for hash in blocks {
             let Some(loc) = entries.remove(hash) else {
                 self.counters.unknown_remove += 1;
