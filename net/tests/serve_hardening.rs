@@ -431,7 +431,7 @@ async fn an_oversize_request_head_closes_its_connection() {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server =
         tokio::spawn(http_server::serve(listener, http::app(state()), HttpServerLimits::default(), metrics, stop_rx));
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(MAX_READ_BUFFER + 1));
     // The server may close before taking it all: a failed write is fine, the reply counts.
     let (mut read, mut write) = stream.into_split();
