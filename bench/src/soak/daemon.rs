@@ -4,7 +4,8 @@
 //!
 //! Shape: [`Daemon::spawn`] picks free loopback ports (an HTTP TCP port, an ingest UDP
 //! port), starts `kvroute serve` with the soak's settings ([`DaemonSpec`]: registered
-//! workers, short publisher grace and header timeout, bounded approximate mode) and its
+//! workers, short publisher grace and header timeout, bounded approximate mode, an index
+//! snapshot written every [`SNAPSHOT_INTERVAL`] to `index.snapshot`) and its
 //! stdout and stderr appended to `daemon.log` in the run's directory, then
 //! [`Daemon::wait_healthy`] polls `GET /healthz`. [`Daemon::exit_status`] tells whether
 //! it died; [`Daemon::stop`] sends SIGTERM (through `kill(1)`: no `unsafe` here) and
@@ -21,6 +22,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::http_client::HttpClient;
+
+/// How often the daemon writes its index snapshot during the run (exercising the export
+/// beside the churn; `verdict` checks the writes happened and none failed).
+pub const SNAPSHOT_INTERVAL: &str = "5s";
 
 /// How the ingest authenticates publishers.
 #[derive(Clone, Debug)]
@@ -122,6 +127,8 @@ impl Daemon {
             format!("--approx-ttl={}", human(spec.approx_ttl)),
             format!("--approx-max-blocks={}", spec.approx_max_blocks),
             format!("--request-ttl={}", human(spec.request_ttl)),
+            format!("--snapshot-path={}", spec.dir.join("index.snapshot").display()),
+            format!("--snapshot-interval={SNAPSHOT_INTERVAL}"),
             "--shutdown-grace=5s".into(),
             "--log-filter=info".into(),
         ];

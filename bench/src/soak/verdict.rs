@@ -181,6 +181,13 @@ pub fn judge(e: &Evidence<'_>) -> Vec<String> {
         }
     }
 
+    // Periodic snapshots (written under the churn).
+    let (writes, write_failures) =
+        (x.value("kvroute_snapshot_writes_total", &[]), x.value("kvroute_snapshot_write_failures_total", &[]));
+    if writes == 0 || write_failures > 0 {
+        failures.push(format!("{writes} snapshots written, {write_failures} writes failed"));
+    }
+
     // Ingest recovery.
     let ingest = |name: &str| x.value(&format!("kvroute_ingest_{name}_total"), &[]);
     let (gaps, resumes, dumps) = (ingest("gaps"), ingest("resumes"), ingest("dumps"));
@@ -286,6 +293,13 @@ pub fn judge(e: &Evidence<'_>) -> Vec<String> {
         .map(|name| format!("{name} {}", x.value(&format!("kvroute_index_{name}_total"), &[])))
         .collect();
     println!("anomalies      {} (all tiers)", anomalies.join(", "));
+    println!(
+        "snapshots      {} written (every {}), {} failed, last {} bytes",
+        x.value("kvroute_snapshot_writes_total", &[]),
+        super::daemon::SNAPSHOT_INTERVAL,
+        x.value("kvroute_snapshot_write_failures_total", &[]),
+        x.value("kvroute_snapshot_bytes", &[])
+    );
     println!(
         "churn          {} restarts, {} crashes, {} leaves past the grace ({} verified); ingest removed {} ranks after \
          the grace",
