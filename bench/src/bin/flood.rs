@@ -149,6 +149,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = Args::parse();
+    println!("machine: {}", kvroute_bench::machine::Machine::this().line());
     let started = Instant::now();
     let until = started + Duration::from_secs(args.seconds);
 

@@ -399,6 +399,7 @@ fn main() -> ExitCode {
 
     let (best, median) = best_and_median(&fresh);
     let (huge_best, huge_median) = best_and_median(&huge);
+    println!("machine: {}", kvroute_bench::machine::Machine::this().line());
     let (owned_best, owned_median) = best_and_median(&owned);
     println!(
         "restart from {:.1} MB, {} pairs, fresh process: best {}; median {:.0} ms; with huge pages: best {:.0} ms, \

@@ -113,6 +113,7 @@ fn main() -> Result<(), String> {
     let args = Args::parse();
     // As `kvroute serve` and `kvroute publish` do (see `kvroute_net::huge_pages`).
     kvroute_net::huge_pages::disable_transparent_huge_pages().map_err(|e| format!("turning huge pages off: {e}"))?;
+    println!("machine: {}", kvroute_bench::machine::Machine::this().line());
     let trace = args
         .trace
         .clone()

@@ -79,6 +79,7 @@ fn main() -> Result<(), String> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = args.threads.unwrap_or(cores).max(1);
     let length = Duration::from_secs_f64(args.seconds);
+    println!("machine: {}", kvroute_bench::machine::Machine::this().line());
     println!("vcpu_stalls: {threads} spinning threads on {cores} cores for {:.1} s", args.seconds);
     let results: Vec<Gaps> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads).map(|_| scope.spawn(move || spin(length))).collect();

@@ -228,6 +228,7 @@ pub fn judge(e: &Evidence<'_>) -> Vec<String> {
     // The summary.
     let healthz_max = e.rows.iter().filter_map(|row| row.healthz).max().unwrap_or_default();
     println!("\n== soak summary ==");
+    println!("machine        {}", crate::machine::Machine::this().line());
     println!(
         "duration       {:.0} s (warm-up {:.0} s), {} samples; daemon log {}",
         e.duration.as_secs_f64(),
