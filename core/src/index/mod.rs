@@ -342,20 +342,26 @@ impl KvIndex {
     /// them). Registers the rank if it was not; returns its new id. The rank's event ids
     /// start afresh (its next event is accepted whatever its id).
     pub fn promote_staged(&self, staged: StagedRank) -> RankId {
-        let mut w = self.writer();
-        let guard = self.domain.pin();
-        let previous = w.rank_ids.insert(staged.key, staged.id);
-        self.publish_ranks(&w, &guard);
-        if let Some(previous) = previous {
-            let elapsed = std::sync::Arc::new(AtomicBool::new(false));
-            let marker = Box::new(GraceMarker(elapsed.clone()));
-            // SAFETY: a fresh box, retired once; its drop only raises the flag.
-            unsafe { guard.retire(Box::into_raw(marker)) };
-            w.retiring.push((previous, elapsed));
-            // The replaced rank's blocks wait for the marker: hand it to the reclaimer now
-            // rather than when this thread's batch fills (promotions are rare; a quiet
-            // ingest would otherwise keep a replaced copy of the rank indefinitely).
-            guard.flush();
+        let replaced = {
+            let mut w = self.writer();
+            let guard = self.domain.pin();
+            let previous = w.rank_ids.insert(staged.key, staged.id);
+            self.publish_ranks(&w, &guard);
+            if let Some(previous) = previous {
+                let elapsed = std::sync::Arc::new(AtomicBool::new(false));
+                let marker = Box::new(GraceMarker(elapsed.clone()));
+                // SAFETY: a fresh box, retired once; its drop only raises the flag.
+                unsafe { guard.retire(Box::into_raw(marker)) };
+                w.retiring.push((previous, elapsed));
+            }
+            previous.is_some()
+        };
+        if replaced {
+            // The replaced rank's blocks wait for the marker: hand this thread's batch to
+            // the reclaimer now rather than when it fills (promotions are rare; a quiet
+            // ingest would otherwise keep a replaced copy of the rank indefinitely). Outside
+            // the writer lock, as `flush_reclamation` does: a flush frees garbage.
+            self.domain.pin().flush();
         }
         RankId(staged.id)
     }
@@ -427,20 +433,12 @@ impl KvIndex {
     /// Applies one event. Callable from many threads; a rank's events must be applied in
     /// order by one thread at a time. Bad events are counted (see [`EventCounters`]).
     pub fn apply(&self, event: &KvEvent) {
-        let mut w = self.writer();
-        let guard = self.domain.pin();
-        self.release_retired(&mut w, &guard);
-        w.apply(&guard, event);
+        self.apply_events(std::iter::once(event), false);
     }
 
     /// Applies a batch of events under one lock acquisition.
     pub fn apply_batch<'a>(&self, events: impl IntoIterator<Item = &'a KvEvent>) {
-        let mut w = self.writer();
-        let guard = self.domain.pin();
-        self.release_retired(&mut w, &guard);
-        for event in events {
-            w.apply(&guard, event);
-        }
+        self.apply_events(events, false);
     }
 
     /// [`apply_batch`](Self::apply_batch) for events the index may already reflect (the
@@ -448,6 +446,10 @@ impl KvIndex {
     /// again is idempotent, and the duplicate stores, unknown parents and unknown removals
     /// it meets are counted in `snapshot_replays` instead of as anomalies.
     pub fn apply_replayed_batch<'a>(&self, events: impl IntoIterator<Item = &'a KvEvent>) {
+        self.apply_events(events, true);
+    }
+
+    fn apply_events<'a>(&self, events: impl IntoIterator<Item = &'a KvEvent>, replayed: bool) {
         let mut w = self.writer();
         let guard = self.domain.pin();
         self.release_retired(&mut w, &guard);
@@ -456,10 +458,12 @@ impl KvIndex {
         for event in events {
             w.apply(&guard, event);
         }
-        let c = &mut w.counters;
-        c.snapshot_replays +=
-            (c.duplicate_store - before.0) + (c.unknown_parent - before.1) + (c.unknown_remove - before.2);
-        (c.duplicate_store, c.unknown_parent, c.unknown_remove) = before;
+        if replayed {
+            let c = &mut w.counters;
+            c.snapshot_replays +=
+                (c.duplicate_store - before.0) + (c.unknown_parent - before.1) + (c.unknown_remove - before.2);
+            (c.duplicate_store, c.unknown_parent, c.unknown_remove) = before;
+        }
     }
 
     /// Overlap of every rank holding a non-empty prefix of `request`. Lock-free.
