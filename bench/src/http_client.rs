@@ -1,6 +1,7 @@
 //! A minimal HTTP/1.1 client for the daemon's API: [`HttpClient`] keeps one keep-alive
 //! TCP connection and sends one request at a time; [`read_response`] parses a response
-//! from any buffered reader (the bad-traffic task uses it on raw sockets too).
+//! from any buffered reader (the soak's bad-traffic task uses it on raw sockets too). The
+//! soak and the `flood` binary talk to the daemon through it.
 //!
 //! Shape: `client.post_json("/v1/route", body).await` writes the request head and body in
 //! one write, reads the status line, the headers and a `Content-Length` or chunked body,

@@ -13,6 +13,7 @@
 //! - [`sweep`]: calibration, the search for each backend's highest sustained rate, and the
 //!   common-rate trials;
 //! - [`report`]: the JSON record and the table;
+//! - [`http_client`]: a minimal HTTP/1.1 client for `kvroute serve`'s API (soak, flood);
 //! - [`machine`]: the CPU model, cores and huge-page mode every report records;
 //! - [`memory`]: the counting allocator the `replay` binary wraps around mimalloc;
 //! - [`synthetic_chain`]: stored chains for the criterion benches;
@@ -24,6 +25,7 @@
 
 pub mod backend;
 pub mod backends;
+pub mod http_client;
 pub mod machine;
 pub mod memory;
 pub mod quic_flood;

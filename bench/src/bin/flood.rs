@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use kvroute_bench::http_client::HttpClient;
 use kvroute_bench::quic_flood::HalfOpenFlood;
 use kvroute_core::RankKey;
 use kvroute_net::transport::{Publisher, PublisherConfig, RouterTarget, TlsMode};
@@ -110,26 +111,12 @@ async fn hold(addr: SocketAddr, kind: Slow, until: Instant) -> Option<bool> {
 /// One `GET /healthz` on a fresh connection: its latency, or `None` when it failed.
 async fn healthz(addr: SocketAddr) -> Option<Duration> {
     let started = Instant::now();
-    let probe = async {
-        let mut stream = TcpStream::connect(addr).await.ok()?;
-        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
-        let mut reply = Vec::new();
-        stream.read_to_end(&mut reply).await.ok()?;
-        reply.starts_with(b"HTTP/1.1 200").then_some(())
-    };
-    tokio::time::timeout(Duration::from_secs(5), probe).await.ok().flatten()?;
-    Some(started.elapsed())
+    let response = HttpClient::new(addr).get("/healthz").await.ok()?;
+    (response.status == 200).then(|| started.elapsed())
 }
 
 async fn metrics_lines(addr: SocketAddr) -> Vec<String> {
-    let fetch = async {
-        let mut stream = TcpStream::connect(addr).await.ok()?;
-        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
-        let mut reply = String::new();
-        stream.read_to_string(&mut reply).await.ok()?;
-        Some(reply)
-    };
-    let text = tokio::time::timeout(Duration::from_secs(5), fetch).await.ok().flatten().unwrap_or_default();
+    let text = HttpClient::new(addr).get("/metrics").await.map(|r| r.text()).unwrap_or_default();
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.starts_with("kvroute_ingest_handshakes") || l.starts_with("kvroute_ingest_connections"))

@@ -14,7 +14,7 @@
 use kvroute_core::{BlockHash, RankKey};
 
 use super::exposition::Exposition;
-use super::http_client::{HttpClient, Response};
+use crate::http_client::{HttpClient, Response};
 
 /// The part of a `/v1/route` reply the soak uses.
 #[derive(Clone, Debug, serde::Deserialize)]

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
-use super::http_client::{self, connect, read_response, request_head, HttpClient};
 use super::tally::Tally;
+use crate::http_client::{self, connect, read_response, request_head, HttpClient};
 use crate::rng::Rng;
 
 /// Slow-header and idle connections held at once, at most.

@@ -25,9 +25,9 @@ use tokio::sync::watch;
 
 use super::api;
 use super::fleet::Fleet;
-use super::http_client::HttpClient;
 use super::tally::Tally;
 use super::workload::Workload;
+use crate::http_client::HttpClient;
 use crate::rng::Rng;
 
 /// Chains a leaving worker held that the leave check follows.

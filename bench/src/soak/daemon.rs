@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::http_client::HttpClient;
+use crate::http_client::HttpClient;
 
 /// How often the daemon writes its index snapshot during the run (exercising the export
 /// beside the churn; `verdict` checks the writes happened and none failed).

@@ -24,7 +24,7 @@ use kvroute_core::{BlockHash, RankKey};
 
 use super::api;
 use super::fleet::Fleet;
-use super::http_client::HttpClient;
+use crate::http_client::HttpClient;
 
 /// How long the ingest counters must stay still.
 pub const QUIET: Duration = Duration::from_millis(1500);

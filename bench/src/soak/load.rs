@@ -26,9 +26,9 @@ use tokio::sync::watch;
 use super::api;
 use super::engine::Served;
 use super::fleet::Fleet;
-use super::http_client::HttpClient;
 use super::tally::Tally;
 use super::workload::Workload;
+use crate::http_client::HttpClient;
 use crate::rng::Rng;
 
 /// Longest a request stays open before its `finish`.

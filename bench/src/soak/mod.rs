@@ -18,7 +18,7 @@
 //!
 //! Phases of [`run`]: certificates (`kvroute certs`) and the daemon ([`daemon`]); every
 //! publisher connected and its ranks dumped ([`fleet`], [`engine`]); then, for
-//! `--minutes`, the tasks: route clients ([`load`], over [`api`] and [`http_client`],
+//! `--minutes`, the tasks: route clients ([`load`], over [`api`] and [`crate::http_client`],
 //! prompts from [`workload`]), churn ([`churn`]), bad traffic ([`bad_http`],
 //! [`bad_quic`]) and the sampler ([`sampler`], parsing [`exposition`]); then load stops,
 //! every engine is up, the ingest settles and the index is compared ([`exactness`]); the
@@ -34,7 +34,6 @@ pub mod engine;
 pub mod exactness;
 pub mod exposition;
 pub mod fleet;
-pub mod http_client;
 pub mod load;
 pub mod sampler;
 pub mod tally;
@@ -98,7 +97,7 @@ pub struct SoakConfig {
 /// (a worker switches to exact mode only at its first event or non-empty dump).
 async fn wait_connected(http: std::net::SocketAddr, publishers: u64, ranks: u64) -> Result<(), String> {
     let deadline = Instant::now() + PATIENCE;
-    let mut client = http_client::HttpClient::new(http);
+    let mut client = crate::http_client::HttpClient::new(http);
     loop {
         let x = api::metrics(&mut client).await?;
         let open = x.value("kvroute_ingest_connections_open", &[]);
@@ -256,7 +255,7 @@ pub async fn run(config: SoakConfig) -> Result<bool, String> {
         let mut chains: Vec<Vec<kvroute_core::BlockHash>> = workload.every_turn().map(<[_]>::to_vec).collect();
         chains.extend(workload.recent_distinct());
         exactness = exactness::check(http, &fleet, chains, PATIENCE).await;
-        let mut client = http_client::HttpClient::new(http);
+        let mut client = crate::http_client::HttpClient::new(http);
         match sampler::sample(&sampler_context, &mut client).await {
             Ok(row) => rows.push(row),
             Err(error) => tally.fail(format!("final sample: {error}")),

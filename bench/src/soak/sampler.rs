@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::api;
 use super::daemon::rss_kib;
 use super::exposition::Exposition;
-use super::http_client::HttpClient;
+use crate::http_client::HttpClient;
 
 /// One sample.
 #[derive(Clone, Debug)]

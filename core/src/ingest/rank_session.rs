@@ -143,9 +143,9 @@ pub struct RankSession {
     /// Tiers the sink may hold blocks of this rank in (bit per tier).
     tiers_touched: u8,
     dump: Option<DumpCollector>,
-    /// `(incarnation, seq)`: events of that incarnation up to `seq` may already be in the
-    /// sink (restored from a snapshot taken while they were being applied).
-    replay_through: Option<(u64, u64)>,
+    /// Events of the cursor's incarnation up to this seq may already be in the sink
+    /// (restored from a snapshot taken while they were being applied).
+    replay_through: Option<u64>,
 }
 
 impl RankSession {
@@ -162,7 +162,7 @@ impl RankSession {
             cursor: RankCursor::resumed(incarnation, applied_seq),
             tiers_touched: ALL_TIERS,
             dump: None,
-            replay_through: (settled_seq > applied_seq).then_some((incarnation, settled_seq)),
+            replay_through: (settled_seq > applied_seq).then_some(settled_seq),
         }
     }
 
@@ -171,10 +171,10 @@ impl RankSession {
     /// for a dump).
     pub fn on_hello(&mut self, incarnation: u64) {
         self.abandon_stream();
-        self.cursor.on_hello(incarnation);
-        if self.replay_through.is_some_and(|(of, _)| of != incarnation) {
+        if self.cursor.incarnation() != Some(incarnation) {
             self.replay_through = None;
         }
+        self.cursor.on_hello(incarnation);
     }
 
     /// The rank's stream ended (any reason): a dump in progress is dropped (the cursor
@@ -258,15 +258,11 @@ impl RankSession {
     /// How many of `count` events numbered from `first_seq` are within the restored
     /// snapshot's settled window; the window ends once the events pass it.
     fn take_replayed(&mut self, first_seq: u64, count: usize) -> usize {
-        let Some((_, through)) = self.replay_through else { return 0 };
-        let past = first_seq.saturating_add(count as u64); // the first seq after the batch
-        if past > through {
+        let Some(through) = self.replay_through else { return 0 };
+        if first_seq.saturating_add(count as u64) > through {
             self.replay_through = None;
         }
-        if through < first_seq {
-            return 0;
-        }
-        usize::try_from(through - first_seq + 1).map_or(count, |n| n.min(count))
+        through.checked_sub(first_seq).map_or(0, |behind| usize::try_from(behind + 1).map_or(count, |n| n.min(count)))
     }
 
     fn on_dump_end(&mut self, end: DumpEnd, ctx: &FrameContext<'_>) -> Result<FrameEffect, FrameError> {

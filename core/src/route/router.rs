@@ -595,10 +595,6 @@ impl Router {
         }
     }
 
-    /// One bounded step of expiry: at most 65,536 requests and 65,536 approximate-mode
-    /// entries looked at. Routing runs one about every `min(ttl) / 8` (at most every
-    /// second, again at once while `done` is false); `kvroute serve` also runs them on a
-    /// timer, so loads are right when traffic stops.
     /// Frees what the indexes' writers retired and no reader can see any more (replaced
     /// ranks past their grace period, unlinked nodes), without waiting for more events:
     /// call it on an idle timer (`kvroute serve` does, with the expiry steps), not on the
@@ -610,6 +606,10 @@ impl Router {
         }
     }
 
+    /// One bounded step of expiry: at most 65,536 requests and 65,536 approximate-mode
+    /// entries looked at. Routing runs one about every `min(ttl) / 8` (at most every
+    /// second, again at once while `done` is false); `kvroute serve` also runs them on a
+    /// timer, so loads are right when traffic stops.
     pub fn expire_step(&self) -> ExpiryStep {
         let now = self.clock.now_ms();
         let approx_done = lock(&self.approx).expire(&self.indexes[StorageTier::Device.index()], now);

@@ -443,7 +443,6 @@ mod tests {
         use crate::wire::{Deltas, Frame};
 
         let rank = RankKey::new(1, 0);
-        let chain = |seed: u64, n: u64| chain(seed, n);
         let stream: Vec<KvEventData> = vec![
             KvEventData::Stored { parent: None, blocks: chain(1, 10) },
             KvEventData::Stored { parent: Some(EngineHash(1 << 32 | 4)), blocks: chain(2, 5) },

@@ -117,7 +117,7 @@ pub async fn serve_on(
     let expiry_timer = expiry::start(Arc::clone(&router));
 
     // Two sockets per engine rank at most (live and replay).
-    let engine_sockets: u64 = config.engine_sources.iter().map(|s| 2 * u64::from(s.ranks.len() as u32)).sum();
+    let engine_sockets: u64 = config.engine_sources.iter().map(|s| 2 * s.ranks.len() as u64).sum();
     let mut http_limits = config.http_server;
     http_limits.max_connections =
         fd_limit::fit_http_connections(http_limits.max_connections, fd_limit::RESERVED_DESCRIPTORS + engine_sockets);

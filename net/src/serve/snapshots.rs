@@ -15,7 +15,6 @@
 //! [`SnapshotStatus`] keeps the last snapshot's size and time (restored or written) and
 //! the write counts, for `/metrics`.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -33,12 +32,6 @@ use crate::transport::RankCursorState;
 /// Reads one rank's ingest cursor now; a snapshot reads each rank's before and after
 /// exporting it.
 pub type CursorSource = Arc<dyn Fn(RankKey) -> Option<RankCursorState> + Send + Sync>;
-
-/// A [`CursorSource`] over fixed positions (an ingest that stopped).
-pub fn fixed_cursors(cursors: Vec<RankCursorState>) -> CursorSource {
-    let by_rank: HashMap<RankKey, RankCursorState> = cursors.into_iter().map(|c| (c.rank, c)).collect();
-    Arc::new(move |rank| by_rank.get(&rank).copied())
-}
 
 /// The last snapshot (restored or written) and the writes so far; Relaxed by design
 /// (independent gauges and counts, read for `/metrics` only).

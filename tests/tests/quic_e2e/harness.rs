@@ -261,9 +261,9 @@ pub async fn shut_down_with_snapshot(
     let cursors = ingest.cursors();
     ingest.shutdown().await;
     let status = snapshots::SnapshotStatus::default();
-    snapshots::write_final(config, Arc::clone(&router), snapshots::fixed_cursors(cursors.clone()), &status)
-        .await
-        .unwrap();
+    let saved = cursors.clone();
+    let cursor_of: snapshots::CursorSource = Arc::new(move |rank| saved.iter().find(|c| c.rank == rank).copied());
+    snapshots::write_final(config, Arc::clone(&router), cursor_of, &status).await.unwrap();
     let old = Arc::downgrade(&router);
     drop(router);
     wait_until("the old router to be freed", || old.strong_count() == 0).await;
