@@ -8,10 +8,14 @@
 //! - hyper's own `header_read_timeout` (with tokio's timer): a client must send a
 //!   request's whole head within it, and it runs from the moment the connection waits for
 //!   a request, so it also closes keep-alive connections idle that long.
-//! - hyper's `max_buf_size` at [`MAX_READ_BUFFER`]: a request head larger than that
-//!   closes the connection, so each connection's read buffer stays at
-//!   64 KiB (hyper's default, ~400 KiB, times the connection cap would be 1.6 GB of
-//!   slow-header flood); bodies stream through it in pieces.
+//! - hyper's `max_header_size` and `max_buf_size`, both at [`MAX_READ_BUFFER`]: a
+//!   request head larger than that is answered 431 and its connection closed, so each
+//!   connection's read buffer stays near 64 KiB (hyper's default, ~400 KiB, times the
+//!   connection cap would be 1.6 GB of slow-header flood); bodies stream through it in
+//!   pieces. `max_buf_size` alone is not enough: hyper checks it only while a head is
+//!   still incomplete, so a head that arrives whole in one read larger than the bound
+//!   (the buffer's spare capacity can exceed it) was parsed and served;
+//!   `max_header_size` also checks the length of a complete head.
 //! - Graceful shutdown: on the stop signal the accept loop ends and every connection is
 //!   asked to finish its request in flight and close (`graceful_shutdown`); the caller
 //!   bounds the wait.
@@ -115,6 +119,7 @@ pub async fn serve(
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
+                .max_header_size(MAX_READ_BUFFER)
                 .max_buf_size(MAX_READ_BUFFER);
             let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
             tokio::pin!(connection);
