@@ -383,13 +383,9 @@ pub fn build_schedule(trace: &[TraceRequest], config: &ScheduleConfig) -> Result
     })
 }
 
-/// The event lane of a rank among `lanes`.
+/// The event lane of a rank among `lanes` (the partition kvroute's index shards by too).
 pub fn lane_of(rank: RankKey, lanes: usize) -> usize {
-    let mut x = rank.worker.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(rank.dp_rank.0);
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    x ^= x >> 33;
-    (x % lanes as u64) as usize
+    rank.partition(lanes)
 }
 
 /// Thread assignment and the dependency edges of a schedule; see the module docs.

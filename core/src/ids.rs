@@ -27,6 +27,17 @@ impl RankKey {
     pub const fn new(worker: u64, dp_rank: u32) -> Self {
         RankKey { worker: WorkerId(worker), dp_rank: DpRank(dp_rank) }
     }
+
+    /// Which of `parts` (at least 1) this rank falls in: a fixed mix of worker and DP rank,
+    /// so any set of ranks spreads about evenly. The index's shards and the replay's event
+    /// lanes both partition ranks with it, so lane `i` feeds shard `i` alone.
+    pub fn partition(self, parts: usize) -> usize {
+        let mut x = self.worker.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(self.dp_rank.0);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        (x % parts.max(1) as u64) as usize
+    }
 }
 
 impl fmt::Display for RankKey {

@@ -699,6 +699,10 @@ fn invalid_settings_name_their_field() {
     assert!(invalid(&["--insecure-loopback", "--prefill-scale", "-1"]).1.contains("prefill_scale"));
     assert!(invalid(&["--insecure-loopback", "--host-tier-weight", "2"]).1.contains("host_tier_weight"));
     assert_eq!(invalid(&["--insecure-loopback", "--room-seed", "18446744073709551615"]).0, "router.room_seed");
+    assert_eq!(invalid(&["--insecure-loopback", "--index-shards", "0"]).0, "router.index_shards");
+    assert_eq!(invalid(&["--insecure-loopback", "--index-shards", "65"]).0, "router.index_shards");
+    let four = ServeConfig::load(&parse_flags(&["--insecure-loopback", "--index-shards", "4"])).expect("valid");
+    assert_eq!(four.router.index_shards, 4);
     assert_eq!(invalid(&["--insecure-loopback", "--log-filter", "info,[["]).0, "log_filter");
     let (field, reason) = invalid(&["--insecure-loopback", "--worker", "worker_id=1,dp_size=2,role=prefill"]);
     assert_eq!(field, "workers[0] (worker_id 1)");

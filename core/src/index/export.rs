@@ -34,7 +34,7 @@ use std::sync::atomic::Ordering;
 use super::node::Shape;
 use super::prehashed::PrehashedMap;
 use super::writer::NodePtr;
-use super::{KvIndex, StagedRank};
+use super::{IndexShard, StagedRank};
 use crate::event::DumpBlock;
 use crate::event::{KvEventData, StoredBlock};
 use crate::ids::{EngineHash, RankKey};
@@ -58,7 +58,7 @@ unsafe fn shape_of<'a>(node: NodePtr) -> &'a Shape {
     unsafe { &*(*node.0).shape.load(Ordering::Relaxed) }
 }
 
-impl KvIndex {
+impl IndexShard {
     /// Every block `rank` holds, as a dump (see the module docs); `None` if the rank is
     /// not registered. Parents precede children; replaying it on an empty rank rebuilds
     /// the same positions.
@@ -206,6 +206,7 @@ mod tests {
 
     use super::super::test_chains::{chain, mix, HeldChains};
     use super::*;
+    use crate::KvIndex;
     use crate::event::KvEvent;
     use crate::ids::BlockHash;
     use crate::reference::ReferenceIndex;

@@ -103,6 +103,9 @@ impl ScoreSink for Vec<(RankKey, u32)> {
 pub(crate) struct SlotDepths<'a> {
     pub(crate) slot_of_id: &'a [u32],
     pub(crate) depths: &'a mut [u32],
+    /// How a shard's own id becomes the index's: `own * stride + offset`.
+    pub(crate) stride: usize,
+    pub(crate) offset: usize,
 }
 
 impl ScoreSink for SlotDepths<'_> {
@@ -112,7 +115,7 @@ impl ScoreSink for SlotDepths<'_> {
     fn emit(&mut self, _ranks: &RankTable, word: usize, bits: u64, depth: u32) {
         let mut rest = bits;
         while rest != 0 {
-            let id = word * 64 + rest.trailing_zeros() as usize;
+            let id = (word * 64 + rest.trailing_zeros() as usize) * self.stride + self.offset;
             rest &= rest - 1;
             if let Some(&slot) = self.slot_of_id.get(id) {
                 if let Some(d) = self.depths.get_mut(slot as usize) {

@@ -41,6 +41,7 @@ mod node;
 pub(crate) mod prehashed;
 mod rank_table;
 mod reclaim;
+mod sharded;
 mod writer;
 
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
@@ -51,6 +52,7 @@ use node::{empty_holders, Node};
 pub use rank_table::MAX_RANKS;
 use rank_table::{IdReturn, RankTable};
 use reclaim::Domain;
+pub use sharded::{KvIndex, MAX_SHARDS};
 use writer::{NodePtr, WriterState};
 
 use crate::event::KvEvent;
@@ -178,8 +180,9 @@ impl Drop for GraceMarker {
     }
 }
 
-/// The concurrent KV-block index. `Sync`: share it by reference or `Arc`.
-pub struct KvIndex {
+/// One tree with its writer lock: the whole index when it has one shard, else the ranks
+/// [`KvIndex`] routes to it (see [`sharded`]). Rank ids here are the shard's own.
+pub(crate) struct IndexShard {
     root: NodePtr,
     ranks: AtomicPtr<RankTable>,
     writer: Mutex<WriterState>,
@@ -188,17 +191,11 @@ pub struct KvIndex {
 
 // SAFETY: the root pointer is owned by the index and freed in Drop; all shared mutation
 // goes through atomics, the writer mutex, and the reclamation scheme (module docs).
-unsafe impl Sync for KvIndex {}
+unsafe impl Sync for IndexShard {}
 // SAFETY: as above; nothing in the index is tied to the creating thread.
-unsafe impl Send for KvIndex {}
+unsafe impl Send for IndexShard {}
 
-impl Default for KvIndex {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl KvIndex {
+impl IndexShard {
     pub fn new() -> Self {
         let root = Node::new(
             std::sync::Arc::from(Vec::new()),
@@ -208,7 +205,7 @@ impl KvIndex {
             empty_holders(1),
             std::ptr::null_mut(),
         );
-        KvIndex {
+        IndexShard {
             root: NodePtr(root),
             ranks: AtomicPtr::new(Box::into_raw(RankTable::new(&[]))),
             writer: Mutex::new(WriterState::new(root)),
@@ -232,12 +229,6 @@ impl KvIndex {
         let old = self.ranks.swap(Box::into_raw(RankTable::new(&keys)), Ordering::Release);
         // SAFETY: the old table is unlinked; retired once.
         unsafe { guard.retire(old) };
-    }
-
-    /// Registers a rank (idempotent) and returns its dense id. Safe while lookups and
-    /// other writers run.
-    pub fn register_rank(&self, rank: RankKey) -> Result<RankId, IndexError> {
-        self.register_rank_with_capacity(rank, 0)
     }
 
     /// [`register_rank`](Self::register_rank) with room for `blocks` blocks (the rank's
@@ -436,19 +427,8 @@ impl KvIndex {
         self.apply_events(std::iter::once(event), false);
     }
 
-    /// Applies a batch of events under one lock acquisition.
-    pub fn apply_batch<'a>(&self, events: impl IntoIterator<Item = &'a KvEvent>) {
-        self.apply_events(events, false);
-    }
-
-    /// [`apply_batch`](Self::apply_batch) for events the index may already reflect (the
-    /// events after a restored snapshot's cursor, up to its settled point): applying them
-    /// again is idempotent, and the duplicate stores, unknown parents and unknown removals
-    /// it meets are counted in `snapshot_replays` instead of as anomalies.
-    pub fn apply_replayed_batch<'a>(&self, events: impl IntoIterator<Item = &'a KvEvent>) {
-        self.apply_events(events, true);
-    }
-
+    /// Applies `events` in order under one writer-lock acquisition; `replayed`: see
+    /// [`KvIndex::apply_replayed_batch`].
     fn apply_events<'a>(&self, events: impl IntoIterator<Item = &'a KvEvent>, replayed: bool) {
         let mut w = self.writer();
         let guard = self.domain.pin();
@@ -466,13 +446,6 @@ impl KvIndex {
         }
     }
 
-    /// Overlap of every rank holding a non-empty prefix of `request`. Lock-free.
-    pub fn find_matches(&self, request: &[BlockHash]) -> OverlapScores {
-        let mut out = OverlapScores::default();
-        self.find_matches_into(request, &mut out.entries);
-        out
-    }
-
     /// [`KvIndex::find_matches`] appending `(rank, overlap)` pairs (unordered, non-zero
     /// overlaps only) to a caller's buffer: a frontend that keeps one buffer per thread
     /// looks up without allocating.
@@ -484,8 +457,15 @@ impl KvIndex {
     /// that keep per-rank arrays in their own order (the router's registry snapshot):
     /// no intermediate list. Ranks with no overlap, and ids outside `slot_of_id` or
     /// mapped to a slot outside `depths`, are left alone.
-    pub fn find_depths_by_slot(&self, request: &[BlockHash], slot_of_id: &[u32], depths: &mut [u32]) {
-        self.walk(request, &mut lookup::SlotDepths { slot_of_id, depths });
+    /// Ids here are the shard's own: the index's id of own id `i` is `i * stride + offset`.
+    pub fn find_depths_by_slot(
+        &self,
+        request: &[BlockHash],
+        slot_of_id: &[u32],
+        depths: &mut [u32],
+        (stride, offset): (usize, usize),
+    ) {
+        self.walk(request, &mut lookup::SlotDepths { slot_of_id, depths, stride, offset });
     }
 
     fn walk<S: lookup::ScoreSink>(&self, request: &[BlockHash], out: &mut S) {
@@ -554,7 +534,7 @@ impl KvIndex {
     }
 }
 
-impl Drop for KvIndex {
+impl Drop for IndexShard {
     fn drop(&mut self) {
         // `&mut self`: no reader or writer is left; free the live tree directly.
         let mut stack = vec![self.root.0];

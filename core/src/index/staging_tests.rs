@@ -1,5 +1,6 @@
 //! Staged ranks: a dump built under a hidden id replaces a rank's blocks at once.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -138,9 +139,55 @@ fn a_replaced_rank_is_freed_by_idle_reclamation_alone() {
     fill(&index, &staged, &stored(&old[..10], 2));
     index.promote_staged(staged);
     assert_eq!(index.size().held_blocks, 10, "the replaced copy is not counted");
-    assert_eq!(index.writer().retiring.len(), 1);
+    assert_eq!(index.only_shard().writer().retiring.len(), 1);
     index.flush_reclamation();
     index.flush_reclamation();
-    assert!(index.writer().retiring.is_empty(), "released with no event applied since");
+    assert!(index.only_shard().writer().retiring.is_empty(), "released with no event applied since");
     assert_eq!(index.stats().held_pairs, 10);
+}
+
+#[test]
+fn on_a_sharded_index_each_rank_stages_in_its_own_shard_under_ids_unique_across_shards() {
+    let index = KvIndex::with_shards(3);
+    let ranks: Vec<RankKey> = (0..12).map(|w| RankKey::new(w, 0)).collect();
+    let ids: Vec<RankId> = index.register_ranks(&ranks).into_iter().map(|id| id.expect("room")).collect();
+    let distinct: HashSet<RankId> = ids.iter().copied().collect();
+    assert_eq!(distinct.len(), ranks.len(), "ids are unique across shards: {ids:?}");
+    assert!((0..3).all(|s| ranks.iter().any(|r| r.partition(3) == s)), "every shard has ranks");
+    let shared = chain(&[1, 2, 3]);
+    for (i, &rank) in ranks.iter().enumerate() {
+        index.apply(&KvEvent { rank, event_id: 1, data: stored(&shared, i as u64) });
+    }
+    assert_eq!(index.find_matches(&shared).len(), ranks.len());
+    // Every rank is replaced by a dump of its own chain; odd ones are discarded instead.
+    let mut live = Vec::new();
+    for (i, &rank) in ranks.iter().enumerate() {
+        let own = chain(&[1, 2, 100 + i as u64]);
+        let staged = index.stage_rank(rank).expect("stage");
+        fill(&index, &staged, &stored(&own, 50 + i as u64));
+        if i % 2 == 0 {
+            let id = index.promote_staged(staged);
+            assert_eq!(index.register_rank(rank), Ok(id), "the promoted id is the rank's");
+            live.push((rank, id, own));
+        } else {
+            index.discard_staged(staged);
+        }
+    }
+    for (i, &rank) in ranks.iter().enumerate() {
+        let expected = if i % 2 == 0 { 2 } else { 3 };
+        assert_eq!(index.find_matches(&shared).get(rank), expected, "rank {rank}");
+    }
+    // By slot: the index's ids (not a shard's own) address the caller's array.
+    let bound = live.iter().map(|l| l.1 .0 as usize + 1).max().unwrap();
+    let slot_of_id: Vec<u32> = (0..bound as u32).collect();
+    for (rank, id, own) in &live {
+        let mut depths = vec![0u32; bound];
+        index.find_depths_by_slot(own, &slot_of_id, &mut depths);
+        assert_eq!(depths[id.0 as usize], 3, "rank {rank} at id {id:?}");
+        assert_eq!(depths.iter().filter(|&&d| d == 3).count(), 1, "only {rank} holds its own chain");
+    }
+    assert_eq!(index.size().ranks, ranks.len());
+    assert_eq!(index.deregister_ranks(&ranks), ranks.len());
+    index.flush_reclamation();
+    assert_eq!(index.stats().nodes, 0);
 }

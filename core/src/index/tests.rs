@@ -65,6 +65,9 @@ fn op() -> impl Strategy<Value = Op> {
 struct Harness {
     index: KvIndex,
     reference: ReferenceIndex,
+    /// The reference restricted to each shard's ranks: a position held by ranks of two
+    /// shards is a distinct block in each.
+    shard_references: Vec<ReferenceIndex>,
     /// What each rank was told to store (test bookkeeping).
     chains: HeldChains,
     next_id: HashMap<RankKey, u64>,
@@ -72,10 +75,11 @@ struct Harness {
 }
 
 impl Harness {
-    fn new() -> Self {
+    fn new(shards: usize) -> Self {
         let mut h = Harness {
-            index: KvIndex::new(),
+            index: KvIndex::with_shards(shards),
             reference: ReferenceIndex::new(),
+            shard_references: (0..shards).map(|_| ReferenceIndex::new()).collect(),
             chains: HeldChains::default(),
             next_id: HashMap::new(),
             probes: Vec::new(),
@@ -94,6 +98,12 @@ impl Harness {
             self.index.register_rank(r).unwrap();
         }
         self.reference.register_rank(r);
+        self.shard_reference(r).register_rank(r);
+    }
+
+    fn shard_reference(&mut self, r: RankKey) -> &mut ReferenceIndex {
+        let shard = r.partition(self.shard_references.len());
+        &mut self.shard_references[shard]
     }
 
     fn forget(&mut self, r: RankKey) {
@@ -107,6 +117,7 @@ impl Harness {
         let event = KvEvent { rank, event_id: *id, data };
         self.index.apply(&event);
         self.reference.apply(&event);
+        self.shard_reference(rank).apply(&event);
     }
 
     fn run(&mut self, op: &Op) {
@@ -151,6 +162,7 @@ impl Harness {
                 let r = RANKS[rank];
                 assert!(self.index.deregister_rank(r));
                 self.reference.deregister_rank(r);
+                self.shard_reference(r).deregister_rank(r);
                 self.forget(r);
                 // Events for a missing rank are counted, then the rank comes back empty.
                 self.send(r, KvEventData::Cleared);
@@ -161,6 +173,9 @@ impl Harness {
                 let removed = self.index.remove_worker(w);
                 assert_eq!(removed, RANKS.iter().filter(|k| k.worker == w).count());
                 self.reference.remove_worker(w);
+                for reference in &mut self.shard_references {
+                    reference.remove_worker(w);
+                }
                 for r in RANKS.iter().filter(|k| k.worker == w) {
                     self.forget(*r);
                     self.register(*r);
@@ -172,6 +187,7 @@ impl Harness {
                 let event = KvEvent { rank: r, event_id: id, data: KvEventData::Cleared };
                 self.index.apply(&event);
                 self.reference.apply(&event);
+                self.shard_reference(r).apply(&event);
             }
             Op::Probe { rank, pick, cut } => {
                 if let Some(p) = self.probes.get(pick % self.probes.len().max(1)) {
@@ -191,8 +207,9 @@ impl Harness {
             // The by-slot form, through the identity map, names the same ranks by id
             // (register_rank is idempotent: it returns the id of a rank that is
             // registered, which every scored rank is).
-            let identity: Vec<u32> = (0..MAX_RANKS as u32).collect();
-            let mut by_id = vec![0u32; MAX_RANKS];
+            let ids = MAX_RANKS * self.index.shard_count();
+            let identity: Vec<u32> = (0..ids as u32).collect();
+            let mut by_id = vec![0u32; ids];
             self.index.find_depths_by_slot(q, &identity, &mut by_id);
             let by_id: Vec<(u32, u32)> =
                 by_id.iter().enumerate().filter(|(_, &d)| d > 0).map(|(id, &d)| (id as u32, d)).collect();
@@ -223,7 +240,8 @@ impl Harness {
         }
         assert_eq!(&self.index.counters(), self.reference.counters());
         let stats = self.index.stats();
-        assert_eq!(stats.distinct_blocks, self.reference.distinct_blocks());
+        let distinct: usize = self.shard_references.iter().map(ReferenceIndex::distinct_blocks).sum();
+        assert_eq!(stats.distinct_blocks, distinct);
         assert_eq!(stats.held_pairs, self.reference.held_pairs());
         assert_eq!(stats.empty_leaves, 0);
         let size = self.index.size();
@@ -237,16 +255,36 @@ proptest! {
 
     #[test]
     fn index_equals_reference(ops in prop::collection::vec(op(), 1..60)) {
-        let mut h = Harness::new();
-        for op in &ops {
-            h.run(op);
-            h.check();
-        }
-        // Dropping every rank leaves nothing but the root: no leaked nodes.
-        for r in RANKS {
-            h.index.deregister_rank(r);
-        }
-        prop_assert_eq!(h.index.stats().nodes, 0);
+        check_against_reference(&ops, 1)?;
+    }
+
+    /// The same with the ranks spread over 2 or 3 shards.
+    #[test]
+    fn a_sharded_index_equals_reference(ops in prop::collection::vec(op(), 1..60), shards in 2..4usize) {
+        check_against_reference(&ops, shards)?;
+    }
+}
+
+/// Runs `ops` on an index of `shards` shards and the reference, comparing after each.
+fn check_against_reference(ops: &[Op], shards: usize) -> Result<(), TestCaseError> {
+    let mut h = Harness::new(shards);
+    for op in ops {
+        h.run(op);
+        h.check();
+    }
+    // Dropping every rank leaves nothing but the root: no leaked nodes.
+    for r in RANKS {
+        h.index.deregister_rank(r);
+    }
+    prop_assert_eq!(h.index.stats().nodes, 0);
+    Ok(())
+}
+
+#[test]
+fn the_test_ranks_spread_over_every_shard_count_tried() {
+    for shards in 2..4 {
+        let used: std::collections::HashSet<usize> = RANKS.iter().map(|r| r.partition(shards)).collect();
+        assert!(used.len() > 1, "{shards} shards: all test ranks in one");
     }
 }
 
@@ -340,7 +378,7 @@ fn a_capacity_hint_reserves_the_rank_map_up_to_a_cap() {
     assert_eq!(index.register_rank(a), Ok(id));
     assert_eq!(index.register_rank_with_capacity(a, 9000), Ok(id));
     let capacity = |rank: RankKey| {
-        let w = index.writer();
+        let w = index.only_shard().writer();
         let id = w.rank_ids[&rank];
         w.ranks[id as usize].as_ref().unwrap().entries.capacity()
     };

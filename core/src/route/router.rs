@@ -47,6 +47,9 @@ pub struct RouterConfig {
     /// Most blocks approximate mode credits one rank with; past it the least recently
     /// routed are evicted. Default 262,144 (a large GPU's KV cache, in 16-token blocks).
     pub approx_max_blocks_per_rank: u64,
+    /// Shards of each tier's index ([`KvIndex::with_shards`]): writers of ranks in
+    /// different shards apply in parallel, lookups walk every shard. Default 1.
+    pub index_shards: usize,
     /// Start of the bootstrap-room counter; give each router lifetime a random one.
     pub room_seed: u64,
     /// Seed of the tie-break / sampling generator.
@@ -62,6 +65,7 @@ impl Default for RouterConfig {
             request_ttl_ms: 300_000,
             approx_ttl_ms: 120_000,
             approx_max_blocks_per_rank: 262_144,
+            index_shards: 1,
             room_seed: 0x005e_ed0f_b007_5700,
             rng_seed: 0x0ddc_0ffe,
         }
@@ -199,11 +203,15 @@ impl Router {
         if config.request_ttl_ms == 0 || config.approx_ttl_ms == 0 {
             return Err(RouteError::InvalidConfig("request_ttl_ms and approx_ttl_ms must be above 0".into()));
         }
+        if !(1..=crate::index::MAX_SHARDS).contains(&config.index_shards) {
+            let max = crate::index::MAX_SHARDS;
+            return Err(RouteError::InvalidConfig(format!("index_shards must be 1 to {max}")));
+        }
         let hasher = BlockHasher::with_scheme(config.block_size as usize, config.hash_scheme)
             .map_err(|e| RouteError::InvalidConfig(e.to_string()))?;
         Ok(Router {
             hasher,
-            indexes: [KvIndex::new(), KvIndex::new(), KvIndex::new()],
+            indexes: std::array::from_fn(|_| KvIndex::with_shards(config.index_shards)),
             tier_used: [AtomicBool::new(true), AtomicBool::new(false), AtomicBool::new(false)],
             fleet: ArcSwap::from_pointee(Fleet::default()),
             registry: Mutex::new(()),

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvroute_core::hashing::HashScheme;
+use kvroute_core::index::MAX_SHARDS;
 use kvroute_core::route::{CostWeights, Router, RouterConfig, WorkerSpec};
 
 use super::auth::BearerToken;
@@ -360,6 +361,13 @@ fn resolve_router(o: &ServeOptions) -> Result<RouterConfig, ConfigError> {
         Some(blocks) => blocks,
         None => defaults.approx_max_blocks_per_rank,
     };
+    let index_shards = match r.index_shards {
+        Some(n) if !(1..=MAX_SHARDS).contains(&n) => {
+            return Err(ConfigError::invalid("router.index_shards", format!("must be 1 to {MAX_SHARDS}, got {n}")));
+        }
+        Some(n) => n,
+        None => defaults.index_shards,
+    };
     let room_seed = match r.room_seed {
         Some(seed) if seed >= ROOM_SEED_LIMIT => {
             return Err(ConfigError::invalid("router.room_seed", format!("must be below 2^62, got {seed}")));
@@ -377,6 +385,7 @@ fn resolve_router(o: &ServeOptions) -> Result<RouterConfig, ConfigError> {
         request_ttl_ms,
         approx_ttl_ms,
         approx_max_blocks_per_rank,
+        index_shards,
         room_seed,
         rng_seed: random_u64(),
     })

@@ -268,6 +268,14 @@ pub struct RouterOptions {
     #[arg(long, value_name = "BLOCKS")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approx_max_blocks: Option<u64>,
+    /// Index shards, 1 to 64: ranks are spread over that many trees, each with its own
+    /// writer lock, so events of ranks in different shards apply in parallel; a lookup
+    /// walks every shard, and prefixes shared across shards are stored once per shard.
+    /// More than 1 only where event apply is the bound and there are cores for it
+    /// [default: 1].
+    #[arg(long, value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_shards: Option<usize>,
     /// Start of the bootstrap-room counter, 0..2^62; fix it only for reproducible tests
     /// [default: random at each start].
     #[arg(long, value_name = "SEED")]
@@ -383,6 +391,7 @@ impl RouterOptions {
             request_ttl: self.request_ttl.or(file.request_ttl),
             approx_ttl: self.approx_ttl.or(file.approx_ttl),
             approx_max_blocks: self.approx_max_blocks.or(file.approx_max_blocks),
+            index_shards: self.index_shards.or(file.index_shards),
             room_seed: self.room_seed.or(file.room_seed),
         }
     }
@@ -402,6 +411,7 @@ impl RouterOptions {
             request_ttl: self.request_ttl.or(Some(HumanDuration::from_secs(core.request_ttl_ms / 1000))),
             approx_ttl: self.approx_ttl.or(Some(HumanDuration::from_secs(core.approx_ttl_ms / 1000))),
             approx_max_blocks: self.approx_max_blocks.or(Some(core.approx_max_blocks_per_rank)),
+            index_shards: self.index_shards.or(Some(core.index_shards)),
             room_seed: self.room_seed,
         }
     }
