@@ -206,10 +206,10 @@ mod tests {
 
     use super::super::test_chains::{chain, mix, HeldChains};
     use super::*;
-    use crate::KvIndex;
     use crate::event::KvEvent;
     use crate::ids::BlockHash;
     use crate::reference::ReferenceIndex;
+    use crate::KvIndex;
 
     const RANKS: [RankKey; 3] = [RankKey::new(1, 0), RankKey::new(1, 1), RankKey::new(4, 2)];
 
