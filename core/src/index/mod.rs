@@ -19,8 +19,9 @@
 //! result. See [`lookup`].
 //!
 //! # Writes
-//! Events are applied under one writer mutex (readers never touch it). Each rank keeps
-//! `engine hash -> (node, offset)` to resolve `parent` links and removals. A writer
+//! Events are applied under the tree's writer mutex (readers never touch it); an index of
+//! several shards (`KvIndex::with_shards`) is a tree and a mutex per shard of the ranks.
+//! Each rank keeps `engine hash -> (node, offset)` to resolve `parent` links and removals. A writer
 //! changes a node's length and children together by swapping in a new `Shape` (in the
 //! node and in the parent's child-table slot, which is where lookups find it), so a
 //! reader always sees a consistent node, and sets holder bits bottom-up so
