@@ -32,6 +32,8 @@ pub struct BuildContext<'a> {
     pub capacity_blocks: usize,
     /// Event lanes of the replay: a backend with its own event threads gets this many.
     pub event_threads: usize,
+    /// Shards of kvroute's index (`KvIndex::with_shards`).
+    pub kvroute_shards: usize,
     /// How Dynamo's `PositionalIndexer` is fed block hashes (see [`PositionalHashes`]).
     pub positional_hashes: PositionalHashes,
 }

@@ -30,6 +30,8 @@ pub struct Workload {
     pub capacity_blocks: usize,
     pub query_threads: usize,
     pub event_threads: usize,
+    /// Shards of kvroute's index (one per event lane unless `--kvroute-shards`).
+    pub kvroute_shards: usize,
     pub total_order: bool,
     pub routing: Routing,
     /// Memory reclamation scheme our index was built with (seize, or crossbeam-epoch with the
@@ -176,7 +178,7 @@ impl Report {
         let _ = writeln!(s, "machine: {}", w.machine.line());
         let _ = writeln!(
             s,
-            "workload: {} requests, block size {}, {} ranks ({} x {}), {} blocks/rank, {} query + {} event threads, {:?} pacing; {} block ops; {} distinct blocks at the end",
+            "workload: {} requests, block size {}, {} ranks ({} x {}), {} blocks/rank, {} query + {} event threads ({} kvroute shards), {:?} pacing; {} block ops; {} distinct blocks at the end",
             w.totals.requests,
             w.block_size,
             w.ranks,
@@ -185,6 +187,7 @@ impl Report {
             w.capacity_blocks,
             w.query_threads,
             w.event_threads,
+            w.kvroute_shards,
             w.pacing,
             w.totals.total_block_ops,
             w.distinct_blocks_end

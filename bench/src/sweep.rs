@@ -61,6 +61,8 @@ pub struct BenchConfig {
     pub routing: Routing,
     pub query_threads: usize,
     pub event_threads: usize,
+    /// Shards of kvroute's index; `None`: one per event lane.
+    pub kvroute_shards: Option<usize>,
     /// Replay in the schedule's total order (no lookup overlaps an event); diagnostic.
     pub total_order: bool,
     pub backends: Vec<BackendKind>,
@@ -118,6 +120,13 @@ pub fn default_trace() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/conversation_trace.jsonl"))
 }
 
+impl BenchConfig {
+    /// Shards of kvroute's index: as given, else one per event lane.
+    pub fn kvroute_shards(&self) -> usize {
+        self.kvroute_shards.unwrap_or(self.event_threads).max(1)
+    }
+}
+
 impl Default for BenchConfig {
     fn default() -> Self {
         BenchConfig {
@@ -130,6 +139,7 @@ impl Default for BenchConfig {
             routing: Routing::CacheAware,
             query_threads: 1,
             event_threads: 1,
+            kvroute_shards: None,
             total_order: false,
             backends: BackendKind::ALL.to_vec(),
             pacing: Pacing::Ops,
@@ -173,6 +183,7 @@ impl Fixture<'_> {
             block_size: self.config.block_size,
             capacity_blocks: self.schedule.capacity_blocks,
             event_threads: self.config.event_threads,
+            kvroute_shards: self.config.kvroute_shards(),
             positional_hashes: self.config.positional_hashes,
         }
     }
@@ -575,6 +586,7 @@ pub fn run_bench(config: &BenchConfig) -> Result<Report, String> {
             capacity_blocks: schedule.capacity_blocks,
             query_threads: config.query_threads,
             event_threads: config.event_threads,
+            kvroute_shards: config.kvroute_shards(),
             total_order: config.total_order,
             routing: config.routing,
             kvroute_reclamation: if cfg!(feature = "crossbeam") { "crossbeam-epoch" } else { "seize" },

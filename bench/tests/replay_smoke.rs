@@ -24,6 +24,7 @@ fn config() -> BenchConfig {
         routing: Routing::CacheAware,
         query_threads: 1,
         event_threads: 2,
+        kvroute_shards: None,
         total_order: false,
         backends: BackendKind::ALL.to_vec(),
         pacing: Pacing::Ops,
@@ -143,6 +144,20 @@ fn every_backend_replays_and_kvroute_is_exact() {
     }
     assert!(json["workload"].get("common_rate_block_ops_per_sec").is_some());
     assert_eq!(json["workload"]["requests"], REQUESTS as u64);
+    assert_eq!(json["workload"]["kvroute_shards"], 2, "one shard per event lane by default");
+}
+
+/// kvroute is exact with 2 lanes over 1, 2 and 3 shards: lanes and shards partitioned
+/// alike, a lane writing into a shard another lane also writes, and the one-tree case.
+#[test]
+fn kvroute_is_exact_for_every_shard_count_under_two_lanes() {
+    for shards in [1, 2, 3] {
+        let c = BenchConfig { backends: vec![BackendKind::Kvroute], kvroute_shards: Some(shards), ..config() };
+        let report = run_bench(&c).expect("bench runs");
+        assert_eq!(report.workload.kvroute_shards, shards);
+        let ours = &report.backends["kvroute"];
+        assert!(ours.exact && ours.lookups_checked > 0, "{shards} shards: {} mismatches", ours.mismatches);
+    }
 }
 
 /// The generated shapes go through the same simulator: a consistent schedule (simulator

@@ -3,9 +3,10 @@
 //! order, which the lanes guarantee), lookups call `KvIndex::find_matches` on the query
 //! threads. An apply is visible to every lookup that starts after it returns.
 //!
-//! The index has one shard per event lane (`KvIndex::with_shards`), partitioned as the
-//! lanes are (`RankKey::partition`): each lane writes its own tree under its own lock, the
-//! same thread budget the peers' per-lane writers get. One lane: one shard, one tree.
+//! The index has one shard per event lane by default (`KvIndex::with_shards`; the
+//! replay's `--kvroute-shards` sets another count), partitioned as the lanes are
+//! (`RankKey::partition`): each lane writes its own tree under its own lock, the same
+//! thread budget the peers' per-lane writers get. One lane: one shard, one tree.
 
 use kvroute_core::event::KvEvent;
 use kvroute_core::ids::{BlockHash, RankKey};
@@ -30,7 +31,7 @@ impl Backend for KvrouteBackend {
     type Lane<'a> = KvrouteLane;
 
     fn build(ctx: &BuildContext<'_>) -> Result<Self, String> {
-        let index = KvIndex::with_shards(ctx.event_threads.max(1));
+        let index = KvIndex::with_shards(ctx.kvroute_shards);
         // With each rank's capacity, as a frontend that knows its engines' cache sizes
         // registers them: the engine-hash maps are sized up front.
         for &rank in ctx.ranks {

@@ -105,6 +105,12 @@ struct Args {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     event_threads: u64,
 
+    /// Shards of kvroute's index, each its own tree and writer lock, ranks partitioned as
+    /// the event lanes are [default: one per event lane]. 1 with several lanes: every lane
+    /// writes the one tree, serialised.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
+    kvroute_shards: Option<u64>,
+
     /// Diagnostic: replay in the schedule's total order (every lookup waits for every
     /// earlier event, every event for every earlier lookup) instead of ordering only
     /// conflicting lookups and events. Separates a backend's sequential semantics from its
@@ -222,6 +228,7 @@ fn main() -> ExitCode {
         routing: args.routing,
         query_threads: args.query_threads as usize,
         event_threads: args.event_threads as usize,
+        kvroute_shards: args.kvroute_shards.map(|n| n as usize),
         total_order: args.total_order,
         backends,
         pacing: args.pacing,
