@@ -66,6 +66,10 @@ struct Args {
     /// Repeats of the end-to-end run (each on fresh sockets and a fresh router).
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Shards of the router's index (`kvroute serve --index-shards`): rank tasks of
+    /// different shards apply in parallel.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    index_shards: u64,
     /// Print one JSON object per run instead of text.
     #[arg(long)]
     json: bool,
@@ -150,8 +154,12 @@ struct RunResult {
     unrecovered: u64,
 }
 
+fn router_config(args: &Args) -> RouterConfig {
+    RouterConfig { index_shards: args.index_shards as usize, ..RouterConfig::default() }
+}
+
 async fn run_once(args: &Args, payloads: &[(RankKey, Vec<Vec<u8>>)]) -> RunResult {
-    let router = Arc::new(Router::new(RouterConfig::default(), Arc::new(|| 0u64)).expect("router"));
+    let router = Arc::new(Router::new(router_config(args), Arc::new(|| 0u64)).expect("router"));
     let sink: Arc<dyn IngestSink> = router.clone();
     let ingest = EngineIngest::new(EngineIngestConfig::new(MapperConfig::new(BlockHasher::new(BLOCK).unwrap())), sink);
     let mut publishers = Vec::new();
@@ -233,7 +241,7 @@ async fn run_once(args: &Args, payloads: &[(RankKey, Vec<Vec<u8>>)]) -> RunResul
 /// Every rank's payloads through its own `EngineRankStream` into one `Router`, on this
 /// thread, ranks interleaved batch by batch as the sockets would deliver them; seconds.
 fn run_in_process(args: &Args, payloads: &[(RankKey, Vec<Vec<u8>>)], block_events: u64) -> f64 {
-    let router = Router::new(RouterConfig::default(), Arc::new(|| 0u64)).expect("router");
+    let router = Router::new(router_config(args), Arc::new(|| 0u64)).expect("router");
     for w in 0..args.workers {
         router.add_worker(WorkerSpec::new(WorkerId(w), args.dp_size, BLOCK as u32)).expect("worker");
     }
@@ -316,12 +324,13 @@ fn main() {
     } else {
         println!("machine: {}", machine.line());
         println!(
-            "workload: {} ranks x {} batches ({}), {} block events, {:.1} MB of msgpack",
+            "workload: {} ranks x {} batches ({}), {} block events, {:.1} MB of msgpack; {} index shard(s)",
             payloads.len(),
             args.batches,
             args.format,
             block_events,
-            bytes as f64 / 1e6
+            bytes as f64 / 1e6,
+            args.index_shards
         );
         println!(
             "decode only (1 thread): {:.2} M block events/s ({:.0} MB/s)",

@@ -350,7 +350,7 @@ impl Router {
     }
 
     /// Applies KV events (each rank's in order) to a tier's index under one writer-lock
-    /// acquisition; otherwise as [`Router::apply_event_in`].
+    /// acquisition per index shard they touch; otherwise as [`Router::apply_event_in`].
     pub fn apply_events_in(&self, tier: StorageTier, events: &[KvEvent]) {
         self.apply_events_as(tier, events, false);
     }
