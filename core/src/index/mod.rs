@@ -137,14 +137,16 @@ pub struct IndexSize {
 /// Errors of rank registration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IndexError {
-    /// The index already holds [`MAX_RANKS`] ranks.
+    /// The index (with shards, the rank's shard) already holds [`MAX_RANKS`] ranks.
     TooManyRanks,
 }
 
 impl std::fmt::Display for IndexError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            IndexError::TooManyRanks => write!(f, "the index already holds {MAX_RANKS} ranks"),
+            IndexError::TooManyRanks => {
+                write!(f, "the index (or the rank's shard of it) already holds {MAX_RANKS} ranks")
+            }
         }
     }
 }

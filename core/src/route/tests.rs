@@ -19,8 +19,14 @@ fn manual_clock() -> (Arc<AtomicU64>, Arc<dyn Clock>) {
 }
 
 fn router() -> (Router, Arc<AtomicU64>) {
+    sharded_router(1)
+}
+
+/// A router whose indexes have `index_shards` shards.
+fn sharded_router(index_shards: usize) -> (Router, Arc<AtomicU64>) {
     let (now, clock) = manual_clock();
-    (Router::new(RouterConfig::default(), clock).expect("default config is valid"), now)
+    let config = RouterConfig { index_shards, ..RouterConfig::default() };
+    (Router::new(config, clock).expect("valid config"), now)
 }
 
 fn key(w: u64, r: u32) -> RankKey {
@@ -551,6 +557,10 @@ fn same_rank_mode_pairs_rank_indexes() {
 
 #[test]
 fn bad_input_is_a_typed_error() {
+    for shards in [0, crate::index::MAX_SHARDS + 1] {
+        let config = RouterConfig { index_shards: shards, ..RouterConfig::default() };
+        assert!(matches!(Router::new(config, manual_clock().1), Err(RouteError::InvalidConfig(_))), "{shards} shards");
+    }
     let (router, _) = router();
     let any = RouteOptions::default();
     assert_eq!(router.best_worker(Prompt::Tokens(&[1; 32]), &any), Err(RouteError::NoCandidates));
@@ -621,7 +631,17 @@ fn replace_with_events(
 
 #[test]
 fn replace_rank_swaps_in_a_dump_and_switches_the_worker_to_exact() {
-    let (router, _) = router();
+    replace_rank_swaps_in_a_dump_on(1);
+}
+
+/// The same on indexes of 3 shards: the staged rank's id is the index's, not its shard's.
+#[test]
+fn replace_rank_swaps_in_a_dump_on_sharded_indexes() {
+    replace_rank_swaps_in_a_dump_on(3);
+}
+
+fn replace_rank_swaps_in_a_dump_on(index_shards: usize) {
+    let (router, _) = sharded_router(index_shards);
     router.add_worker(WorkerSpec::new(WorkerId(1), 2, 16)).expect("add");
     let rank = key(1, 1);
     let prompt = prompt_blocks(3, 40);
@@ -665,7 +685,16 @@ fn replace_rank_refuses_unknown_ranks() {
 /// dump or the other, whole — never a mix, never an empty rank.
 #[test]
 fn decisions_see_the_old_or_the_new_dump_never_a_mix() {
-    let (router, _) = router();
+    decisions_see_one_dump_or_the_other_on(1);
+}
+
+#[test]
+fn decisions_see_one_dump_or_the_other_on_sharded_indexes() {
+    decisions_see_one_dump_or_the_other_on(2);
+}
+
+fn decisions_see_one_dump_or_the_other_on(index_shards: usize) {
+    let (router, _) = sharded_router(index_shards);
     let router = Arc::new(router);
     router.add_worker(WorkerSpec::new(WorkerId(1), 1, 16)).expect("add");
     router.add_worker(WorkerSpec::new(WorkerId(2), 3, 16)).expect("add");
