@@ -82,6 +82,21 @@ pub struct EventCounters {
     pub snapshot_replays: u64,
 }
 
+impl EventCounters {
+    /// Adds `other`'s counts to these (sums over shards).
+    pub fn add(&mut self, other: &EventCounters) {
+        self.events_applied += other.events_applied;
+        self.blocks_stored += other.blocks_stored;
+        self.blocks_removed += other.blocks_removed;
+        self.duplicate_store += other.duplicate_store;
+        self.unknown_parent += other.unknown_parent;
+        self.unknown_remove += other.unknown_remove;
+        self.unknown_rank += other.unknown_rank;
+        self.stale_event += other.stale_event;
+        self.snapshot_replays += other.snapshot_replays;
+    }
+}
+
 /// For each rank with a non-zero overlap, the number of leading request blocks it holds.
 /// Order is unspecified; [`OverlapScores::sorted`] orders by rank.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -122,6 +137,18 @@ pub struct IndexStats {
     pub ranks: usize,
 }
 
+impl IndexStats {
+    /// Adds `other`'s sizes to these (sums over shards).
+    pub fn add(&mut self, other: &IndexStats) {
+        self.distinct_blocks += other.distinct_blocks;
+        self.held_pairs += other.held_pairs;
+        self.nodes += other.nodes;
+        self.path_nodes += other.path_nodes;
+        self.empty_leaves += other.empty_leaves;
+        self.ranks += other.ranks;
+    }
+}
+
 /// The index's size as its writer keeps it: cheap to read (one pass over the ranks,
 /// not the tree), for gauges.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -132,6 +159,15 @@ pub struct IndexSize {
     pub held_blocks: usize,
     /// Live tree nodes, excluding the root.
     pub nodes: usize,
+}
+
+impl IndexSize {
+    /// Adds `other`'s sizes to these (sums over shards).
+    pub fn add(&mut self, other: &IndexSize) {
+        self.ranks += other.ranks;
+        self.held_blocks += other.held_blocks;
+        self.nodes += other.nodes;
+    }
 }
 
 /// Errors of rank registration.

@@ -264,16 +264,8 @@ impl KvIndex {
     /// What the shards did with their events, summed.
     pub fn counters(&self) -> EventCounters {
         let mut sum = EventCounters::default();
-        for c in self.shards.iter().map(IndexShard::counters) {
-            sum.events_applied += c.events_applied;
-            sum.blocks_stored += c.blocks_stored;
-            sum.blocks_removed += c.blocks_removed;
-            sum.duplicate_store += c.duplicate_store;
-            sum.unknown_parent += c.unknown_parent;
-            sum.unknown_remove += c.unknown_remove;
-            sum.unknown_rank += c.unknown_rank;
-            sum.stale_event += c.stale_event;
-            sum.snapshot_replays += c.snapshot_replays;
+        for shard in &*self.shards {
+            sum.add(&shard.counters());
         }
         sum
     }
@@ -282,10 +274,8 @@ impl KvIndex {
     /// [`IndexSize`]), summed over the shards.
     pub fn size(&self) -> IndexSize {
         let mut sum = IndexSize::default();
-        for size in self.shards.iter().map(IndexShard::size) {
-            sum.ranks += size.ranks;
-            sum.held_blocks += size.held_blocks;
-            sum.nodes += size.nodes;
+        for shard in &*self.shards {
+            sum.add(&shard.size());
         }
         sum
     }
@@ -294,13 +284,8 @@ impl KvIndex {
     /// ranks of two shards counts in each (`distinct_blocks` is per shard).
     pub fn stats(&self) -> IndexStats {
         let mut sum = IndexStats::default();
-        for stats in self.shards.iter().map(IndexShard::stats) {
-            sum.distinct_blocks += stats.distinct_blocks;
-            sum.held_pairs += stats.held_pairs;
-            sum.nodes += stats.nodes;
-            sum.path_nodes += stats.path_nodes;
-            sum.empty_leaves += stats.empty_leaves;
-            sum.ranks += stats.ranks;
+        for shard in &*self.shards {
+            sum.add(&shard.stats());
         }
         sum
     }
