@@ -67,7 +67,7 @@ impl IndexShard {
         let id = *w.rank_ids.get(&rank)?;
         let state = w.ranks.get(id as usize)?.as_ref()?;
         let mut held: Vec<(NodePtr, u32, EngineHash)> = Vec::with_capacity(state.entries.len());
-        for (&hash, &loc) in &state.entries {
+        for (hash, loc) in state.entries.iter() {
             if let Some((node, offset)) = w.resolve(loc) {
                 held.push((node, offset, hash));
             }
@@ -119,7 +119,7 @@ impl IndexShard {
         let mut next_placeholder = || loop {
             let hash = EngineHash(placeholder);
             placeholder = placeholder.wrapping_sub(1);
-            if !state.entries.contains_key(&hash) {
+            if !state.entries.contains_key(hash) {
                 return hash;
             }
         };

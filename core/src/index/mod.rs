@@ -35,6 +35,7 @@
 //! and no children is unlinked at once, so the tree holds what the ranks hold, plus the
 //! path nodes above it.
 
+mod block_map;
 mod child_table;
 mod export;
 mod lookup;

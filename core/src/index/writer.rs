@@ -22,6 +22,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::block_map::BlockMap;
 use super::child_table::{ChildTable, OwnedTable};
 use super::node::{empty_holders, Node, Shape};
 use super::prehashed::PrehashedMap;
@@ -44,28 +45,39 @@ unsafe impl Send for NodePtr {}
 pub(crate) const MAX_RESERVED_BLOCKS: usize = 1 << 20;
 
 /// Where a block was placed: a node, by its number in the writer's node table, and an
-/// offset. Eight bytes, so that a rank's map entry (engine hash, `Loc`) is sixteen: these
-/// maps are most of the index's memory and of the cache misses of applying events.
+/// offset. Eight bytes, so that a rank's map slot (engine hash, `Loc`) is sixteen: these
+/// maps ([`BlockMap`]) are most of the index's memory and of the cache misses of applying
+/// events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Loc {
     node: u32,
     offset: u32,
 }
 
+impl Loc {
+    /// The value of an empty [`BlockMap`] slot (never read as a position).
+    pub(crate) const NONE: Loc = Loc { node: u32::MAX, offset: 0 };
+
+    #[cfg(test)]
+    pub(crate) fn new(node: u32, offset: u32) -> Loc {
+        Loc { node, offset }
+    }
+}
+
 /// Events with at least this many blocks probe their rank-map slots ahead.
 const TOUCH_AHEAD_MIN_BLOCKS: usize = 4;
 
-/// Looks up every key of a multi-block event once before the event is applied, results
-/// unused. The map probes are where applying an event waits on memory (a rank's map is
-/// too large for the cache), and the apply loop cannot overlap them: each block's probe
+/// Reads the home slot of every key of a multi-block event before the event is applied,
+/// results unused. The map probes are where applying an event waits on memory (a rank's
+/// map is too large for the cache), and the apply loop cannot overlap them: each block's probe
 /// sits behind the tree walk of the one before. Here no probe depends on another, so the
 /// processor keeps several cache misses in flight, and the apply loop then hits.
-fn touch_ahead(entries: &PrehashedMap<EngineHash, Loc>, keys: impl ExactSizeIterator<Item = EngineHash>) {
+fn touch_ahead(entries: &BlockMap, keys: impl ExactSizeIterator<Item = EngineHash>) {
     if keys.len() < TOUCH_AHEAD_MIN_BLOCKS {
         return;
     }
     for key in keys {
-        std::hint::black_box(entries.get(&key));
+        entries.touch(key);
     }
 }
 
@@ -79,7 +91,7 @@ struct PositionRun {
 
 pub(crate) struct RankState {
     pub(crate) key: RankKey,
-    pub(crate) entries: PrehashedMap<EngineHash, Loc>,
+    pub(crate) entries: BlockMap,
     last_event_id: Option<u64>,
 }
 
@@ -168,7 +180,7 @@ impl WriterState {
     }
 
     pub(crate) fn new_rank(key: RankKey) -> RankState {
-        RankState { key, entries: PrehashedMap::default(), last_event_id: None }
+        RankState { key, entries: BlockMap::default(), last_event_id: None }
     }
 
     /// Makes room for `blocks` entries (at most [`MAX_RESERVED_BLOCKS`]) in rank id
@@ -409,13 +421,13 @@ impl WriterState {
         &mut self,
         guard: &Guard,
         rank: u32,
-        entries: &mut PrehashedMap<EngineHash, Loc>,
+        entries: &mut BlockMap,
         parent: Option<EngineHash>,
         blocks: &[StoredBlock],
     ) {
         let (mut node, mut pos) = match parent {
             None => (self.root, 0),
-            Some(p) => match entries.get(&p).and_then(|loc| self.resolve(*loc)) {
+            Some(p) => match entries.get(p).and_then(|loc| self.resolve(loc)) {
                 Some((node, offset)) => (node, offset + 1),
                 None => {
                     self.counters.unknown_parent += 1;
@@ -431,17 +443,14 @@ impl WriterState {
             let block = blocks[i];
             // One map probe per block: a held engine hash is a duplicate, a vacant slot is
             // filled below once the block's place in the tree is known.
-            let slot = match entries.entry(block.engine_hash) {
-                Entry::Occupied(held) => {
-                    self.counters.duplicate_store += 1;
-                    if let Some((n, off)) = self.resolve(*held.get()) {
-                        (node, pos) = (n, off + 1);
-                    }
-                    i += 1;
-                    continue;
+            if let Some(held) = entries.get(block.engine_hash) {
+                self.counters.duplicate_store += 1;
+                if let Some((n, off)) = self.resolve(held) {
+                    (node, pos) = (n, off + 1);
                 }
-                Entry::Vacant(slot) => slot,
-            };
+                i += 1;
+                continue;
+            }
             if pos < shape(node).len && node_ref(node).hash_at(pos) != block.content_hash {
                 // The chain leaves this node mid-run: cut it so the new branch can hang here.
                 self.split(guard, node, pos);
@@ -454,7 +463,7 @@ impl WriterState {
             if pos < shape(node).len {
                 // The position exists (its hash matched, or it is a child's first one).
                 let loc = Self::loc(node, pos);
-                slot.insert(loc);
+                entries.insert_new(block.engine_hash, loc);
                 matched.push(loc);
                 pos += 1;
                 i += 1;
@@ -464,17 +473,14 @@ impl WriterState {
             // holds) becomes one new node, published with this rank as its holder.
             let fresh = NodePtr(Node::unpublished(node.0));
             let number = self.number(fresh);
-            slot.insert(Loc { node: number, offset: 0 });
+            entries.insert_new(block.engine_hash, Loc { node: number, offset: 0 });
             let mut contents = vec![block.content_hash];
             let mut j = i + 1;
             while j < blocks.len() {
-                match entries.entry(blocks[j].engine_hash) {
-                    Entry::Occupied(_) => break,
-                    Entry::Vacant(v) => {
-                        v.insert(Loc { node: number, offset: contents.len() as u32 });
-                        contents.push(blocks[j].content_hash);
-                    }
+                if !entries.insert_new(blocks[j].engine_hash, Loc { node: number, offset: contents.len() as u32 }) {
+                    break;
                 }
+                contents.push(blocks[j].content_hash);
                 j += 1;
             }
             let count = contents.len() as u32;
@@ -517,12 +523,12 @@ impl WriterState {
         self.scratch = matched;
     }
 
-    fn remove(&mut self, guard: &Guard, rank: u32, entries: &mut PrehashedMap<EngineHash, Loc>, blocks: &[EngineHash]) {
+    fn remove(&mut self, guard: &Guard, rank: u32, entries: &mut BlockMap, blocks: &[EngineHash]) {
         let mut runs = std::mem::take(&mut self.runs);
         runs.clear();
         touch_ahead(entries, blocks.iter().copied());
         for hash in blocks {
-            let Some(loc) = entries.remove(hash) else {
+            let Some(loc) = entries.remove(*hash) else {
                 self.counters.unknown_remove += 1;
                 continue;
             };
@@ -581,7 +587,7 @@ impl WriterState {
         self.prune(guard, piece);
     }
 
-    fn clear(&mut self, guard: &Guard, rank: u32, entries: &mut PrehashedMap<EngineHash, Loc>) {
+    fn clear(&mut self, guard: &Guard, rank: u32, entries: &mut BlockMap) {
         let mut nodes: HashSet<NodePtr, super::prehashed::Prehashed> = HashSet::default();
         for (_, loc) in entries.drain() {
             if let Some((node, _)) = self.resolve(loc) {
