@@ -334,11 +334,14 @@ async fn random_bytes_close_only_their_own_stream() {
     let (garbage_rank, good_rank) = (RankKey::new(3, 0), RankKey::new(3, 1));
     let raw =
         RawPublisher::connect(&certs.files("publisher-3"), ingest.local_addr(), vec![garbage_rank, good_rank]).await;
-    let mut good = None;
-    while good.is_none() {
+    // Both subscriptions, in whichever order the router opens them: stopping at the good
+    // one could leave the garbage rank's subscription unanswered (and unrefused).
+    let (mut good, mut garbage_sent) = (None, false);
+    while good.is_none() || !garbage_sent {
         let (subscribe, mut stream) = raw.next_subscription().await;
         if subscribe.rank == garbage_rank {
             stream.write_all(&random_bytes(4096, 5)).await.unwrap();
+            garbage_sent = true;
         } else {
             good = Some(stream);
         }
