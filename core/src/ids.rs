@@ -32,11 +32,15 @@ impl RankKey {
     /// so any set of ranks spreads about evenly. The index's shards and the replay's event
     /// lanes both partition ranks with it, so lane `i` feeds shard `i` alone.
     pub fn partition(self, parts: usize) -> usize {
+        if parts <= 1 {
+            // One part (an index of one shard, on every event): no mix, no division.
+            return 0;
+        }
         let mut x = self.worker.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(self.dp_rank.0);
         x ^= x >> 33;
         x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
         x ^= x >> 33;
-        (x % parts.max(1) as u64) as usize
+        (x % parts as u64) as usize
     }
 }
 

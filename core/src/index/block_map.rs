@@ -41,6 +41,14 @@ struct Slot {
 
 const VACANT: Slot = Slot { key: EMPTY, loc: Loc::NONE };
 
+/// Where [`BlockMap::probe`] found no entry: the slot its key takes (`usize::MAX` for key
+/// 0, which lives beside the array).
+#[must_use = "fill the slot, or drop it to insert nothing"]
+pub(crate) struct VacantSlot {
+    key: EngineHash,
+    index: usize,
+}
+
 /// `engine hash -> Loc` for one rank (see the module docs).
 #[derive(Default)]
 pub(crate) struct BlockMap {
@@ -120,6 +128,35 @@ impl BlockMap {
     pub(crate) fn touch(&self, key: EngineHash) {
         if !self.slots.is_empty() {
             std::hint::black_box(self.slots[self.home(key.0)].key);
+        }
+    }
+
+    /// The value of `key` if held, else the slot it would take, for [`fill`](Self::fill):
+    /// one probe where `get` then `insert_new` would take two. Makes room first, so the
+    /// slot stays valid until filled as long as nothing else is inserted or removed.
+    #[inline]
+    pub(crate) fn probe(&mut self, key: EngineHash) -> Result<Loc, VacantSlot> {
+        if key.0 == EMPTY {
+            return self.zero.ok_or(VacantSlot { key, index: usize::MAX });
+        }
+        if self.filled + 1 > self.capacity() {
+            self.grow_for(self.filled + 1);
+        }
+        match self.find(key.0) {
+            (i, true) => Ok(self.slots[i].loc),
+            (index, false) => Err(VacantSlot { key, index }),
+        }
+    }
+
+    /// Puts `loc` in the slot [`probe`](Self::probe) found for its key.
+    #[inline]
+    pub(crate) fn fill(&mut self, slot: VacantSlot, loc: Loc) {
+        if slot.index == usize::MAX {
+            self.zero = Some(loc);
+        } else {
+            debug_assert_eq!(self.slots[slot.index].key, EMPTY, "the slot was taken since the probe");
+            self.slots[slot.index] = Slot { key: slot.key.0, loc };
+            self.filled += 1;
         }
     }
 
@@ -258,7 +295,21 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Insert(k, v) => {
-                        let inserted = map.insert_new(EngineHash(k), loc(v));
+                        // Odd values go through probe and fill, even ones through insert_new.
+                        let inserted = if v % 2 == 1 {
+                            match map.probe(EngineHash(k)) {
+                                Ok(held) => {
+                                    prop_assert_eq!(Some(held), model.get(&k).copied());
+                                    false
+                                }
+                                Err(slot) => {
+                                    map.fill(slot, loc(v));
+                                    true
+                                }
+                            }
+                        } else {
+                            map.insert_new(EngineHash(k), loc(v))
+                        };
                         prop_assert_eq!(inserted, !model.contains_key(&k));
                         model.entry(k).or_insert(loc(v));
                     }

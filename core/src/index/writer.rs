@@ -69,8 +69,8 @@ const TOUCH_AHEAD_MIN_BLOCKS: usize = 4;
 
 /// Reads the home slot of every key of a multi-block event before the event is applied,
 /// results unused. The map probes are where applying an event waits on memory (a rank's
-/// map is too large for the cache), and the apply loop cannot overlap them: each block's probe
-/// sits behind the tree walk of the one before. Here no probe depends on another, so the
+/// map is too large for the cache), and the apply loop cannot overlap them: each block's
+/// probe sits behind the tree walk of the one before. Here no probe depends on another, so the
 /// processor keeps several cache misses in flight, and the apply loop then hits.
 fn touch_ahead(entries: &BlockMap, keys: impl ExactSizeIterator<Item = EngineHash>) {
     if keys.len() < TOUCH_AHEAD_MIN_BLOCKS {
@@ -442,15 +442,19 @@ impl WriterState {
         while i < blocks.len() {
             let block = blocks[i];
             // One map probe per block: a held engine hash is a duplicate, a vacant slot is
-            // filled below once the block's place in the tree is known.
-            if let Some(held) = entries.get(block.engine_hash) {
-                self.counters.duplicate_store += 1;
-                if let Some((n, off)) = self.resolve(held) {
-                    (node, pos) = (n, off + 1);
+            // filled below once the block's place in the tree is known (nothing else
+            // enters the map in between).
+            let slot = match entries.probe(block.engine_hash) {
+                Ok(held) => {
+                    self.counters.duplicate_store += 1;
+                    if let Some((n, off)) = self.resolve(held) {
+                        (node, pos) = (n, off + 1);
+                    }
+                    i += 1;
+                    continue;
                 }
-                i += 1;
-                continue;
-            }
+                Err(slot) => slot,
+            };
             if pos < shape(node).len && node_ref(node).hash_at(pos) != block.content_hash {
                 // The chain leaves this node mid-run: cut it so the new branch can hang here.
                 self.split(guard, node, pos);
@@ -463,7 +467,7 @@ impl WriterState {
             if pos < shape(node).len {
                 // The position exists (its hash matched, or it is a child's first one).
                 let loc = Self::loc(node, pos);
-                entries.insert_new(block.engine_hash, loc);
+                entries.fill(slot, loc);
                 matched.push(loc);
                 pos += 1;
                 i += 1;
@@ -473,7 +477,7 @@ impl WriterState {
             // holds) becomes one new node, published with this rank as its holder.
             let fresh = NodePtr(Node::unpublished(node.0));
             let number = self.number(fresh);
-            entries.insert_new(block.engine_hash, Loc { node: number, offset: 0 });
+            entries.fill(slot, Loc { node: number, offset: 0 });
             let mut contents = vec![block.content_hash];
             let mut j = i + 1;
             while j < blocks.len() {
