@@ -37,12 +37,19 @@
 //! [`Fleet`] holds `workers x dp_size` rank caches, named `RankKey::new(w, r)`, and stamps
 //! each rank's events with that rank and with event ids 1, 2, 3, ... per rank.
 //!
+//! [`EngineModel`] is one engine server (`dp_size` rank caches) as the HTTP engine
+//! simulator runs it: rank choice, cached tokens, prefill queueing and decode timing on a
+//! clock the caller hands in, and its events in the engines' own `BlockStored` /
+//! `BlockRemoved` types.
+//!
 //! [`KvEventData::Removed`]: crate::event::KvEventData::Removed
 //! [`KvEventData::Stored`]: crate::event::KvEventData::Stored
 
+mod engine_model;
 mod fleet;
 mod rank_cache;
 
+pub use engine_model::{Admission, EngineModel, EngineModelConfig, EngineModelError, EngineTiming, RankStats};
 pub use fleet::{Fleet, FleetConfig, FleetPrefill};
 pub use rank_cache::{PrefillOutcome, RankCache};
 
