@@ -2,6 +2,9 @@
 //!
 //! - [`bridge`]: `kvroute bridge`, next to an engine: its ZeroMQ KV events in, the QUIC
 //!   transport out (mutual TLS, resume, dumps for routers that join late).
+//! - [`engine_sim`]: `kvroute engine-sim`, a simulated vLLM / SGLang server (OpenAI and
+//!   SGLang HTTP APIs, DP ranks, prefix caches, GPU-like timing) publishing its KV events
+//!   over ZeroMQ in the engines' wire format.
 //! - [`engine_zmq`]: ZeroMQ I/O for the engines' own KV-event streams (vLLM, SGLang):
 //!   per-rank SUB sockets, replay requests, and a stand-in engine publisher.
 //! - [`engine_ingest`]: subscriptions to those streams, one task per rank, applying what
@@ -20,6 +23,7 @@
 
 pub mod bridge;
 pub mod engine_ingest;
+pub mod engine_sim;
 pub mod engine_zmq;
 pub mod huge_pages;
 pub mod serve;

@@ -5,12 +5,15 @@
 //! - `serve`: the routing daemon (HTTP/JSON API, QUIC KV event ingest, metrics, snapshots).
 //! - `publish`: simulated engines publishing their KV events to routers over QUIC.
 //! - `bridge`: next to a vLLM or SGLang engine, its own ZeroMQ KV events to routers over QUIC.
+//! - `engine-sim`: a simulated vLLM / SGLang server with DP ranks, publishing its KV events
+//!   over ZeroMQ as the engines do.
 
 use clap::{Parser, Subcommand};
 
 mod bridge_cmd;
 mod command_error;
 mod demo;
+mod engine_sim_cmd;
 mod publish_cmd;
 mod router_targets_args;
 
@@ -39,6 +42,9 @@ enum Command {
     /// Bridge an engine's own KV events (vLLM / SGLang ZeroMQ publishers) to routers over
     /// QUIC with mutual TLS; routers need no ZeroMQ access to the workers.
     Bridge(bridge_cmd::BridgeArgs),
+    /// Simulate a vLLM or SGLang server with DP ranks (OpenAI API, SGLang /generate,
+    /// prefix caches, GPU-like timing) publishing its KV events over ZeroMQ as the engines do.
+    EngineSim(engine_sim_cmd::EngineSimArgs),
 }
 
 fn main() {
@@ -49,6 +55,7 @@ fn main() {
         Command::Serve(args) => kvroute_net::serve::run(&args).map_err(Into::into),
         Command::Publish(args) => publish_cmd::run(&args).map_err(Into::into),
         Command::Bridge(args) => bridge_cmd::run(&args).map_err(Into::into),
+        Command::EngineSim(args) => engine_sim_cmd::run(&args).map_err(Into::into),
     };
     if let Err(error) = result {
         eprintln!("kvroute: {error}");

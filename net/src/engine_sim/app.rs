@@ -1,0 +1,71 @@
+//! The simulator's routes (see the module doc of `engine_sim` for what each answers), a
+//! request body limit, JSON 404s, and `GET /sim/stats`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::{get, post};
+use serde_json::{json, Value};
+
+use super::serving::SimState;
+use super::sim_error::SimError;
+use super::{generate_api, openai_api};
+
+/// Largest request body: a maximal prompt as JSON token ids with room to spare.
+pub const MAX_BODY_BYTES: usize = 32 << 20;
+
+/// The simulator's HTTP application over `state`.
+pub fn app(state: Arc<SimState>) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/completions", post(openai_api::completions))
+        .route("/v1/chat/completions", post(openai_api::chat_completions))
+        .route("/v1/models", get(openai_api::models))
+        .route("/tokenize", post(openai_api::tokenize))
+        .route("/generate", post(generate_api::generate))
+        .route("/get_server_info", get(generate_api::server_info))
+        .route("/server_info", get(generate_api::server_info))
+        .route("/get_model_info", get(generate_api::model_info))
+        .route("/health", get(health))
+        .route("/health_generate", get(health))
+        .route("/version", get(version))
+        .route("/sim/stats", get(stats))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn health() -> &'static str {
+    ""
+}
+
+async fn version() -> axum::Json<Value> {
+    axum::Json(json!({"version": concat!("kvroute-sim-", env!("CARGO_PKG_VERSION"))}))
+}
+
+async fn not_found() -> SimError {
+    SimError::not_found("no such endpoint")
+}
+
+/// `GET /sim/stats`: every rank's counters and the request counters.
+async fn stats(State(state): State<Arc<SimState>>) -> axum::Json<Value> {
+    let ranks: Vec<Value> = state
+        .stats()
+        .iter()
+        .enumerate()
+        .map(|(rank, s)| {
+            json!({"rank": rank, "requests": s.requests, "in_flight": s.in_flight, "prompt_tokens": s.prompt_tokens,
+                "cached_tokens": s.cached_tokens, "blocks_held": s.blocks_held})
+        })
+        .collect();
+    let counters = &state.counters;
+    axum::Json(json!({
+        "engine": state.config.kind.name(),
+        "ranks": ranks,
+        "admitted": counters.admitted.load(Ordering::Relaxed),
+        "completed": counters.completed.load(Ordering::Relaxed),
+        "cancelled": counters.cancelled.load(Ordering::Relaxed),
+        "refused": counters.refused.load(Ordering::Relaxed),
+        "batches_queued": counters.batches_queued.load(Ordering::Relaxed),
+    }))
+}

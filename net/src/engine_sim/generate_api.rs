@@ -1,0 +1,150 @@
+//! The simulator's SGLang-native API: `POST /generate`, `GET /get_server_info`,
+//! `GET /get_model_info`.
+//!
+//! `/generate` takes `text` or `input_ids` (one prompt), `sampling_params.max_new_tokens`
+//! (default 128, SGLang's), `stream`, `lora_path` (one of the adapters), the DP rank as
+//! `routed_dp_rank` or the older `data_parallel_rank` (or the header), and the
+//! disaggregation fields `bootstrap_host`, `bootstrap_port`, `bootstrap_room` (checked:
+//! a room is `0..=i64::MAX`; echoed in `meta_info`). It answers
+//! `{text, output_ids, meta_info: {id, finish_reason, prompt_tokens, completion_tokens,
+//! cached_tokens, routed_dp_rank, bootstrap_room}}`; a stream sends that object after each
+//! token, text and ids so far, as SGLang does, then `data: [DONE]`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::serving::{Output, SimState};
+use super::sim_error::SimError;
+use super::sim_tokens;
+use super::wire_json::{
+    header_rank, json_response, output_tokens, parse_json, requested_rank, sse_done, sse_json, sse_response, token_ids,
+};
+
+/// SGLang's default `max_new_tokens`.
+const DEFAULT_MAX_NEW_TOKENS: u32 = 128;
+
+#[derive(Deserialize, Default)]
+struct SamplingParams {
+    max_new_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct GenerateRequest {
+    text: Option<Value>,
+    input_ids: Option<Value>,
+    #[serde(default)]
+    sampling_params: SamplingParams,
+    #[serde(default)]
+    stream: bool,
+    lora_path: Option<String>,
+    rid: Option<String>,
+    routed_dp_rank: Option<u32>,
+    data_parallel_rank: Option<u32>,
+    bootstrap_host: Option<String>,
+    bootstrap_port: Option<u16>,
+    bootstrap_room: Option<u64>,
+}
+
+/// One prompt's token ids from `text` (a string, or a list of one) or `input_ids`.
+fn generate_tokens(request: &GenerateRequest) -> Result<Vec<u32>, SimError> {
+    let one = |value: &Value| match value {
+        Value::Array(items) if items.len() == 1 => items[0].clone(),
+        Value::Array(items) if !items.iter().all(Value::is_number) => Value::Null,
+        other => other.clone(),
+    };
+    match (&request.text, &request.input_ids) {
+        (Some(text), None) => match one(text) {
+            Value::String(text) => Ok(sim_tokens::text_tokens(&text)),
+            _ => Err(SimError::bad_request("text must be one string (the simulator serves one prompt per request)")),
+        },
+        (None, Some(ids)) => match one(ids) {
+            ids @ Value::Array(_) => token_ids(&ids, "input_ids"),
+            _ => Err(SimError::bad_request("input_ids must be one list of token ids")),
+        },
+        _ => Err(SimError::bad_request("give exactly one of text and input_ids")),
+    }
+}
+
+/// `POST /generate`.
+pub async fn generate(
+    State(state): State<Arc<SimState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, SimError> {
+    let parsed = (|| {
+        let request: GenerateRequest = parse_json(&body)?;
+        let tokens = generate_tokens(&request)?;
+        let max_tokens =
+            output_tokens(request.sampling_params.max_new_tokens, DEFAULT_MAX_NEW_TOKENS, "max_new_tokens")?;
+        if let Some(adapter) = &request.lora_path {
+            if !state.config.lora_adapters.contains(adapter) {
+                return Err(SimError::bad_request(format!("unknown lora_path `{adapter}`")));
+            }
+        }
+        if request.bootstrap_room.is_some_and(|room| room > i64::MAX as u64) {
+            return Err(SimError::bad_request("bootstrap_room must be from 0 to 2^63 - 1"));
+        }
+        let rank = requested_rank(&[
+            ("X-data-parallel-rank", header_rank(&headers)?),
+            ("routed_dp_rank", request.routed_dp_rank),
+            ("data_parallel_rank", request.data_parallel_rank),
+        ])?;
+        Ok((request, tokens, max_tokens, rank))
+    })();
+    let (request, tokens, max_tokens, rank) = parsed.map_err(|error| state.refuse(error))?;
+    let mut served = state.admit(&tokens, rank, request.lora_path.as_deref())?;
+    let rank = served.rank();
+    let meta = {
+        let admission = &served.admission;
+        let id = request.rid.clone().unwrap_or_else(|| format!("{:032x}", served.number));
+        json!({
+            "id": id, "prompt_tokens": admission.prompt_tokens, "cached_tokens": admission.cached_tokens,
+            "routed_dp_rank": rank, "bootstrap_host": request.bootstrap_host, "bootstrap_port": request.bootstrap_port,
+            "bootstrap_room": request.bootstrap_room,
+        })
+    };
+    let answer = move |done: u32| {
+        let mut meta = meta.clone();
+        meta["completion_tokens"] = json!(done);
+        meta["finish_reason"] =
+            if done == max_tokens { json!({"type": "length", "length": max_tokens}) } else { Value::Null };
+        let text: String = (0..done).map(sim_tokens::output_text).collect();
+        let ids: Vec<u32> = (0..done).map(sim_tokens::output_id).collect();
+        json!({"text": text, "output_ids": ids, "meta_info": meta})
+    };
+    if !request.stream {
+        served.wait_until_done(max_tokens).await;
+        return Ok(json_response(rank, &answer(max_tokens)));
+    }
+    let stream = served.token_stream(max_tokens, move |output| match output {
+        Output::Token(index) => sse_json(&answer(index + 1)),
+        Output::Done => sse_done(),
+    });
+    Ok(sse_response(rank, stream))
+}
+
+/// `GET /get_server_info`: the settings a router reads (DP size, page size, model).
+pub async fn server_info(State(state): State<Arc<SimState>>) -> axum::Json<Value> {
+    let config = &state.config;
+    axum::Json(json!({
+        "model_path": config.served_model_name,
+        "served_model_name": config.served_model_name,
+        "dp_size": config.model.dp_size,
+        "page_size": config.model.block_size,
+        "disaggregation_mode": "null",
+        "max_total_num_tokens": config.model.capacity_blocks * config.model.block_size as usize,
+        "engine": config.kind.name(),
+        "version": concat!("kvroute-sim-", env!("CARGO_PKG_VERSION")),
+    }))
+}
+
+/// `GET /get_model_info`.
+pub async fn model_info(State(state): State<Arc<SimState>>) -> axum::Json<Value> {
+    axum::Json(json!({"model_path": state.config.served_model_name, "tokenizer_path": null, "is_generation": true}))
+}

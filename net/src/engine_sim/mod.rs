@@ -1,0 +1,123 @@
+//! `kvroute engine-sim`: an HTTP server that behaves enough like a vLLM or an SGLang
+//! server with `dp_size` data-parallel ranks for kvroute and the peers' routers to drive
+//! it on a machine without GPUs, and that publishes its KV events over ZeroMQ in the
+//! engines' own wire format, exactly as `kvroute serve --engine-events` ingests them.
+//!
+//! Shape: one [`EngineModel`] (core; per rank a prefix cache, a prefill queue and timing)
+//! behind a mutex, the clock it runs on (an `Instant` taken at start), and per rank an
+//! [`EnginePublisher`] (PUB at `kv_events_port + rank`, replay ROUTER at
+//! `replay_port + rank`) fed through a bounded queue by one task, so each rank's batches
+//! go out in the order its requests were admitted (a `BlockStored` naming a parent always
+//! follows the batch that stored the parent).
+//!
+//! A request ([`serving`]): its prompt becomes token ids (a list of ids as given; text
+//! through the simulator's byte tokenizer, [`sim_tokens`]); its DP rank comes from the
+//! `X-data-parallel-rank` header (vLLM, SGLang) or the body's `routed_dp_rank` /
+//! `data_parallel_rank` (SGLang), else the model's least-loaded rank; the model admits it
+//! and its events are queued on that rank's stream under the same lock; then the response
+//! waits for the prefill to end and produces one output token per decode step, streamed
+//! as server-sent events or answered whole. The rank that served is in the response
+//! header `x-kvroute-sim-dp-rank`; `usage.prompt_tokens_details.cached_tokens` (OpenAI
+//! API) and `meta_info.cached_tokens` (SGLang) say how much of the prompt was cached.
+//! A request leaves the rank's in-flight count when its response ends, fails or is
+//! dropped because the client went away.
+//!
+//! Endpoints ([`app`]): `POST /v1/completions`, `POST /v1/chat/completions` (SSE with
+//! `stream`, the usage chunk with `stream_options.include_usage`), `GET /v1/models`,
+//! `POST /tokenize`, `GET /health`, `GET /version` (vLLM); `POST /generate`,
+//! `GET /get_server_info`, `GET /get_model_info`, `GET /health_generate` (SGLang); and
+//! `GET /sim/stats`, every rank's counters. Both engine kinds serve all of them; the kind
+//! picks the KV-event encoding and what the server-info endpoints report.
+
+mod app;
+mod config;
+mod events;
+mod generate_api;
+mod openai_api;
+mod serving;
+mod sim_error;
+pub mod sim_tokens;
+mod wire_json;
+
+pub use app::app;
+pub use config::{EngineKind, EngineSimConfig, EngineSimError};
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::engine_zmq::EngineEndpoint;
+use crate::serve::http_server::{self, HttpConnectionMetrics, HttpServerLimits};
+use kvroute_core::sim::EngineModel;
+use serving::SimState;
+
+/// A running engine simulator.
+pub struct EngineSim {
+    http_address: SocketAddr,
+    state: Arc<SimState>,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl EngineSim {
+    /// Binds the HTTP listener and every rank's ZeroMQ sockets and starts serving. Call it
+    /// inside a tokio runtime.
+    pub async fn start(config: EngineSimConfig) -> Result<EngineSim, EngineSimError> {
+        let model = EngineModel::new(config.model.clone()).map_err(EngineSimError::Model)?;
+        let publishers = events::start_rank_publishers(&config).await?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|error| EngineSimError::Bind { address: config.listen.to_string(), reason: error.to_string() })?;
+        let http_address = listener
+            .local_addr()
+            .map_err(|error| EngineSimError::Bind { address: config.listen.to_string(), reason: error.to_string() })?;
+        let state = Arc::new(SimState::new(config, model, publishers));
+        let (stop, stop_rx) = watch::channel(false);
+        let server = tokio::spawn(http_server::serve(
+            listener,
+            app(Arc::clone(&state)),
+            HttpServerLimits::default(),
+            Arc::new(HttpConnectionMetrics::default()),
+            stop_rx,
+        ));
+        Ok(EngineSim { http_address, state, stop, server })
+    }
+
+    /// The bound HTTP address (port resolved).
+    pub fn http_address(&self) -> SocketAddr {
+        self.http_address
+    }
+
+    /// Rank `rank`'s PUB endpoint as a subscriber reaches it (loopback for a wildcard).
+    pub fn subscriber_endpoint(&self, rank: u32) -> Option<EngineEndpoint> {
+        self.state.rank_events(rank).map(|events| events.subscriber_endpoint.clone())
+    }
+
+    /// Rank `rank`'s replay endpoint as a client reaches it.
+    pub fn replay_endpoint(&self, rank: u32) -> Option<EngineEndpoint> {
+        self.state.rank_events(rank).and_then(|events| events.replay_endpoint.clone())
+    }
+
+    /// Every rank's counters now.
+    pub fn stats(&self) -> Vec<kvroute_core::sim::RankStats> {
+        self.state.stats()
+    }
+
+    /// Stops accepting, lets responses in flight end, closes the sockets.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.server.await;
+        self.state.shutdown().await;
+    }
+
+    /// Serves until ctrl-c (the `kvroute engine-sim` command).
+    pub async fn run_until_ctrl_c(self) -> Result<(), EngineSimError> {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("engine simulator: stopping");
+        self.shutdown().await;
+        Ok(())
+    }
+}

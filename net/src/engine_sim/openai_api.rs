@@ -1,0 +1,261 @@
+//! The simulator's OpenAI-compatible API, shaped as vLLM's server answers it:
+//! `POST /v1/completions` (prompt as text or token ids), `POST /v1/chat/completions`
+//! (messages through [`sim_tokens::chat_prompt`]), `GET /v1/models`, `POST /tokenize`.
+//!
+//! The `model` must be the served name or one of the LoRA adapters (404 otherwise, as
+//! vLLM); an adapter's requests hash their blocks under its name. One prompt per request
+//! (a list of several prompts is a 400). `max_tokens` (chat: also
+//! `max_completion_tokens`) defaults to 16; every response runs to that length
+//! (`finish_reason: "length"`). `usage` carries `prompt_tokens_details.cached_tokens`;
+//! a stream sends it in a last chunk with empty `choices` when
+//! `stream_options.include_usage` is set, then `data: [DONE]`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::serving::{Output, Served, SimState};
+use super::sim_error::SimError;
+use super::sim_tokens::{self, ChatTurn};
+use super::wire_json::{
+    header_rank, json_response, output_tokens, parse_json, sse_done, sse_json, sse_response, token_ids,
+};
+
+/// OpenAI's default `max_tokens` for completions.
+const DEFAULT_MAX_TOKENS: u32 = 16;
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+#[derive(Deserialize)]
+struct CompletionRequest {
+    model: Option<String>,
+    prompt: Value,
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+struct ChatRequest {
+    model: Option<String>,
+    messages: Vec<Value>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+struct TokenizeRequest {
+    prompt: Option<Value>,
+    messages: Option<Vec<Value>>,
+}
+
+/// What a request's `model` selects: the base model or one LoRA adapter.
+fn lora_of(state: &SimState, model: Option<&str>) -> Result<Option<String>, SimError> {
+    match model {
+        None => Ok(None),
+        Some(name) if name == state.config.served_model_name => Ok(None),
+        Some(name) if state.config.lora_adapters.iter().any(|adapter| adapter == name) => Ok(Some(name.to_owned())),
+        Some(name) => Err(SimError::not_found(format!("The model `{name}` does not exist."))),
+    }
+}
+
+/// A completion prompt as token ids: a string (the byte tokenizer), token ids, or a list
+/// holding exactly one of those.
+fn prompt_tokens(prompt: &Value) -> Result<Vec<u32>, SimError> {
+    match prompt {
+        Value::String(text) => Ok(sim_tokens::text_tokens(text)),
+        Value::Array(items) if items.iter().all(Value::is_number) => token_ids(prompt, "prompt"),
+        Value::Array(items) if items.len() == 1 => prompt_tokens(&items[0]),
+        Value::Array(_) => Err(SimError::bad_request("the simulator serves one prompt per request")),
+        _ => Err(SimError::bad_request("prompt must be a string or a list of token ids")),
+    }
+}
+
+/// Chat messages as turns: `content` a string, null, or a list of parts whose `text`
+/// parts are joined.
+fn chat_turns(messages: &[Value]) -> Result<Vec<ChatTurn>, SimError> {
+    if messages.is_empty() {
+        return Err(SimError::bad_request("messages must not be empty"));
+    }
+    messages
+        .iter()
+        .map(|message| {
+            let role = message
+                .get("role")
+                .and_then(Value::as_str)
+                .ok_or_else(|| SimError::bad_request("every message needs a string role"))?;
+            let text = match message.get("content") {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(text)) => text.clone(),
+                Some(Value::Array(parts)) => {
+                    parts.iter().filter_map(|part| part.get("text").and_then(Value::as_str)).collect()
+                }
+                Some(_) => {
+                    return Err(SimError::bad_request("a message's content must be a string or a list of parts"))
+                }
+            };
+            Ok(ChatTurn { role: role.to_owned(), text })
+        })
+        .collect()
+}
+
+fn usage(served: &Served, completion_tokens: u32) -> Value {
+    let admission = &served.admission;
+    json!({
+        "prompt_tokens": admission.prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": admission.prompt_tokens + completion_tokens as usize,
+        "prompt_tokens_details": { "cached_tokens": admission.cached_tokens },
+    })
+}
+
+fn model_name(state: &SimState, lora: &Option<String>) -> String {
+    lora.clone().unwrap_or_else(|| state.config.served_model_name.clone())
+}
+
+/// `POST /v1/completions`.
+pub async fn completions(
+    State(state): State<Arc<SimState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, SimError> {
+    let parsed = (|| {
+        let request: CompletionRequest = parse_json(&body)?;
+        let lora = lora_of(&state, request.model.as_deref())?;
+        let tokens = prompt_tokens(&request.prompt)?;
+        let max_tokens = output_tokens(request.max_tokens, DEFAULT_MAX_TOKENS, "max_tokens")?;
+        Ok((request, lora, tokens, max_tokens, header_rank(&headers)?))
+    })();
+    let (request, lora, tokens, max_tokens, rank) = parsed.map_err(|error| state.refuse(error))?;
+    let mut served = state.admit(&tokens, rank, lora.as_deref())?;
+    let (id, created, model, rank) =
+        (format!("cmpl-{}", served.number), served.created, model_name(&state, &lora), served.rank());
+    let choice = |text: String, finish: Option<&str>| json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish, "stop_reason": null});
+    if !request.stream {
+        served.wait_until_done(max_tokens).await;
+        let text: String = (0..max_tokens).map(sim_tokens::output_text).collect();
+        let body = json!({
+            "id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": [choice(text, Some("length"))], "usage": usage(&served, max_tokens),
+        });
+        return Ok(json_response(rank, &body));
+    }
+    let include_usage = request.stream_options.is_some_and(|options| options.include_usage);
+    let usage = usage(&served, max_tokens);
+    let stream = served.token_stream(max_tokens, move |output| match output {
+        Output::Token(index) => {
+            let finish = (index + 1 == max_tokens).then_some("length");
+            sse_json(&json!({
+                "id": id, "object": "text_completion", "created": created, "model": model,
+                "choices": [choice(sim_tokens::output_text(index), finish)],
+            }))
+        }
+        Output::Done => done_chunks(include_usage.then(|| {
+            json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": [], "usage": usage})
+        })),
+    });
+    Ok(sse_response(rank, stream))
+}
+
+/// The end of a stream: the usage chunk when asked for, then `[DONE]`.
+fn done_chunks(usage_chunk: Option<Value>) -> Bytes {
+    match usage_chunk {
+        Some(chunk) => [sse_json(&chunk), sse_done()].concat().into(),
+        None => sse_done(),
+    }
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(
+    State(state): State<Arc<SimState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, SimError> {
+    let parsed = (|| {
+        let request: ChatRequest = parse_json(&body)?;
+        let lora = lora_of(&state, request.model.as_deref())?;
+        let tokens = sim_tokens::text_tokens(&sim_tokens::chat_prompt(&chat_turns(&request.messages)?));
+        let asked = request.max_completion_tokens.or(request.max_tokens);
+        let max_tokens = output_tokens(asked, DEFAULT_MAX_TOKENS, "max_tokens")?;
+        Ok((request, lora, tokens, max_tokens, header_rank(&headers)?))
+    })();
+    let (request, lora, tokens, max_tokens, rank) = parsed.map_err(|error| state.refuse(error))?;
+    let mut served = state.admit(&tokens, rank, lora.as_deref())?;
+    let (id, created, model, rank) =
+        (format!("chatcmpl-{}", served.number), served.created, model_name(&state, &lora), served.rank());
+    if !request.stream {
+        served.wait_until_done(max_tokens).await;
+        let text: String = (0..max_tokens).map(sim_tokens::output_text).collect();
+        let body = json!({
+            "id": id, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": "length"}],
+            "usage": usage(&served, max_tokens),
+        });
+        return Ok(json_response(rank, &body));
+    }
+    let include_usage = request.stream_options.is_some_and(|options| options.include_usage);
+    let usage = usage(&served, max_tokens);
+    let chunk = move |delta: Value, finish: Option<&str>| {
+        sse_json(&json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        }))
+    };
+    let usage_chunk = json!({"id": format!("chatcmpl-{}", served.number), "object": "chat.completion.chunk", "created": created,
+        "model": model_name(&state, &lora), "choices": [], "usage": usage});
+    let stream = served.token_stream(max_tokens, move |output| match output {
+        Output::Token(index) => {
+            let finish = (index + 1 == max_tokens).then_some("length");
+            let text = chunk(json!({"content": sim_tokens::output_text(index)}), finish);
+            if index == 0 {
+                [chunk(json!({"role": "assistant", "content": ""}), None), text].concat().into()
+            } else {
+                text
+            }
+        }
+        Output::Done => done_chunks(include_usage.then(|| usage_chunk.clone())),
+    });
+    Ok(sse_response(rank, stream))
+}
+
+/// `GET /v1/models`: the served model and its LoRA adapters.
+pub async fn models(State(state): State<Arc<SimState>>) -> axum::Json<Value> {
+    let base = &state.config.served_model_name;
+    let max_model_len = state.config.model.max_prompt_tokens;
+    let entry = |id: &str, parent: Option<&str>| {
+        json!({"id": id, "object": "model", "created": 0, "owned_by": "vllm", "root": parent.unwrap_or(id),
+            "parent": parent, "max_model_len": max_model_len})
+    };
+    let mut data = vec![entry(base, None)];
+    data.extend(state.config.lora_adapters.iter().map(|adapter| entry(adapter, Some(base))));
+    axum::Json(json!({"object": "list", "data": data}))
+}
+
+/// `POST /tokenize`: the simulator's token ids for a `prompt` or chat `messages`.
+pub async fn tokenize(State(state): State<Arc<SimState>>, body: Bytes) -> Result<axum::Json<Value>, SimError> {
+    let request: TokenizeRequest = parse_json(&body).map_err(|error| state.refuse(error))?;
+    let tokens = match (&request.prompt, &request.messages) {
+        (Some(prompt), None) => prompt_tokens(prompt),
+        (None, Some(messages)) => {
+            chat_turns(messages).map(|turns| sim_tokens::text_tokens(&sim_tokens::chat_prompt(&turns)))
+        }
+        _ => Err(SimError::bad_request("give exactly one of prompt and messages")),
+    }
+    .map_err(|error| state.refuse(error))?;
+    Ok(axum::Json(
+        json!({"count": tokens.len(), "max_model_len": state.config.model.max_prompt_tokens, "tokens": tokens}),
+    ))
+}

@@ -1,0 +1,230 @@
+//! What every simulated request goes through, whichever API it came by: admission on the
+//! model (rank, cached tokens, timing) with its KV events queued in the same critical
+//! section, then output tokens paced on the model's clock, and the in-flight count given
+//! back however the response ends.
+//!
+//! [`SimState::admit`] takes the model lock, refuses the request (503) if the rank's event
+//! queue is full, admits it, encodes its events as one `EventBatch` of that rank in the
+//! engine's format and queues it; the returned [`Served`] holds an [`InFlight`] guard
+//! whose drop releases the rank (counted as cancelled unless the response was finished:
+//! hyper drops the response future or body when the client goes away).
+//! [`Served::token_stream`] yields output tokens at their due times;
+//! [`Served::wait_until_done`] sleeps until the last one is due.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::Stream;
+use kvroute_core::engine_events::encode::encode_batch;
+use kvroute_core::engine_events::EventBatch;
+use kvroute_core::sim::{Admission, EngineModel, RankStats};
+
+use super::config::EngineSimConfig;
+use super::events::RankEvents;
+use super::sim_error::SimError;
+use crate::engine_zmq::EngineEndpoint;
+
+/// Request counters (Relaxed by design: independent counts).
+#[derive(Debug, Default)]
+pub struct SimCounters {
+    pub admitted: AtomicU64,
+    pub completed: AtomicU64,
+    /// Ended before their last token (the client went away).
+    pub cancelled: AtomicU64,
+    /// Refused before admission (bad request, unknown model, full event queue).
+    pub refused: AtomicU64,
+    /// Batches queued for publishing.
+    pub batches_queued: AtomicU64,
+}
+
+/// The model and the rank streams its admissions feed, under one lock.
+struct Engine {
+    model: EngineModel,
+    /// Empty when the simulator publishes no events (or has shut down).
+    ranks: Vec<RankEvents>,
+}
+
+/// Everything the handlers share.
+pub struct SimState {
+    pub config: EngineSimConfig,
+    engine: Mutex<Engine>,
+    /// Per rank: (subscriber endpoint, replay endpoint), kept outside the lock.
+    endpoints: Vec<(EngineEndpoint, Option<EngineEndpoint>)>,
+    /// The model's clock: `now` is the time since this instant.
+    clock: Instant,
+    next_request: AtomicU64,
+    pub counters: SimCounters,
+}
+
+/// One rank's event endpoints.
+pub struct RankEndpoints<'a> {
+    pub subscriber_endpoint: &'a EngineEndpoint,
+    pub replay_endpoint: &'a Option<EngineEndpoint>,
+}
+
+impl SimState {
+    pub fn new(config: EngineSimConfig, model: EngineModel, ranks: Vec<RankEvents>) -> SimState {
+        let endpoints =
+            ranks.iter().map(|rank| (rank.subscriber_endpoint.clone(), rank.replay_endpoint.clone())).collect();
+        SimState {
+            config,
+            engine: Mutex::new(Engine { model, ranks }),
+            endpoints,
+            clock: Instant::now(),
+            next_request: AtomicU64::new(1),
+            counters: SimCounters::default(),
+        }
+    }
+
+    fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
+        // The lock guards plain data that no panic leaves half-updated.
+        self.engine.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn rank_events(&self, rank: u32) -> Option<RankEndpoints<'_>> {
+        self.endpoints
+            .get(rank as usize)
+            .map(|(subscriber_endpoint, replay_endpoint)| RankEndpoints { subscriber_endpoint, replay_endpoint })
+    }
+
+    pub fn stats(&self) -> Vec<RankStats> {
+        self.engine().model.stats()
+    }
+
+    /// Counts a refusal and passes it on.
+    pub fn refuse(&self, error: SimError) -> SimError {
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        error
+    }
+
+    /// Admits a request (see the module doc).
+    pub fn admit(
+        self: &Arc<Self>,
+        tokens: &[u32],
+        rank: Option<u32>,
+        lora_name: Option<&str>,
+    ) -> Result<Served, SimError> {
+        let mut engine = self.engine();
+        let Engine { model, ranks } = &mut *engine;
+        let target = rank.unwrap_or_else(|| model.least_loaded_rank());
+        if ranks.get(target as usize).is_some_and(|events| !events.has_room()) {
+            drop(engine);
+            return Err(
+                self.refuse(SimError::unavailable(format!("rank {target}'s KV event stream is backed up; try again")))
+            );
+        }
+        let now = self.clock.elapsed();
+        let mut admission = match model.admit(now, Some(target), tokens, lora_name) {
+            Ok(admission) => admission,
+            Err(error) => {
+                drop(engine);
+                return Err(self.refuse(error.into()));
+            }
+        };
+        if let (Some(events), false) = (ranks.get(target as usize), admission.events.is_empty()) {
+            let batch = EventBatch {
+                ts: unix_seconds(),
+                events: std::mem::take(&mut admission.events),
+                dp_rank: Some(target),
+                unknown_events: 0,
+            };
+            events.queue(Bytes::from(encode_batch(&batch, self.config.event_format)));
+            self.counters.batches_queued.fetch_add(1, Ordering::Relaxed);
+        }
+        drop(engine);
+        self.counters.admitted.fetch_add(1, Ordering::Relaxed);
+        let number = self.next_request.fetch_add(1, Ordering::Relaxed);
+        Ok(Served {
+            number,
+            created: unix_seconds() as u64,
+            admission,
+            in_flight: InFlight { state: Arc::clone(self), rank: target, finished: false },
+        })
+    }
+
+    /// Closes every rank's stream after publishing what is queued.
+    pub async fn shutdown(&self) {
+        let ranks = std::mem::take(&mut self.engine().ranks);
+        for rank in ranks {
+            rank.shutdown().await;
+        }
+    }
+
+    fn due_instant(&self, due: Duration) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.clock + due)
+    }
+}
+
+fn unix_seconds() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |since| since.as_secs_f64())
+}
+
+/// A request in flight on a rank: released when dropped.
+pub struct InFlight {
+    state: Arc<SimState>,
+    rank: u32,
+    finished: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.state.engine().model.release(self.rank);
+        let counter = if self.finished { &self.state.counters.completed } else { &self.state.counters.cancelled };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What a handler streams: each output token, then the end.
+pub enum Output {
+    Token(u32),
+    Done,
+}
+
+/// An admitted request.
+pub struct Served {
+    /// Per simulator, from 1 (the response ids' suffix).
+    pub number: u64,
+    /// Unix seconds at admission (the responses' `created`).
+    pub created: u64,
+    pub admission: Admission,
+    in_flight: InFlight,
+}
+
+impl Served {
+    pub fn rank(&self) -> u32 {
+        self.admission.rank
+    }
+
+    /// Sleeps until all `max_tokens` output tokens are due, then marks the request done.
+    pub async fn wait_until_done(&mut self, max_tokens: u32) {
+        let last = self.admission.token_due(max_tokens.saturating_sub(1));
+        tokio::time::sleep_until(self.in_flight.state.due_instant(last)).await;
+        self.in_flight.finished = true;
+    }
+
+    /// `render(Output::Token(k))` for each of `max_tokens` tokens at its due time, then
+    /// `render(Output::Done)`; the request is done once `Done` is rendered. Dropping the
+    /// stream early (the client went away) releases the request as cancelled.
+    pub fn token_stream<F>(self, max_tokens: u32, render: F) -> impl Stream<Item = Result<Bytes, Infallible>> + Send
+    where
+        F: FnMut(Output) -> Bytes + Send + 'static,
+    {
+        futures::stream::unfold((self, render, 0u32), move |(mut served, mut render, index)| async move {
+            if index > max_tokens {
+                return None;
+            }
+            if index == max_tokens {
+                served.in_flight.finished = true;
+                let chunk = render(Output::Done);
+                return Some((Ok(chunk), (served, render, index + 1)));
+            }
+            let due = served.admission.token_due(index);
+            tokio::time::sleep_until(served.in_flight.state.due_instant(due)).await;
+            let chunk = render(Output::Token(index));
+            Some((Ok(chunk), (served, render, index + 1)))
+        })
+    }
+}
