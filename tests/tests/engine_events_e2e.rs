@@ -10,7 +10,6 @@
 //! was lost for good, never above it where the rank had to be cleared.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +26,7 @@ use kvroute_core::tier::StorageTier;
 use kvroute_core::{BlockHash, EngineHash, RankKey, WorkerId};
 use kvroute_net::engine_ingest::{EngineIngest, EngineIngestConfig, EngineKind, EngineSource};
 use kvroute_net::engine_zmq::{EngineEndpoint, EnginePublisher, EnginePublisherOptions};
+use kvroute_tests::ports::free_base_port;
 
 const BLOCK: usize = 16;
 const DP: u32 = 2;
@@ -129,16 +129,6 @@ fn reference_events(event: &EngineEvent, hasher: &BlockHasher) -> Vec<KvEventDat
     }
 }
 
-/// Two consecutive free loopback ports' first one (the engines offset ports by rank).
-fn free_base_port() -> u16 {
-    loop {
-        let first = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-        if first < u16::MAX - 4 && (1..DP as u16).all(|i| TcpListener::bind(("127.0.0.1", first + i)).is_ok()) {
-            return first;
-        }
-    }
-}
-
 /// One worker's engine ranks and their model state.
 struct Engine {
     worker: u64,
@@ -150,8 +140,8 @@ struct Engine {
 
 impl Engine {
     async fn start(worker: u64, format: EngineFormat, replay: bool) -> Engine {
-        let pub_base = free_base_port();
-        let replay_base = replay.then(free_base_port);
+        let pub_base = free_base_port(DP as u16);
+        let replay_base = replay.then(|| free_base_port(DP as u16));
         let mut ranks = Vec::new();
         for r in 0..DP as u16 {
             let pub_addr = format!("tcp://127.0.0.1:{}", pub_base + r);

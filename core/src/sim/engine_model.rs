@@ -286,13 +286,18 @@ impl EngineModel {
     /// Prompt tokens `rank` would find cached now (what `admit` would report), or `None`
     /// for a rank out of range.
     pub fn cached_tokens(&self, rank: u32, tokens: &[u32], lora_name: Option<&str>) -> Option<usize> {
-        let state = self.ranks.get(rank as usize)?;
-        if tokens.is_empty() {
-            return Some(0);
-        }
+        let held = self.held_prefix_blocks(rank, tokens, lora_name)?;
         let block_size = self.config.block_size as usize;
+        Some(held.min(tokens.len().saturating_sub(1) / block_size) * block_size)
+    }
+
+    /// Leading full blocks of `tokens` (in the LoRA's namespace) that `rank`'s cache holds:
+    /// what a router fed this rank's events should credit it with. `None` for a rank out
+    /// of range.
+    pub fn held_prefix_blocks(&self, rank: u32, tokens: &[u32], lora_name: Option<&str>) -> Option<usize> {
+        let state = self.ranks.get(rank as usize)?;
         let chain = self.hasher.with_namespace(lora_name.filter(|name| !name.is_empty()), None).hash_blocks(tokens);
-        Some(state.cache.cached_prefix(&chain).min((tokens.len() - 1) / block_size) * block_size)
+        Some(state.cache.cached_prefix(&chain))
     }
 }
 

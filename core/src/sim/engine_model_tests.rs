@@ -191,8 +191,7 @@ proptest! {
             for (prompt, lora) in &seen {
                 for rank in 0..3 {
                     let credited = router.overlap(rank, prompt, *lora);
-                    let chain = engine.hasher.with_namespace(*lora, None).hash_blocks(prompt);
-                    let held = engine.ranks[rank as usize].cache.cached_prefix(&chain);
+                    let held = engine.held_prefix_blocks(rank, prompt, *lora).unwrap();
                     prop_assert_eq!(credited, held, "rank {} prompt {:?}", rank, prompt);
                 }
             }

@@ -106,6 +106,17 @@ impl EngineSim {
         self.state.stats()
     }
 
+    /// Leading full blocks of `tokens` (under `lora_name`) that `rank` holds now: what a
+    /// router fed the rank's events should credit it with.
+    pub fn held_prefix_blocks(&self, rank: u32, tokens: &[u32], lora_name: Option<&str>) -> Option<usize> {
+        self.state.held_prefix_blocks(rank, tokens, lora_name)
+    }
+
+    /// Event batches queued for publishing so far (every rank).
+    pub fn batches_queued(&self) -> u64 {
+        self.state.counters.batches_queued.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Stops accepting, lets responses in flight end, closes the sockets.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);

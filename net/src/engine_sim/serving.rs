@@ -94,6 +94,10 @@ impl SimState {
         self.engine().model.stats()
     }
 
+    pub fn held_prefix_blocks(&self, rank: u32, tokens: &[u32], lora_name: Option<&str>) -> Option<usize> {
+        self.engine().model.held_prefix_blocks(rank, tokens, lora_name)
+    }
+
     /// Counts a refusal and passes it on.
     pub fn refuse(&self, error: SimError) -> SimError {
         self.counters.refused.fetch_add(1, Ordering::Relaxed);
