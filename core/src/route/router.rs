@@ -100,6 +100,9 @@ pub struct RouteOptions<'a> {
     pub workers: Option<&'a [WorkerId]>,
     /// Only this rank is a candidate (the decision still reports its overlap and cost).
     pub rank: Option<RankKey>,
+    /// These ranks are not candidates (a proxy's ranks that just failed, or whose worker
+    /// is down). Unknown ranks here are ignored.
+    pub excluded: &'a [RankKey],
     /// Decide without charging any load or recording anything (a "what if" query).
     pub dry_run: bool,
     /// Expected output tokens, charged as decode blocks until finish. Default 0.
@@ -506,6 +509,7 @@ impl Router {
             let accepts = |slot: &RankSlot| {
                 options.workers.is_none_or(|ws| ws.contains(&slot.key.worker))
                     && options.rank.is_none_or(|r| r == slot.key)
+                    && !options.excluded.contains(&slot.key)
             };
             let scored =
                 self.score(&fleet, scratch, hashes, tokens, options.output_tokens, Side::Aggregated, accepts)?;

@@ -502,6 +502,35 @@ fn a_leaving_worker_vanishes_from_decisions_and_the_index() {
     assert_eq!(router.remove_worker(WorkerId(1)), Err(RouteError::UnknownWorker(WorkerId(1))));
 }
 
+#[test]
+fn excluded_ranks_give_the_next_best_and_then_no_candidates() {
+    let (router, _) = router();
+    router.add_worker(WorkerSpec::new(WorkerId(1), 3, BS)).unwrap();
+    let prompt = prompt_blocks(9, 20);
+    let mut ids = 0;
+    hold_prefix(&router, key(1, 2), &prompt, 16, &mut ids);
+    hold_prefix(&router, key(1, 0), &prompt, 8, &mut ids);
+    let mut excluded = Vec::new();
+    let mut order = Vec::new();
+    loop {
+        let options = RouteOptions { excluded: &excluded, dry_run: true, ..Default::default() };
+        match router.best_worker(Prompt::Blocks(&prompt), &options) {
+            Ok(d) => {
+                order.push((d.dp_rank.0, d.overlap_blocks));
+                excluded.push(key(1, d.dp_rank.0));
+            }
+            Err(e) => {
+                assert_eq!(e, RouteError::NoCandidates);
+                break;
+            }
+        }
+    }
+    assert_eq!(order, [(2, 16), (0, 8), (1, 0)], "best first, each exclusion giving the next best");
+    let unknown = [key(5, 0)];
+    let options = RouteOptions { excluded: &unknown, dry_run: true, ..Default::default() };
+    assert_eq!(router.best_worker(Prompt::Blocks(&prompt), &options).unwrap().dp_rank, DpRank(2));
+}
+
 // ---------------------------------------------------------------- approximate mode
 
 #[test]
