@@ -14,6 +14,9 @@
 //! - [`tls`]: mutual TLS for the QUIC KV event transport: certificate generation
 //!   (`kvroute certs`), router / publisher QUIC configurations, the worker ids a
 //!   publisher's certificate allows, and an insecure loopback-only mode for demos.
+//! - [`openai_error`]: errors in the OpenAI API's JSON shape (engine simulator, proxy).
+//! - [`proxy`]: the OpenAI-compatible routing proxy of `kvroute serve` (forwarding to the
+//!   chosen rank, retries, worker health, load bookkeeping from the stream).
 //! - [`serve`]: `kvroute serve`, the routing daemon: HTTP/JSON API, Prometheus metrics,
 //!   TOML configuration, graceful shutdown.
 //! - [`snapshot_file`]: router snapshot files: atomic, fsynced writes with io_uring
@@ -26,6 +29,8 @@ pub mod engine_ingest;
 pub mod engine_sim;
 pub mod engine_zmq;
 pub mod huge_pages;
+pub mod openai_error;
+pub mod proxy;
 pub mod serve;
 pub mod snapshot_file;
 pub mod tls;

@@ -15,18 +15,16 @@ use kvroute_core::engine_events::block_mapper::MapperConfig;
 use kvroute_core::hashing::{BlockHasher, BlockIdentity};
 use kvroute_core::ingest::IngestSink;
 use kvroute_core::route::{Router, RouterConfig, WorkerSpec};
-use kvroute_core::sim::{EngineModelConfig, EngineTiming};
 use kvroute_core::tier::StorageTier;
 use kvroute_core::{RankKey, WorkerId};
 use kvroute_net::engine_ingest::{EngineIngest, EngineIngestConfig, EngineKind as IngestKind, EngineSource};
-use kvroute_net::engine_sim::{EngineKind, EngineSim, EngineSimConfig};
+use kvroute_net::engine_sim::{EngineKind, EngineSim};
 use kvroute_tests::http_client::{read_frames, HttpClient};
-use kvroute_tests::ports::free_base_port;
+use kvroute_tests::sims::{self, SimShape, ADAPTER};
 use serde_json::json;
 
 const ROUTER_BLOCK: u32 = 16;
 const WORKER: u64 = 7;
-const ADAPTER: &str = "adapter-a";
 
 /// A deterministic generator (splitmix64).
 struct Rng(u64);
@@ -44,8 +42,6 @@ impl Rng {
     }
 }
 
-/// A simulator with `dp_size` ranks on consecutive loopback ports (as an engine binds
-/// them), fast timing unless `decode` says otherwise, and one LoRA adapter.
 async fn start_sim(
     kind: EngineKind,
     dp_size: u32,
@@ -53,22 +49,7 @@ async fn start_sim(
     capacity_blocks: usize,
     decode: Duration,
 ) -> EngineSim {
-    let mut config = EngineSimConfig::new(kind, "127.0.0.1:0".parse().unwrap());
-    config.model = EngineModelConfig {
-        dp_size,
-        block_size,
-        capacity_blocks,
-        timing: EngineTiming {
-            prefill_overhead: Duration::ZERO,
-            prefill_per_token: Duration::ZERO,
-            decode_per_token: decode,
-        },
-        ..EngineModelConfig::default()
-    };
-    config.kv_events_port = Some(free_base_port(dp_size as u16));
-    config.replay_port = Some(free_base_port(dp_size as u16));
-    config.lora_adapters = vec![ADAPTER.to_owned()];
-    EngineSim::start(config).await.expect("engine simulator")
+    sims::start_sim(SimShape { kind, dp_size, block_size, capacity_blocks, decode, events: true }).await
 }
 
 /// A router with the simulator's worker, subscribed to its ranks' events.

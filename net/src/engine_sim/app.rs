@@ -9,8 +9,8 @@ use axum::routing::{get, post};
 use serde_json::{json, Value};
 
 use super::serving::SimState;
-use super::sim_error::SimError;
 use super::{generate_api, openai_api};
+use crate::openai_error::OpenAiError;
 
 /// Largest request body: a maximal prompt as JSON token ids with room to spare.
 pub const MAX_BODY_BYTES: usize = 32 << 20;
@@ -43,8 +43,8 @@ async fn version() -> axum::Json<Value> {
     axum::Json(json!({"version": concat!("kvroute-sim-", env!("CARGO_PKG_VERSION"))}))
 }
 
-async fn not_found() -> SimError {
-    SimError::not_found("no such endpoint")
+async fn not_found() -> OpenAiError {
+    OpenAiError::not_found("no such endpoint")
 }
 
 /// `GET /sim/stats`: every rank's counters and the request counters.

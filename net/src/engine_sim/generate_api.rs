@@ -20,11 +20,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::serving::{Output, SimState};
-use super::sim_error::SimError;
 use super::sim_tokens;
 use super::wire_json::{
     header_rank, json_response, output_tokens, parse_json, requested_rank, sse_done, sse_json, sse_response, token_ids,
 };
+use crate::openai_error::OpenAiError;
 
 /// SGLang's default `max_new_tokens`.
 const DEFAULT_MAX_NEW_TOKENS: u32 = 128;
@@ -52,7 +52,7 @@ struct GenerateRequest {
 }
 
 /// One prompt's token ids from `text` (a string, or a list of one) or `input_ids`.
-fn generate_tokens(request: &GenerateRequest) -> Result<Vec<u32>, SimError> {
+fn generate_tokens(request: &GenerateRequest) -> Result<Vec<u32>, OpenAiError> {
     let one = |value: &Value| match value {
         Value::Array(items) if items.len() == 1 => items[0].clone(),
         Value::Array(items) if !items.iter().all(Value::is_number) => Value::Null,
@@ -61,13 +61,13 @@ fn generate_tokens(request: &GenerateRequest) -> Result<Vec<u32>, SimError> {
     match (&request.text, &request.input_ids) {
         (Some(text), None) => match one(text) {
             Value::String(text) => Ok(sim_tokens::text_tokens(&text)),
-            _ => Err(SimError::bad_request("text must be one string (the simulator serves one prompt per request)")),
+            _ => Err(OpenAiError::bad_request("text must be one string (the simulator serves one prompt per request)")),
         },
         (None, Some(ids)) => match one(ids) {
             ids @ Value::Array(_) => token_ids(&ids, "input_ids"),
-            _ => Err(SimError::bad_request("input_ids must be one list of token ids")),
+            _ => Err(OpenAiError::bad_request("input_ids must be one list of token ids")),
         },
-        _ => Err(SimError::bad_request("give exactly one of text and input_ids")),
+        _ => Err(OpenAiError::bad_request("give exactly one of text and input_ids")),
     }
 }
 
@@ -76,7 +76,7 @@ pub async fn generate(
     State(state): State<Arc<SimState>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Response, SimError> {
+) -> Result<Response, OpenAiError> {
     let parsed = (|| {
         let request: GenerateRequest = parse_json(&body)?;
         let tokens = generate_tokens(&request)?;
@@ -84,11 +84,11 @@ pub async fn generate(
             output_tokens(request.sampling_params.max_new_tokens, DEFAULT_MAX_NEW_TOKENS, "max_new_tokens")?;
         if let Some(adapter) = &request.lora_path {
             if !state.config.lora_adapters.contains(adapter) {
-                return Err(SimError::bad_request(format!("unknown lora_path `{adapter}`")));
+                return Err(OpenAiError::bad_request(format!("unknown lora_path `{adapter}`")));
             }
         }
         if request.bootstrap_room.is_some_and(|room| room > i64::MAX as u64) {
-            return Err(SimError::bad_request("bootstrap_room must be from 0 to 2^63 - 1"));
+            return Err(OpenAiError::bad_request("bootstrap_room must be from 0 to 2^63 - 1"));
         }
         let rank = requested_rank(&[
             ("X-data-parallel-rank", header_rank(&headers)?),

@@ -35,7 +35,6 @@ mod events;
 mod generate_api;
 mod openai_api;
 mod serving;
-mod sim_error;
 pub mod sim_tokens;
 mod wire_json;
 

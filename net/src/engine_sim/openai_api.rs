@@ -20,11 +20,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::serving::{Output, Served, SimState};
-use super::sim_error::SimError;
 use super::sim_tokens::{self, ChatTurn};
 use super::wire_json::{
     header_rank, json_response, output_tokens, parse_json, sse_done, sse_json, sse_response, token_ids,
 };
+use crate::openai_error::OpenAiError;
 
 /// OpenAI's default `max_tokens` for completions.
 const DEFAULT_MAX_TOKENS: u32 = 16;
@@ -63,32 +63,32 @@ struct TokenizeRequest {
 }
 
 /// What a request's `model` selects: the base model or one LoRA adapter.
-fn lora_of(state: &SimState, model: Option<&str>) -> Result<Option<String>, SimError> {
+fn lora_of(state: &SimState, model: Option<&str>) -> Result<Option<String>, OpenAiError> {
     match model {
         None => Ok(None),
         Some(name) if name == state.config.served_model_name => Ok(None),
         Some(name) if state.config.lora_adapters.iter().any(|adapter| adapter == name) => Ok(Some(name.to_owned())),
-        Some(name) => Err(SimError::not_found(format!("The model `{name}` does not exist."))),
+        Some(name) => Err(OpenAiError::not_found(format!("The model `{name}` does not exist."))),
     }
 }
 
 /// A completion prompt as token ids: a string (the byte tokenizer), token ids, or a list
 /// holding exactly one of those.
-fn prompt_tokens(prompt: &Value) -> Result<Vec<u32>, SimError> {
+fn prompt_tokens(prompt: &Value) -> Result<Vec<u32>, OpenAiError> {
     match prompt {
         Value::String(text) => Ok(sim_tokens::text_tokens(text)),
         Value::Array(items) if items.iter().all(Value::is_number) => token_ids(prompt, "prompt"),
         Value::Array(items) if items.len() == 1 => prompt_tokens(&items[0]),
-        Value::Array(_) => Err(SimError::bad_request("the simulator serves one prompt per request")),
-        _ => Err(SimError::bad_request("prompt must be a string or a list of token ids")),
+        Value::Array(_) => Err(OpenAiError::bad_request("the simulator serves one prompt per request")),
+        _ => Err(OpenAiError::bad_request("prompt must be a string or a list of token ids")),
     }
 }
 
 /// Chat messages as turns: `content` a string, null, or a list of parts whose `text`
 /// parts are joined.
-fn chat_turns(messages: &[Value]) -> Result<Vec<ChatTurn>, SimError> {
+fn chat_turns(messages: &[Value]) -> Result<Vec<ChatTurn>, OpenAiError> {
     if messages.is_empty() {
-        return Err(SimError::bad_request("messages must not be empty"));
+        return Err(OpenAiError::bad_request("messages must not be empty"));
     }
     messages
         .iter()
@@ -96,7 +96,7 @@ fn chat_turns(messages: &[Value]) -> Result<Vec<ChatTurn>, SimError> {
             let role = message
                 .get("role")
                 .and_then(Value::as_str)
-                .ok_or_else(|| SimError::bad_request("every message needs a string role"))?;
+                .ok_or_else(|| OpenAiError::bad_request("every message needs a string role"))?;
             let text = match message.get("content") {
                 None | Some(Value::Null) => String::new(),
                 Some(Value::String(text)) => text.clone(),
@@ -104,7 +104,7 @@ fn chat_turns(messages: &[Value]) -> Result<Vec<ChatTurn>, SimError> {
                     parts.iter().filter_map(|part| part.get("text").and_then(Value::as_str)).collect()
                 }
                 Some(_) => {
-                    return Err(SimError::bad_request("a message's content must be a string or a list of parts"))
+                    return Err(OpenAiError::bad_request("a message's content must be a string or a list of parts"))
                 }
             };
             Ok(ChatTurn { role: role.to_owned(), text })
@@ -131,7 +131,7 @@ pub async fn completions(
     State(state): State<Arc<SimState>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Response, SimError> {
+) -> Result<Response, OpenAiError> {
     let parsed = (|| {
         let request: CompletionRequest = parse_json(&body)?;
         let lora = lora_of(&state, request.model.as_deref())?;
@@ -183,7 +183,7 @@ pub async fn chat_completions(
     State(state): State<Arc<SimState>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Response, SimError> {
+) -> Result<Response, OpenAiError> {
     let parsed = (|| {
         let request: ChatRequest = parse_json(&body)?;
         let lora = lora_of(&state, request.model.as_deref())?;
@@ -245,14 +245,14 @@ pub async fn models(State(state): State<Arc<SimState>>) -> axum::Json<Value> {
 }
 
 /// `POST /tokenize`: the simulator's token ids for a `prompt` or chat `messages`.
-pub async fn tokenize(State(state): State<Arc<SimState>>, body: Bytes) -> Result<axum::Json<Value>, SimError> {
+pub async fn tokenize(State(state): State<Arc<SimState>>, body: Bytes) -> Result<axum::Json<Value>, OpenAiError> {
     let request: TokenizeRequest = parse_json(&body).map_err(|error| state.refuse(error))?;
     let tokens = match (&request.prompt, &request.messages) {
         (Some(prompt), None) => prompt_tokens(prompt),
         (None, Some(messages)) => {
             chat_turns(messages).map(|turns| sim_tokens::text_tokens(&sim_tokens::chat_prompt(&turns)))
         }
-        _ => Err(SimError::bad_request("give exactly one of prompt and messages")),
+        _ => Err(OpenAiError::bad_request("give exactly one of prompt and messages")),
     }
     .map_err(|error| state.refuse(error))?;
     Ok(axum::Json(

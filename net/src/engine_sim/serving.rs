@@ -24,8 +24,8 @@ use kvroute_core::sim::{Admission, EngineModel, RankStats};
 
 use super::config::EngineSimConfig;
 use super::events::RankEvents;
-use super::sim_error::SimError;
 use crate::engine_zmq::EngineEndpoint;
+use crate::openai_error::OpenAiError;
 
 /// Request counters (Relaxed by design: independent counts).
 #[derive(Debug, Default)]
@@ -99,7 +99,7 @@ impl SimState {
     }
 
     /// Counts a refusal and passes it on.
-    pub fn refuse(&self, error: SimError) -> SimError {
+    pub fn refuse(&self, error: OpenAiError) -> OpenAiError {
         self.counters.refused.fetch_add(1, Ordering::Relaxed);
         error
     }
@@ -110,15 +110,14 @@ impl SimState {
         tokens: &[u32],
         rank: Option<u32>,
         lora_name: Option<&str>,
-    ) -> Result<Served, SimError> {
+    ) -> Result<Served, OpenAiError> {
         let mut engine = self.engine();
         let Engine { model, ranks } = &mut *engine;
         let target = rank.unwrap_or_else(|| model.least_loaded_rank());
         if ranks.get(target as usize).is_some_and(|events| !events.has_room()) {
             drop(engine);
-            return Err(
-                self.refuse(SimError::unavailable(format!("rank {target}'s KV event stream is backed up; try again")))
-            );
+            return Err(self
+                .refuse(OpenAiError::unavailable(format!("rank {target}'s KV event stream is backed up; try again"))));
         }
         let now = self.clock.elapsed();
         let mut admission = match model.admit(now, Some(target), tokens, lora_name) {

@@ -10,7 +10,7 @@ use futures::Stream;
 use serde::de::DeserializeOwned;
 use std::convert::Infallible;
 
-use super::sim_error::SimError;
+use crate::openai_error::OpenAiError;
 
 /// The header vLLM's and SGLang's servers read a request's DP rank from (any case).
 pub const DP_RANK_HEADER: &str = "x-data-parallel-rank";
@@ -20,12 +20,12 @@ pub const SERVED_RANK_HEADER: &str = "x-kvroute-sim-dp-rank";
 pub const MAX_OUTPUT_TOKENS: u32 = 65_536;
 
 /// `bytes` as JSON of type `T`; a 400 naming serde's complaint otherwise.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, SimError> {
-    serde_json::from_slice(bytes).map_err(|error| SimError::bad_request(format!("invalid JSON body: {error}")))
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, OpenAiError> {
+    serde_json::from_slice(bytes).map_err(|error| OpenAiError::bad_request(format!("invalid JSON body: {error}")))
 }
 
 /// The DP rank in the request's `X-data-parallel-rank` header, if any.
-pub fn header_rank(headers: &HeaderMap) -> Result<Option<u32>, SimError> {
+pub fn header_rank(headers: &HeaderMap) -> Result<Option<u32>, OpenAiError> {
     let Some(value) = headers.get(DP_RANK_HEADER) else {
         return Ok(None);
     };
@@ -34,18 +34,20 @@ pub fn header_rank(headers: &HeaderMap) -> Result<Option<u32>, SimError> {
         .ok()
         .and_then(|text| text.trim().parse::<u32>().ok())
         .map(Some)
-        .ok_or_else(|| SimError::bad_request(format!("{DP_RANK_HEADER} must be a non-negative integer")))
+        .ok_or_else(|| OpenAiError::bad_request(format!("{DP_RANK_HEADER} must be a non-negative integer")))
 }
 
 /// The first of the ranks a request names (header first, then body fields in order); two
 /// that disagree are a 400.
-pub fn requested_rank(candidates: &[(&str, Option<u32>)]) -> Result<Option<u32>, SimError> {
+pub fn requested_rank(candidates: &[(&str, Option<u32>)]) -> Result<Option<u32>, OpenAiError> {
     let mut chosen: Option<(&str, u32)> = None;
     for &(name, rank) in candidates {
         match (chosen, rank) {
             (None, Some(rank)) => chosen = Some((name, rank)),
             (Some((first, a)), Some(b)) if a != b => {
-                return Err(SimError::bad_request(format!("{first} ({a}) and {name} ({b}) name different DP ranks")));
+                return Err(OpenAiError::bad_request(format!(
+                    "{first} ({a}) and {name} ({b}) name different DP ranks"
+                )));
             }
             _ => {}
         }
@@ -54,18 +56,19 @@ pub fn requested_rank(candidates: &[(&str, Option<u32>)]) -> Result<Option<u32>,
 }
 
 /// A JSON value as token ids: every element an integer in `0..2^32`.
-pub fn token_ids(value: &serde_json::Value, what: &str) -> Result<Vec<u32>, SimError> {
-    let bad = || SimError::bad_request(format!("{what} must be a list of token ids (integers from 0 to 4294967295)"));
+pub fn token_ids(value: &serde_json::Value, what: &str) -> Result<Vec<u32>, OpenAiError> {
+    let bad =
+        || OpenAiError::bad_request(format!("{what} must be a list of token ids (integers from 0 to 4294967295)"));
     let items = value.as_array().ok_or_else(bad)?;
     items.iter().map(|item| item.as_u64().and_then(|id| u32::try_from(id).ok()).ok_or_else(bad)).collect()
 }
 
 /// The output length a request asked for (`default` when it did not), checked.
-pub fn output_tokens(asked: Option<u64>, default: u32, what: &str) -> Result<u32, SimError> {
+pub fn output_tokens(asked: Option<u64>, default: u32, what: &str) -> Result<u32, OpenAiError> {
     match asked {
         None => Ok(default),
         Some(n) if (1..=u64::from(MAX_OUTPUT_TOKENS)).contains(&n) => Ok(n as u32),
-        Some(n) => Err(SimError::bad_request(format!("{what} must be from 1 to {MAX_OUTPUT_TOKENS}, not {n}"))),
+        Some(n) => Err(OpenAiError::bad_request(format!("{what} must be from 1 to {MAX_OUTPUT_TOKENS}, not {n}"))),
     }
 }
 

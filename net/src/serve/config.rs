@@ -22,11 +22,13 @@ use kvroute_core::index::MAX_SHARDS;
 use kvroute_core::route::{CostWeights, Router, RouterConfig, WorkerSpec};
 
 use super::auth::BearerToken;
+use super::duration::HumanDuration;
 use super::options::{
     HashSchemeName, LogFormat, ServeArgs, ServeOptions, DEFAULT_MAX_PUBLISHER_CONNECTIONS,
     DEFAULT_MAX_PUBLISHER_HANDSHAKES,
 };
 use crate::engine_ingest::EngineSource;
+use crate::proxy::{HealthPolicy, ProxyConfig, Upstream};
 use crate::tls::insecure::is_loopback;
 use crate::tls::TlsFiles;
 pub use crate::transport::TlsMode;
@@ -149,6 +151,9 @@ pub struct ServeConfig {
     /// The engines' KV-event publishers to subscribe to at start (workers with an
     /// `endpoint`).
     pub engine_sources: Vec<EngineSource>,
+    /// The routing proxy's upstreams at start (workers with a `url`).
+    pub upstreams: Vec<Upstream>,
+    pub proxy: ProxyConfig,
     /// The effective options (defaults filled), as `--print-config` prints them.
     pub effective: ServeOptions,
 }
@@ -205,6 +210,8 @@ impl ServeConfig {
         let router = resolve_router(o)?;
         let workers = resolve_workers(o, &router)?;
         let engine_sources = resolve_engine_sources(o)?;
+        let upstreams = resolve_upstreams(o)?;
+        let proxy = resolve_proxy(o)?;
         Ok(ServeConfig {
             http_listen,
             http_token,
@@ -223,6 +230,8 @@ impl ServeConfig {
             router,
             workers,
             engine_sources,
+            upstreams,
+            proxy,
             effective,
         })
     }
@@ -419,6 +428,50 @@ fn resolve_engine_sources(o: &ServeOptions) -> Result<Vec<EngineSource>, ConfigE
         }
     }
     Ok(sources)
+}
+
+/// The proxy upstreams of the workers that name a `url`.
+fn resolve_upstreams(o: &ServeOptions) -> Result<Vec<Upstream>, ConfigError> {
+    let mut upstreams = Vec::new();
+    for (i, registration) in o.workers.iter().enumerate() {
+        let field = format!("workers[{i}] (worker_id {})", registration.worker_id);
+        if let Some(upstream) = registration.upstream().map_err(|reason| ConfigError::invalid(&field, reason))? {
+            upstreams.push(upstream);
+        }
+    }
+    Ok(upstreams)
+}
+
+fn resolve_proxy(o: &ServeOptions) -> Result<ProxyConfig, ConfigError> {
+    let p = &o.proxy;
+    let defaults = ProxyConfig::default();
+    let max_attempts = p.max_attempts.unwrap_or(defaults.max_attempts);
+    if max_attempts == 0 {
+        return Err(ConfigError::invalid("proxy.max_attempts", "must be at least 1"));
+    }
+    let failures_before_down = p.failures_before_down.unwrap_or(defaults.health.failures_before_down);
+    if failures_before_down == 0 {
+        return Err(ConfigError::invalid("proxy.failures_before_down", "must be at least 1"));
+    }
+    let duration = |field: &str, value: Option<HumanDuration>, default: Duration| {
+        let value = value.map_or(default, |d| d.0);
+        if value.is_zero() {
+            return Err(ConfigError::invalid(field, "must be above 0"));
+        }
+        Ok(value)
+    };
+    let first_backoff = duration("proxy.probe_backoff", p.probe_backoff, defaults.health.first_backoff)?;
+    let max_backoff = duration("proxy.probe_max_backoff", p.probe_max_backoff, defaults.health.max_backoff)?;
+    if max_backoff < first_backoff {
+        return Err(ConfigError::invalid("proxy.probe_max_backoff", "must be at least proxy.probe_backoff"));
+    }
+    Ok(ProxyConfig {
+        max_attempts,
+        connect_timeout: duration("proxy.connect_timeout", p.connect_timeout, defaults.connect_timeout)?,
+        first_byte_timeout: duration("proxy.first_byte_timeout", p.first_byte_timeout, defaults.first_byte_timeout)?,
+        probe_timeout: defaults.probe_timeout,
+        health: HealthPolicy { failures_before_down, first_backoff, max_backoff },
+    })
 }
 
 /// A random `u64` from the standard library's per-process random hash keys and the time.

@@ -2,8 +2,9 @@
 //! installs logging and a Tokio runtime, and calls [`serve_until`] with the SIGINT/SIGTERM
 //! future.
 //!
-//! Start: build the [`Router`], register the configured workers, restore the snapshot,
-//! start the QUIC ingest, bind the HTTP listener, start periodic snapshots. Shutdown (the
+//! Start: build the [`Router`], register the configured workers (and the proxy's
+//! upstreams), restore the snapshot, start the QUIC ingest, bind the HTTP listener, start
+//! periodic snapshots and the proxy's health probes. Shutdown (the
 //! signal future resolves): `/healthz` turns 503, the HTTP server stops accepting and
 //! in-flight requests get `shutdown_grace` to finish, then the ingest stops and the final
 //! snapshot is written. [`serve_on`] takes an already bound listener (tests bind port 0).
@@ -25,6 +26,7 @@ use super::options::ServeArgs;
 use super::state::{monotonic_clock, AppState};
 use super::{expiry, fd_limit, http, http_server, snapshots};
 use crate::engine_ingest::{EngineIngest, EngineIngestConfig};
+use crate::proxy::Proxy;
 use crate::tls::insecure::is_loopback;
 
 /// `kvroute serve`.
@@ -86,7 +88,11 @@ pub async fn serve_on(
     for spec in &config.workers {
         router.add_worker(spec.clone())?;
     }
-    let mut state = AppState::new(Arc::clone(&router), config.limits);
+    let proxy = Arc::new(Proxy::new(config.proxy));
+    for upstream in &config.upstreams {
+        proxy.upstreams.insert(upstream.clone());
+    }
+    let mut state = AppState::new(Arc::clone(&router), config.limits).with_proxy(Arc::clone(&proxy));
     let restored_cursors = snapshots::restore(&config, &router, &state.snapshots)?;
     let ingest = start_ingest(&config, Arc::clone(&router), restored_cursors).await?;
     if let Some(ingest) = &ingest {
@@ -122,6 +128,7 @@ pub async fn serve_on(
     http_limits.max_connections =
         fd_limit::fit_http_connections(http_limits.max_connections, fd_limit::RESERVED_DESCRIPTORS + engine_sockets);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let probes = tokio::spawn(Arc::clone(&proxy).run_probes(stop_rx.clone()));
     let server = http_server::serve(
         listener,
         http::app(state.clone()),
@@ -134,6 +141,7 @@ pub async fn serve_on(
         http = %http_addr,
         ingest = %config.ingest_listen,
         workers = config.workers.len(),
+        upstreams = config.upstreams.len(),
         block_size = config.router.block_size,
         "kvroute serving"
     );
@@ -167,6 +175,7 @@ pub async fn serve_on(
         task.abort();
     }
     expiry_timer.abort();
+    probes.abort();
     engine_ingest.shutdown(ENGINE_INGEST_SHUTDOWN).await;
     if let Some(ingest) = ingest {
         (ingest.stop)().await;

@@ -244,7 +244,45 @@ pub fn render(state: &AppState) -> String {
     if let Some(engines) = state.engine_ingest() {
         engine_ingest(&mut x, &engines.snapshot());
     }
+    proxy(&mut x, &state.proxy);
     x.out
+}
+
+/// The routing proxy (`kvroute_proxy_*`): requests by how they ended, failed attempts by
+/// cause, retries, probes, and workers down now.
+fn proxy(x: &mut Exposition, proxy: &crate::proxy::Proxy) {
+    let m = &proxy.metrics;
+    let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    let name = "kvroute_proxy_requests_total";
+    x.family(name, "counter", "Requests on the proxy endpoints, by outcome (refused: a bad request, before routing).");
+    x.sample(name, &[("outcome", "received")], load(&m.requests));
+    x.sample(name, &[("outcome", "completed")], load(&m.completed));
+    x.sample(name, &[("outcome", "cancelled")], load(&m.cancelled));
+    x.sample(name, &[("outcome", "upstream_broken")], load(&m.upstream_broken));
+    x.sample(name, &[("outcome", "refused")], load(&m.refused));
+    x.sample(name, &[("outcome", "unavailable")], load(&m.unavailable));
+    let name = "kvroute_proxy_attempts_failed_total";
+    x.family(name, "counter", "Upstream attempts that failed before the first byte, by cause.");
+    x.sample(name, &[("cause", "connect")], load(&m.failed_connect));
+    x.sample(name, &[("cause", "timeout")], load(&m.failed_timeout));
+    x.sample(name, &[("cause", "status_5xx")], load(&m.failed_status));
+    for (name, help, value) in [
+        ("kvroute_proxy_retries_total", "Attempts on a next-best rank after a failed one.", load(&m.retries)),
+        ("kvroute_proxy_probes_total", "Health probes sent to workers taken out of decisions.", load(&m.probes)),
+        (
+            "kvroute_proxy_recoveries_total",
+            "Workers brought back into decisions by a health probe.",
+            load(&m.recovered),
+        ),
+    ] {
+        x.family(name, "counter", help);
+        x.sample(name, &[], value);
+    }
+    x.family("kvroute_proxy_upstreams", "gauge", "Proxy upstream workers, by state.");
+    let down = proxy.upstreams.down_workers().len();
+    let all = proxy.upstreams.all().len();
+    x.sample("kvroute_proxy_upstreams", &[("state", "up")], all.saturating_sub(down));
+    x.sample("kvroute_proxy_upstreams", &[("state", "down")], down);
 }
 
 /// Reads one value of a rank's engine subscription.

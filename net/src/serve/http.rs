@@ -16,6 +16,12 @@
 //! | DELETE | `/v1/workers/{id}` | [`worker_api::remove_worker`] |
 //! | GET | `/metrics` | Prometheus text ([`exposition::render`]) |
 //! | GET | `/healthz` | `ok`, or 503 `shutting down` |
+//! | POST | `/v1/completions`, `/v1/chat/completions` | the routing proxy ([`proxy_api`]) |
+//! | GET | `/v1/models` | the upstreams' models ([`proxy_api`]) |
+//!
+//! The proxy's routes are outside the request deadline (a generation may run for
+//! minutes; the proxy bounds its upstream waits itself) but inside the body limit and the
+//! bearer-token check.
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
@@ -28,7 +34,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use super::api_error::{ApiError, ErrorKind};
 use super::state::AppState;
-use super::{auth, exposition, overlaps_api, request_api, route_api, worker_api};
+use super::{auth, exposition, overlaps_api, proxy_api, request_api, route_api, worker_api};
 
 /// The daemon's HTTP application.
 pub fn app(state: AppState) -> axum::Router {
@@ -45,17 +51,21 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
+    let request_timeout = state.limits.request_timeout;
+    let api = router
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
+        .layer(axum::middleware::map_response_with_state(state.clone(), count_timeouts));
+    let proxy = axum::Router::new()
+        .route("/v1/completions", post(proxy_api::completions))
+        .route("/v1/chat/completions", post(proxy_api::chat_completions))
+        .route("/v1/models", get(proxy_api::models));
+    let router = api.merge(proxy);
     // After the routes and fallbacks, so that it covers them all (unknown paths too).
     let router = match state.http_token() {
         Some(_) => router.layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_bearer)),
         None => router,
     };
-    let request_timeout = state.limits.request_timeout;
-    router
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
-        .layer(axum::middleware::map_response_with_state(state.clone(), count_timeouts))
-        .with_state(state)
+    router.layer(DefaultBodyLimit::max(body_limit)).with_state(state)
 }
 
 /// Counts the timeout layer's 408 answers.

@@ -56,6 +56,7 @@ pub mod metrics;
 pub mod options;
 pub mod overlaps_api;
 pub mod path_id;
+pub mod proxy_api;
 pub mod request_api;
 pub mod route_api;
 pub mod snapshots;

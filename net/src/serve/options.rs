@@ -7,7 +7,7 @@
 //! (`deny_unknown_fields`), so a typo never silently keeps a default. Checking and
 //! converting to typed settings is [`super::config`]'s job.
 //!
-//! File layout: top-level keys for the daemon, `[tls]`, `[router]`, and `[[workers]]`
+//! File layout: top-level keys for the daemon, `[tls]`, `[router]`, `[proxy]`, and `[[workers]]`
 //! tables (see `docs/serve.toml`).
 
 use std::net::SocketAddr;
@@ -172,6 +172,9 @@ pub struct ServeOptions {
     #[command(flatten, next_help_heading = "Router ([router] in the file)")]
     #[serde(default)]
     pub router: RouterOptions,
+    #[command(flatten, next_help_heading = "Routing proxy ([proxy] in the file)")]
+    #[serde(default)]
+    pub proxy: ProxyOptions,
     /// Register a worker at start (repeatable): key=value pairs with the keys of a
     /// `[[workers]]` table, e.g. "worker_id=1,dp_size=4,role=prefill,bootstrap_host=10.0.0.1,bootstrap_port=8998".
     /// A worker given here replaces a file entry with the same worker_id.
@@ -213,6 +216,66 @@ pub struct TlsOptions {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insecure_loopback: Option<bool>,
+}
+
+/// The OpenAI-compatible routing proxy (`/v1/completions`, `/v1/chat/completions` forwarded
+/// to workers registered with a `url`).
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyOptions {
+    /// Most ranks one request is tried on: a refused connection, a timeout or a 5xx
+    /// before the first byte moves it to the next-best rank [default: 3].
+    #[arg(long = "proxy-max-attempts", value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Longest wait for a TCP connection to a worker [default: 2s].
+    #[arg(long = "proxy-connect-timeout", value_name = "DURATION")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<HumanDuration>,
+    /// Longest wait for a worker's response head (streams: at once; whole answers: when
+    /// generation ends) [default: 300s].
+    #[arg(long = "proxy-first-byte-timeout", value_name = "DURATION")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_byte_timeout: Option<HumanDuration>,
+    /// Consecutive failures that take a worker out of decisions until its GET /health
+    /// answers [default: 3].
+    #[arg(long = "proxy-failures-before-down", value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures_before_down: Option<u32>,
+    /// Wait before the first health probe of a worker taken out; doubled after each failed
+    /// probe [default: 500ms].
+    #[arg(long = "proxy-probe-backoff", value_name = "DURATION")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_backoff: Option<HumanDuration>,
+    /// Longest wait between health probes [default: 30s].
+    #[arg(long = "proxy-probe-max-backoff", value_name = "DURATION")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_max_backoff: Option<HumanDuration>,
+}
+
+impl ProxyOptions {
+    fn layered_over(self, file: ProxyOptions) -> ProxyOptions {
+        ProxyOptions {
+            max_attempts: self.max_attempts.or(file.max_attempts),
+            connect_timeout: self.connect_timeout.or(file.connect_timeout),
+            first_byte_timeout: self.first_byte_timeout.or(file.first_byte_timeout),
+            failures_before_down: self.failures_before_down.or(file.failures_before_down),
+            probe_backoff: self.probe_backoff.or(file.probe_backoff),
+            probe_max_backoff: self.probe_max_backoff.or(file.probe_max_backoff),
+        }
+    }
+
+    fn with_defaults(self) -> ProxyOptions {
+        let core = crate::proxy::ProxyConfig::default();
+        ProxyOptions {
+            max_attempts: self.max_attempts.or(Some(core.max_attempts)),
+            connect_timeout: self.connect_timeout.or(Some(HumanDuration(core.connect_timeout))),
+            first_byte_timeout: self.first_byte_timeout.or(Some(HumanDuration(core.first_byte_timeout))),
+            failures_before_down: self.failures_before_down.or(Some(core.health.failures_before_down)),
+            probe_backoff: self.probe_backoff.or(Some(HumanDuration(core.health.first_backoff))),
+            probe_max_backoff: self.probe_max_backoff.or(Some(HumanDuration(core.health.max_backoff))),
+        }
+    }
 }
 
 /// Router settings: block hashing, cost weights, expiry.
@@ -303,6 +366,7 @@ impl ServeOptions {
                     existing.engine_block_size = subscription.engine_block_size;
                     existing.topic = subscription.topic;
                     existing.bind = subscription.bind;
+                    existing.url = subscription.url.or(existing.url.take());
                 }
                 None => workers.push(subscription),
             }
@@ -333,6 +397,7 @@ impl ServeOptions {
                 insecure_loopback: self.tls.insecure_loopback.or(file.tls.insecure_loopback),
             },
             router: self.router.layered_over(file.router),
+            proxy: self.proxy.layered_over(file.proxy),
             workers,
             engine_events: Vec::new(),
         }
@@ -362,6 +427,7 @@ impl ServeOptions {
             log_format: self.log_format.or(Some(LogFormat::Text)),
             tls: TlsOptions { insecure_loopback: self.tls.insecure_loopback.or(Some(false)), ..self.tls },
             router: self.router.with_defaults(),
+            proxy: self.proxy.with_defaults(),
             ..self
         }
     }

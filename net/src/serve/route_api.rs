@@ -247,6 +247,7 @@ fn decide(state: &AppState, body: &RouteBody) -> Result<DecisionJson, ApiError> 
     let options = RouteOptions {
         workers: body.workers.as_deref(),
         rank,
+        excluded: &[],
         dry_run: body.dry_run,
         output_tokens: output_tokens(state, body.output_tokens)?,
     };

@@ -1,5 +1,5 @@
 //! [`AppState`]: what every HTTP handler shares — the [`Router`], the daemon's
-//! [`ServeMetrics`], the API limits, the shutting-down flag that `/healthz` reports, and
+//! [`ServeMetrics`], the API limits, the routing [`Proxy`], the shutting-down flag that `/healthz` reports, and
 //! optionally the QUIC ingest's counters, the engines' ZeroMQ ingest and the bearer token
 //! the API requires. Cloning it
 //! clones `Arc`s.
@@ -16,6 +16,7 @@ use super::auth::BearerToken;
 use super::config::ApiLimits;
 use super::metrics::{IngestCounterSource, ServeMetrics};
 use crate::engine_ingest::EngineIngest;
+use crate::proxy::{Proxy, ProxyConfig};
 
 /// State shared by the HTTP handlers.
 #[derive(Clone)]
@@ -27,6 +28,8 @@ pub struct AppState {
     pub http_connections: Arc<super::http_server::HttpConnectionMetrics>,
     /// The last index snapshot and the snapshot writes.
     pub snapshots: Arc<super::snapshots::SnapshotStatus>,
+    /// The routing proxy (its upstreams are the workers registered with a `url`).
+    pub proxy: Arc<Proxy>,
     shutting_down: Arc<AtomicBool>,
     ingest: Option<Arc<dyn IngestCounterSource>>,
     engine_ingest: Option<Arc<EngineIngest>>,
@@ -42,6 +45,7 @@ impl AppState {
             limits,
             http_connections: Arc::default(),
             snapshots: Arc::default(),
+            proxy: Arc::new(Proxy::new(ProxyConfig::default())),
             shutting_down: Arc::new(AtomicBool::new(false)),
             ingest: None,
             engine_ingest: None,
@@ -52,6 +56,12 @@ impl AppState {
     /// State around a new router with `config` and a [`monotonic_clock`].
     pub fn with_router_config(config: RouterConfig, limits: ApiLimits) -> Result<AppState, RouteError> {
         Ok(AppState::new(Arc::new(Router::new(config, monotonic_clock())?), limits))
+    }
+
+    /// The routing proxy with these settings (replacing the default one, upstreams and all).
+    pub fn with_proxy(mut self, proxy: Arc<Proxy>) -> AppState {
+        self.proxy = proxy;
+        self
     }
 
     /// Exposes the ingest's counters on `/metrics`.

@@ -1,5 +1,6 @@
 //! The worker registry endpoints: `POST /v1/workers` (register; body a
-//! [`WorkerRegistration`]), `DELETE /v1/workers/{id}`, `GET /v1/workers` (each worker with
+//! [`WorkerRegistration`]; its `url` makes it an upstream of the routing proxy),
+//! `DELETE /v1/workers/{id}`, `GET /v1/workers` (each worker with
 //! its mode — `exact` once it has sent a KV event, `approximate` before — and per-rank
 //! load).
 
@@ -119,6 +120,7 @@ pub async fn add_worker(
         .to_spec(state.router.config().block_size)
         .map_err(|reason| ApiError::new(ErrorKind::InvalidWorker, reason))?;
     let source = registration.engine_source().map_err(|reason| ApiError::new(ErrorKind::InvalidWorker, reason))?;
+    let upstream = registration.upstream().map_err(|reason| ApiError::new(ErrorKind::InvalidWorker, reason))?;
     let engines = match (&source, state.engine_ingest()) {
         (Some(_), None) => {
             return Err(ApiError::new(ErrorKind::InvalidWorker, "this server does not subscribe to engine KV events"))
@@ -132,6 +134,9 @@ pub async fn add_worker(
             let _ = state.router.remove_worker(spec.worker);
             return Err(ApiError::new(ErrorKind::InvalidWorker, error.to_string()));
         }
+    }
+    if let Some(upstream) = upstream {
+        state.proxy.upstreams.insert(upstream);
     }
     tracing::info!(worker = spec.worker.0, dp_size = spec.dp_size, role = ?spec.role, "worker registered");
     let ranks =
@@ -150,6 +155,7 @@ pub async fn remove_worker(
     if let Some(engines) = state.engine_ingest() {
         engines.remove(WorkerId(id));
     }
+    state.proxy.upstreams.remove(WorkerId(id));
     tracing::info!(worker = id, "worker removed");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -9,13 +9,15 @@
 //! `endpoint` (and optionally `replay`, `engine`, `engine_block_size`, `topic`, `bind`):
 //! the router then subscribes to every DP rank ([`crate::engine_ingest`]); see
 //! [`WorkerRegistration::engine_source`]. `--engine-events` is `--worker` with `endpoint`
-//! required.
+//! required. A worker with a `url` is an upstream of the routing proxy
+//! ([`WorkerRegistration::upstream`]).
 
 use kvroute_core::route::{BootstrapEndpoint, Role, WorkerSpec};
 use kvroute_core::WorkerId;
 
 use crate::engine_ingest::{EngineKind, EngineSource};
 use crate::engine_zmq::EngineEndpoint;
+use crate::proxy::Upstream;
 
 /// A worker to register: its id, the DP ranks it owns, its role and, for prefill workers,
 /// where the decode side fetches the KV (SGLang's bootstrap server).
@@ -68,6 +70,11 @@ pub struct WorkerRegistration {
     /// names a host, not `*`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bind: Option<bool>,
+    /// The worker's HTTP server, e.g. `http://10.0.0.5:8000`: the routing proxy
+    /// (`/v1/completions`, `/v1/chat/completions`) forwards the requests it routes to the
+    /// worker there, the DP rank in `X-data-parallel-rank`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 fn default_role() -> Role {
@@ -77,7 +84,7 @@ fn default_role() -> Role {
 /// The syntax of `--worker`, for error messages and help.
 pub const WORKER_FLAG_SYNTAX: &str = "worker_id=N,dp_size=N[,dp_start=N][,dp_world_size=N][,role=prefill|decode|both]\
 [,bootstrap_host=HOST][,bootstrap_port=PORT][,block_size=N][,endpoint=tcp://HOST:PORT][,replay=tcp://HOST:PORT]\
-[,engine=vllm|sglang][,engine_block_size=N][,topic=T][,bind=true|false]";
+[,engine=vllm|sglang][,engine_block_size=N][,topic=T][,bind=true|false][,url=http://HOST:PORT]";
 
 /// The syntax of `--engine-events`.
 pub const ENGINE_EVENTS_FLAG_SYNTAX: &str = "worker_id=N,endpoint=tcp://HOST:PORT[,replay=tcp://HOST:PORT][,dp_size=N]\
@@ -134,6 +141,14 @@ impl WorkerRegistration {
         }))
     }
 
+    /// The worker's upstream for the routing proxy, if it names a `url`.
+    pub fn upstream(&self) -> Result<Option<Upstream>, String> {
+        self.url
+            .as_deref()
+            .map(|url| Upstream::new(WorkerId(self.worker_id), url, self.engine.unwrap_or_default()))
+            .transpose()
+    }
+
     /// Parses the `--engine-events` flag: `--worker`'s keys, `endpoint` required,
     /// `dp_size` 1 by default.
     pub fn parse_engine_flag(text: &str) -> Result<WorkerRegistration, String> {
@@ -169,6 +184,7 @@ impl WorkerRegistration {
             engine_block_size: None,
             topic: None,
             bind: None,
+            url: None,
         };
         for pair in text.split(',').map(str::trim).filter(|pair| !pair.is_empty()) {
             let (key, value) = pair
@@ -186,6 +202,7 @@ impl WorkerRegistration {
                 "endpoint" => registration.endpoint = Some(value.to_owned()),
                 "replay" => registration.replay = Some(value.to_owned()),
                 "topic" => registration.topic = Some(value.to_owned()),
+                "url" => registration.url = Some(value.to_owned()),
                 "engine_block_size" => registration.engine_block_size = Some(parse_number(key, value)?),
                 "bind" => registration.bind = Some(parse_number(key, value)?),
                 "engine" => {

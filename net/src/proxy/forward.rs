@@ -1,0 +1,297 @@
+//! [`Proxy::forward`]: one proxied request from body to streamed answer (the steps are in
+//! the module doc of `proxy`), and `GET /v1/models` passed to a healthy upstream.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use kvroute_core::route::{Prompt, RouteError, RouteOptions, Router};
+use kvroute_core::RankKey;
+use serde_json::Value;
+
+use super::load_guard::{MeteredBody, RequestLoad};
+use super::prompt_tokens::{prompt_input, requested_output_tokens, tokenize_answer, OpenAiEndpoint, PromptInput};
+use super::upstreams::Upstream;
+use super::Proxy;
+use crate::openai_error::OpenAiError;
+
+/// The header carrying the chosen DP rank to the engine.
+const DP_RANK_HEADER: &str = "x-data-parallel-rank";
+/// Client headers passed on to the engine.
+const FORWARDED_HEADERS: [&str; 4] = ["authorization", "x-request-id", "traceparent", "tracestate"];
+/// Upstream headers not passed back (hop-by-hop, or redone by the server).
+const HOP_BY_HOP: [&str; 7] =
+    ["connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"];
+
+/// The limits a proxied request is checked against.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestLimits {
+    pub max_prompt_tokens: usize,
+    pub max_output_tokens: u32,
+    /// Pass the client's `Authorization` to the engine (not when it was kvroute's own token).
+    pub forward_authorization: bool,
+}
+
+/// Why one attempt on one rank failed.
+enum AttemptError {
+    Connect(String),
+    Timeout,
+    Status(StatusCode),
+}
+
+impl Proxy {
+    /// Serves one request on `endpoint` (see the module doc).
+    pub async fn forward(
+        &self,
+        router: &Arc<Router>,
+        endpoint: OpenAiEndpoint,
+        headers: &HeaderMap,
+        body: Bytes,
+        limits: RequestLimits,
+    ) -> Response {
+        self.metrics.requests.fetch_add(1, Ordering::Relaxed);
+        match self.try_forward(router, endpoint, headers, body, limits).await {
+            Ok(response) => response,
+            Err(error) => {
+                let counter =
+                    if error.status.is_server_error() { &self.metrics.unavailable } else { &self.metrics.refused };
+                counter.fetch_add(1, Ordering::Relaxed);
+                error.into_response()
+            }
+        }
+    }
+
+    async fn try_forward(
+        &self,
+        router: &Arc<Router>,
+        endpoint: OpenAiEndpoint,
+        headers: &HeaderMap,
+        body: Bytes,
+        limits: RequestLimits,
+    ) -> Result<Response, OpenAiError> {
+        let json: Value = serde_json::from_slice(&body)
+            .map_err(|error| OpenAiError::bad_request(format!("invalid JSON body: {error}")))?;
+        if !json.is_object() {
+            return Err(OpenAiError::bad_request("the body must be a JSON object"));
+        }
+        let tokens = match prompt_input(endpoint, &json)? {
+            PromptInput::Tokens(tokens) => tokens,
+            PromptInput::Tokenize(request) => self.tokenize(&request).await?,
+        };
+        if tokens.len() > limits.max_prompt_tokens {
+            return Err(OpenAiError::bad_request(format!(
+                "the prompt has {} tokens, over this router's limit of {}",
+                tokens.len(),
+                limits.max_prompt_tokens
+            )));
+        }
+        let output_tokens = match requested_output_tokens(endpoint, &json)? {
+            Some(n) if n > u64::from(limits.max_output_tokens) => {
+                return Err(OpenAiError::bad_request(format!(
+                    "asks for {n} output tokens, over the limit of {}",
+                    limits.max_output_tokens
+                )))
+            }
+            Some(n) => n as u32,
+            None => 0,
+        };
+
+        let mut excluded: Vec<RankKey> = Vec::new();
+        for worker in self.upstreams.down_workers() {
+            excluded.extend(router.workers().iter().filter(|spec| spec.worker == worker).flat_map(|spec| {
+                (spec.dp_start..spec.dp_start + spec.dp_size).map(move |rank| RankKey::new(worker.0, rank))
+            }));
+        }
+        let mut last_failure: Option<AttemptError> = None;
+        let mut attempts = 0;
+        while attempts < self.config.max_attempts.max(1) {
+            let options = RouteOptions { excluded: &excluded, output_tokens, ..RouteOptions::default() };
+            let decision = match router.best_worker(Prompt::Tokens(&tokens), &options) {
+                Ok(decision) => decision,
+                Err(RouteError::NoCandidates) => break,
+                Err(error) => return Err(OpenAiError::bad_request(error.to_string())),
+            };
+            let rank = RankKey { worker: decision.worker, dp_rank: decision.dp_rank };
+            let load = RequestLoad::new(Arc::clone(router), Arc::clone(&self.metrics), decision.request);
+            let Some(upstream) = self.upstreams.get(decision.worker) else {
+                // Registered for routing without a url: it cannot be proxied to.
+                load.release_failed_attempt();
+                excluded.push(rank);
+                continue;
+            };
+            attempts += 1;
+            if attempts > 1 {
+                self.metrics.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            match self.attempt(&upstream, endpoint, headers, &body, decision.dp_rank.0, limits).await {
+                Ok(response) => {
+                    self.upstreams.record_success(upstream.worker);
+                    return Ok(passed_back(response, load, rank, decision.overlap_blocks));
+                }
+                Err(failure) => {
+                    load.release_failed_attempt();
+                    let counter = match failure {
+                        AttemptError::Connect(_) => &self.metrics.failed_connect,
+                        AttemptError::Timeout => &self.metrics.failed_timeout,
+                        AttemptError::Status(_) => &self.metrics.failed_status,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    if self.upstreams.record_failure(upstream.worker, Instant::now(), &self.config.health) {
+                        tracing::warn!(worker = upstream.worker.0, url = %upstream.base, "upstream worker keeps failing: out of decisions until its health probe answers");
+                    }
+                    tracing::debug!(worker = upstream.worker.0, dp_rank = decision.dp_rank.0, error = %describe(&failure), "upstream attempt failed");
+                    excluded.push(rank);
+                    last_failure = Some(failure);
+                }
+            }
+        }
+        Err(match last_failure {
+            None => OpenAiError::unavailable(
+                "no upstream worker can take the request: none is registered with a url, or all are down",
+            ),
+            Some(AttemptError::Timeout) => OpenAiError::with_status(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("no upstream answered within {:?} ({attempts} tried)", self.config.first_byte_timeout),
+            ),
+            Some(failure) => OpenAiError::with_status(
+                StatusCode::BAD_GATEWAY,
+                format!("no upstream answered ({attempts} tried); the last: {}", describe(&failure)),
+            ),
+        })
+    }
+
+    /// One try on one rank: the response, once its head is a non-5xx.
+    async fn attempt(
+        &self,
+        upstream: &Upstream,
+        endpoint: OpenAiEndpoint,
+        headers: &HeaderMap,
+        body: &Bytes,
+        dp_rank: u32,
+        limits: RequestLimits,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, AttemptError> {
+        let mut request = hyper::Request::post(upstream.url(endpoint.path()))
+            .header("content-type", "application/json")
+            .header(DP_RANK_HEADER, dp_rank);
+        for name in FORWARDED_HEADERS {
+            if name == "authorization" && !limits.forward_authorization {
+                continue;
+            }
+            if let Some(value) = headers.get(name) {
+                request = request.header(name, value);
+            }
+        }
+        let request =
+            request.body(Full::new(body.clone())).map_err(|error| AttemptError::Connect(error.to_string()))?;
+        let response = match tokio::time::timeout(self.config.first_byte_timeout, self.client.request(request)).await {
+            Err(_) => return Err(AttemptError::Timeout),
+            Ok(Err(error)) => return Err(AttemptError::Connect(error.to_string())),
+            Ok(Ok(response)) => response,
+        };
+        if response.status().is_server_error() {
+            return Err(AttemptError::Status(response.status()));
+        }
+        Ok(response)
+    }
+
+    /// The engine's token ids for a `/tokenize` body, from the first healthy upstream.
+    async fn tokenize(&self, request: &Value) -> Result<Vec<u32>, OpenAiError> {
+        let down = self.upstreams.down_workers();
+        let upstream = self
+            .upstreams
+            .all()
+            .into_iter()
+            .find(|upstream| !down.contains(&upstream.worker))
+            .ok_or_else(|| OpenAiError::unavailable("no healthy upstream worker to tokenize the prompt with"))?;
+        let failed = |reason: String| {
+            OpenAiError::with_status(
+                StatusCode::BAD_GATEWAY,
+                format!("tokenizing with worker {}'s /tokenize: {reason}", upstream.worker.0),
+            )
+        };
+        let http = hyper::Request::post(upstream.url("/tokenize"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(request.to_string())))
+            .map_err(|error| failed(error.to_string()))?;
+        let response = tokio::time::timeout(self.config.first_byte_timeout, self.client.request(http))
+            .await
+            .map_err(|_| failed("timed out".to_owned()))?
+            .map_err(|error| failed(error.to_string()))?;
+        let status = response.status();
+        let body = response.into_body().collect().await.map_err(|error| failed(error.to_string()))?.to_bytes();
+        if status == StatusCode::BAD_REQUEST {
+            // The engine refused the prompt itself (e.g. too long): the client's error.
+            return Err(OpenAiError::bad_request(format!(
+                "the engine refused the prompt: {}",
+                String::from_utf8_lossy(&body)
+            )));
+        }
+        if !status.is_success() {
+            return Err(failed(format!("status {status}")));
+        }
+        let answer: Value = serde_json::from_slice(&body).map_err(|error| failed(error.to_string()))?;
+        tokenize_answer(&answer).map_err(failed)
+    }
+
+    /// `GET /v1/models` from the first healthy upstream, passed back as it is.
+    pub async fn models(&self) -> Response {
+        let down = self.upstreams.down_workers();
+        for upstream in self.upstreams.all().into_iter().filter(|upstream| !down.contains(&upstream.worker)) {
+            let Ok(request) = hyper::Request::get(upstream.url("/v1/models")).body(Full::new(Bytes::new())) else {
+                continue;
+            };
+            if let Ok(Ok(response)) =
+                tokio::time::timeout(self.config.first_byte_timeout, self.client.request(request)).await
+            {
+                if response.status().is_success() {
+                    let (parts, body) = response.into_parts();
+                    let mut answer = Response::new(Body::new(body));
+                    *answer.status_mut() = parts.status;
+                    copy_headers(&parts.headers, answer.headers_mut());
+                    return answer;
+                }
+            }
+        }
+        OpenAiError::unavailable("no healthy upstream worker to list the models of").into_response()
+    }
+}
+
+fn describe(failure: &AttemptError) -> String {
+    match failure {
+        AttemptError::Connect(error) => format!("connection failed: {error}"),
+        AttemptError::Timeout => "timed out".to_owned(),
+        AttemptError::Status(status) => format!("answered {status}"),
+    }
+}
+
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from {
+        if !HOP_BY_HOP.contains(&name.as_str()) {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// The upstream answer as the client's: status and headers, the body metered, and where
+/// it was routed (`x-kvroute-worker-id`, `x-kvroute-dp-rank`, `x-kvroute-overlap-blocks`).
+fn passed_back(
+    response: hyper::Response<hyper::body::Incoming>,
+    load: RequestLoad,
+    rank: RankKey,
+    overlap_blocks: u32,
+) -> Response {
+    let (parts, body) = response.into_parts();
+    let mut answer = Response::new(Body::new(MeteredBody::new(body, load)));
+    *answer.status_mut() = parts.status;
+    let headers = answer.headers_mut();
+    copy_headers(&parts.headers, headers);
+    headers.insert(HeaderName::from_static("x-kvroute-worker-id"), HeaderValue::from(rank.worker.0));
+    headers.insert(HeaderName::from_static("x-kvroute-dp-rank"), HeaderValue::from(rank.dp_rank.0));
+    headers.insert(HeaderName::from_static("x-kvroute-overlap-blocks"), HeaderValue::from(overlap_blocks));
+    answer
+}

@@ -1,0 +1,157 @@
+//! The OpenAI-compatible routing proxy of `kvroute serve`: clients send
+//! `POST /v1/completions` and `POST /v1/chat/completions` (streaming or not) to kvroute,
+//! which picks the (worker, dp_rank) and forwards the request to that worker's HTTP server
+//! with the rank in the `X-data-parallel-rank` header (vLLM and SGLang both read it), then
+//! passes the answer back as it comes.
+//!
+//! One request ([`Proxy::forward`]):
+//! 1. The body is JSON; its prompt becomes token ids ([`prompt_tokens`]): given ids as
+//!    they are, text and chat messages through a healthy engine's own `/tokenize`.
+//! 2. The router decides over every rank not excluded (ranks of workers that are down,
+//!    and ranks that already failed this request) and charges the rank's load.
+//! 3. The request goes to the worker's `url` + the same path, body unchanged, within
+//!    `connect_timeout` and `first_byte_timeout` (to the response head). A refused
+//!    connection, a timeout or a 5xx there releases the load, counts a failure against the
+//!    worker ([`health`]) and tries the next-best rank, up to `max_attempts` ranks; a 4xx
+//!    is the client's and goes back as it is.
+//! 4. The answer streams back through a [`load_guard::MeteredBody`]: prefill done at its
+//!    first data, finish at its end, finish (cancelled) when the client goes away, which
+//!    also drops the upstream connection so the engine cancels the request too.
+//!
+//! Workers that fail `failures_before_down` times in a row leave the decisions until their
+//! `GET /health` answers; probes back off exponentially ([`Proxy::run_probes`]). Errors to
+//! clients are OpenAI-style JSON ([`crate::openai_error`]): 400 for bad bodies, 413 for
+//! bodies over the limit, 502 / 504 when no upstream answered, 503 when none can be tried.
+
+mod forward;
+pub mod health;
+pub mod load_guard;
+pub mod prompt_tokens;
+pub mod upstreams;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+pub use forward::RequestLimits;
+pub use health::HealthPolicy;
+pub use prompt_tokens::OpenAiEndpoint;
+pub use upstreams::{Upstream, Upstreams};
+
+/// The proxy's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// Most ranks one request is tried on.
+    pub max_attempts: u32,
+    /// Longest wait for a TCP connection to an upstream.
+    pub connect_timeout: Duration,
+    /// Longest wait for an upstream's response head (a stream's head comes at once; a
+    /// whole answer's only when it is done).
+    pub first_byte_timeout: Duration,
+    /// Longest wait for a health probe's answer.
+    pub probe_timeout: Duration,
+    pub health: HealthPolicy,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            max_attempts: 3,
+            connect_timeout: Duration::from_secs(2),
+            first_byte_timeout: Duration::from_secs(300),
+            probe_timeout: Duration::from_secs(2),
+            health: HealthPolicy::default(),
+        }
+    }
+}
+
+/// The proxy's counters (Relaxed by design: independent counts).
+#[derive(Debug, Default)]
+pub struct ProxyMetrics {
+    /// Requests received on the proxy endpoints.
+    pub requests: AtomicU64,
+    /// Answers passed back whole.
+    pub completed: AtomicU64,
+    /// Requests whose client went away before the end.
+    pub cancelled: AtomicU64,
+    /// Upstream bodies that broke part way.
+    pub upstream_broken: AtomicU64,
+    /// Attempts beyond the first.
+    pub retries: AtomicU64,
+    /// Failed attempts, by cause.
+    pub failed_connect: AtomicU64,
+    pub failed_timeout: AtomicU64,
+    pub failed_status: AtomicU64,
+    /// Refused by the proxy itself (bad body, limits), before routing.
+    pub refused: AtomicU64,
+    /// Requests that found no upstream to try, or exhausted their attempts.
+    pub unavailable: AtomicU64,
+    /// Health probes sent, and workers brought back by one.
+    pub probes: AtomicU64,
+    pub recovered: AtomicU64,
+}
+
+/// The routing proxy's state: upstreams, HTTP client, settings, counters.
+pub struct Proxy {
+    pub config: ProxyConfig,
+    pub upstreams: Upstreams,
+    pub metrics: Arc<ProxyMetrics>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Proxy {
+    pub fn new(config: ProxyConfig) -> Proxy {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        Proxy { config, upstreams: Upstreams::default(), metrics: Arc::default(), client }
+    }
+
+    /// Probes down workers until `stop` turns true: every 100 ms, each worker whose probe
+    /// is due gets `GET /health`; a 2xx brings it back up. The next probe is scheduled
+    /// (with the doubled backoff) before this one is sent, so a slow probe is never doubled
+    /// up.
+    pub async fn run_probes(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+            let now = Instant::now();
+            for upstream in self.upstreams.probes_due(now) {
+                self.upstreams.probe_failed(upstream.worker, now, &self.config.health);
+                let proxy = Arc::clone(&self);
+                tokio::spawn(async move { proxy.probe(&upstream).await });
+            }
+        }
+    }
+
+    async fn probe(&self, upstream: &Upstream) {
+        self.metrics.probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let answered =
+            self.get(upstream, "/health", self.config.probe_timeout).await.is_ok_and(|status| status.is_success());
+        if answered && self.upstreams.record_success(upstream.worker) {
+            self.metrics.recovered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(worker = upstream.worker.0, url = %upstream.base, "upstream worker answers its health probe: back in decisions");
+        }
+    }
+
+    /// `GET path` on `upstream`; the status, body discarded.
+    async fn get(&self, upstream: &Upstream, path: &str, timeout: Duration) -> Result<hyper::StatusCode, String> {
+        let request =
+            hyper::Request::get(upstream.url(path)).body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Ok(Ok(response)) => Ok(response.status()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("timed out".to_owned()),
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The token ids the router hashes for a proxied request.
+//!
+//! - `/v1/completions` with `prompt` as token ids (or a list holding one list of ids):
+//!   those ids, no tokenization.
+//! - A text `prompt`, or `/v1/chat/completions` `messages`: the engine's own `POST
+//!   /tokenize` (vLLM's, and the simulator's), asked of a healthy upstream, with the same
+//!   `prompt` or `messages` (plus `add_generation_prompt`, as chat requests render), so the
+//!   ids are exactly the ones the engine will cache.
+//! - Several prompts in one request are refused (400): each may belong on another rank.
+//!
+//! Also here: the output length the request asks for (`max_tokens`, chat's
+//! `max_completion_tokens`), which the router charges as decode load.
+
+use serde_json::{json, Value};
+
+use crate::openai_error::OpenAiError;
+
+/// The OpenAI endpoints the proxy serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenAiEndpoint {
+    Completions,
+    ChatCompletions,
+}
+
+impl OpenAiEndpoint {
+    pub fn path(self) -> &'static str {
+        match self {
+            OpenAiEndpoint::Completions => "/v1/completions",
+            OpenAiEndpoint::ChatCompletions => "/v1/chat/completions",
+        }
+    }
+}
+
+/// What the router needs of a request's prompt.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PromptInput {
+    /// Token ids given by the client.
+    Tokens(Vec<u32>),
+    /// To be tokenized by the engine: the body to send to its `/tokenize`.
+    Tokenize(Value),
+}
+
+/// The prompt of a request body.
+pub fn prompt_input(endpoint: OpenAiEndpoint, body: &Value) -> Result<PromptInput, OpenAiError> {
+    match endpoint {
+        OpenAiEndpoint::Completions => {
+            let prompt = body.get("prompt").ok_or_else(|| OpenAiError::bad_request("the request needs a prompt"))?;
+            completion_prompt(prompt)
+        }
+        OpenAiEndpoint::ChatCompletions => match body.get("messages") {
+            Some(Value::Array(messages)) if !messages.is_empty() => {
+                Ok(PromptInput::Tokenize(json!({"messages": messages, "add_generation_prompt": true})))
+            }
+            _ => Err(OpenAiError::bad_request("messages must be a non-empty list")),
+        },
+    }
+}
+
+fn completion_prompt(prompt: &Value) -> Result<PromptInput, OpenAiError> {
+    match prompt {
+        Value::String(_) => Ok(PromptInput::Tokenize(json!({"prompt": prompt}))),
+        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_number) => {
+            token_ids(items).map(PromptInput::Tokens)
+        }
+        Value::Array(items) if items.len() == 1 => completion_prompt(&items[0]),
+        Value::Array(items) if items.is_empty() => Err(OpenAiError::bad_request("the prompt is empty")),
+        Value::Array(_) => Err(OpenAiError::bad_request(
+            "one prompt per request: the proxy routes each prompt on its own (send them as separate requests)",
+        )),
+        _ => Err(OpenAiError::bad_request("prompt must be a string or a list of token ids")),
+    }
+}
+
+fn token_ids(items: &[Value]) -> Result<Vec<u32>, OpenAiError> {
+    items
+        .iter()
+        .map(|item| item.as_u64().and_then(|id| u32::try_from(id).ok()))
+        .collect::<Option<Vec<u32>>>()
+        .ok_or_else(|| OpenAiError::bad_request("prompt token ids must be integers from 0 to 4294967295"))
+}
+
+/// The token ids in an engine's `/tokenize` answer (`{"tokens": [...], ...}`).
+pub fn tokenize_answer(answer: &Value) -> Result<Vec<u32>, String> {
+    match answer.get("tokens") {
+        Some(Value::Array(items)) => token_ids(items).map_err(|error| error.message),
+        _ => Err("the engine's /tokenize answer has no `tokens` list".to_owned()),
+    }
+}
+
+/// The output tokens the request asks for, if it says (chat: `max_completion_tokens`
+/// first); a negative or non-integer value is a 400.
+pub fn requested_output_tokens(endpoint: OpenAiEndpoint, body: &Value) -> Result<Option<u64>, OpenAiError> {
+    let fields: &[&str] = match endpoint {
+        OpenAiEndpoint::Completions => &["max_tokens"],
+        OpenAiEndpoint::ChatCompletions => &["max_completion_tokens", "max_tokens"],
+    };
+    for field in fields {
+        match body.get(*field) {
+            None | Some(Value::Null) => continue,
+            Some(value) => {
+                return value
+                    .as_u64()
+                    .map(Some)
+                    .ok_or_else(|| OpenAiError::bad_request(format!("{field} must be a non-negative integer")))
+            }
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_become_token_ids_or_a_tokenize_call() {
+        let completions = OpenAiEndpoint::Completions;
+        assert_eq!(prompt_input(completions, &json!({"prompt": [1, 2, 3]})), Ok(PromptInput::Tokens(vec![1, 2, 3])));
+        assert_eq!(prompt_input(completions, &json!({"prompt": [[4, 5]]})), Ok(PromptInput::Tokens(vec![4, 5])));
+        assert_eq!(
+            prompt_input(completions, &json!({"prompt": "hi"})),
+            Ok(PromptInput::Tokenize(json!({"prompt": "hi"})))
+        );
+        assert_eq!(
+            prompt_input(completions, &json!({"prompt": ["hi"]})),
+            Ok(PromptInput::Tokenize(json!({"prompt": "hi"})))
+        );
+        let messages = json!([{"role": "user", "content": "hi"}]);
+        assert_eq!(
+            prompt_input(OpenAiEndpoint::ChatCompletions, &json!({"messages": messages})),
+            Ok(PromptInput::Tokenize(json!({"messages": messages, "add_generation_prompt": true})))
+        );
+        for bad in [
+            json!({}),
+            json!({"prompt": ["a", "b"]}),
+            json!({"prompt": [1, -1]}),
+            json!({"prompt": []}),
+            json!({"prompt": 3}),
+        ] {
+            assert!(prompt_input(completions, &bad).is_err(), "{bad}");
+        }
+        assert!(prompt_input(OpenAiEndpoint::ChatCompletions, &json!({"messages": []})).is_err());
+        assert_eq!(tokenize_answer(&json!({"count": 2, "tokens": [7, 8]})), Ok(vec![7, 8]));
+        assert!(tokenize_answer(&json!({"count": 2})).is_err());
+        let chat = OpenAiEndpoint::ChatCompletions;
+        assert_eq!(requested_output_tokens(chat, &json!({"max_tokens": 5, "max_completion_tokens": 9})), Ok(Some(9)));
+        assert_eq!(requested_output_tokens(completions, &json!({"max_tokens": null})), Ok(None));
+        assert!(requested_output_tokens(completions, &json!({"max_tokens": -1})).is_err());
+    }
+}
