@@ -5,7 +5,8 @@ use std::process::Command;
 
 fn demo(args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_kvroute"))
-        .args(["demo", "--quiet", "--requests", "1500"])
+        .args(["demo", "--quiet"])
+        .args(if args.contains(&"--requests") { &[][..] } else { &["--requests", "1500"][..] })
         .args(args)
         .output()
         .expect("run kvroute");
@@ -46,6 +47,34 @@ fn disaggregated_demo_checks_every_room() {
     );
     let hits = cells(&out, "prefill prefix-cache hit rate");
     assert!(percent(hits[0]) > percent(hits[1]), "{out}");
+}
+
+#[test]
+fn live_demo_serves_every_request_over_sockets_and_kvroute_reuses_more() {
+    // A short run on a lightly loaded fleet (2 engines x 2 ranks, fast simulated GPUs, caches
+    // large enough for the whole run): 400 requests, whose prompts could reuse 13.5% of
+    // their blocks with an infinite cache, sent at 30x the trace's pace.
+    let out = demo(&[
+        "--live",
+        "--requests",
+        "400",
+        "--speedup",
+        "30",
+        "--workers",
+        "2",
+        "--dp-size",
+        "2",
+        "--prefill-us-per-token",
+        "2",
+        "--decode-ms-per-token",
+        "1",
+        "--capacity-tokens",
+        "4194304",
+    ]);
+    assert_eq!(cells(&out, "errors"), ["0", "0"], "{out}");
+    let cached = cells(&out, "cached prompt tokens");
+    assert!(percent(cached[0]) > percent(cached[1]), "kvroute should find more of the prompts cached:\n{out}");
+    assert_eq!(cells(&out, "TTFT p50").len(), 4, "two policies, a value and its unit each:\n{out}");
 }
 
 #[test]

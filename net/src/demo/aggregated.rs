@@ -51,8 +51,8 @@ fn picker(policy: Policy, args: &DemoArgs, ranks: &[RankKey]) -> Result<Picker, 
                 RouterConfig { block_size: args.block_size, ..RouterConfig::default() },
                 Arc::new(move || clock.load(Ordering::Relaxed)),
             )?;
-            for worker in 0..args.workers {
-                router.add_worker(WorkerSpec::new(WorkerId(u64::from(worker)), args.dp_size, args.block_size))?;
+            for worker in 0..args.workers() {
+                router.add_worker(WorkerSpec::new(WorkerId(u64::from(worker)), args.dp_size(), args.block_size))?;
             }
             let slots = ranks.iter().enumerate().map(|(slot, rank)| (*rank, slot)).collect();
             Picker::Kvroute { router: Box::new(router), now_ms, slots }
@@ -70,7 +70,7 @@ fn picker(policy: Policy, args: &DemoArgs, ranks: &[RankKey]) -> Result<Picker, 
 
 fn replay(args: &DemoArgs, requests: &[TraceRequest], policy: Policy) -> Result<(PolicyOutcome, PoolLoad), DemoError> {
     let capacity_blocks = (args.capacity_tokens / u64::from(args.block_size)) as usize;
-    let mut fleet = Fleet::new(FleetConfig { workers: args.workers, dp_size: args.dp_size, capacity_blocks });
+    let mut fleet = Fleet::new(FleetConfig { workers: args.workers(), dp_size: args.dp_size(), capacity_blocks });
     let ranks: Vec<RankKey> = fleet.ranks().to_vec();
     let mut picker = picker(policy, args, &ranks)?;
     let mut outcome = PolicyOutcome::default();
@@ -156,8 +156,8 @@ pub(super) fn run(args: &DemoArgs, requests: &[TraceRequest]) -> Result<(), Demo
          tokens/ms per rank",
         requests.len(),
         args.block_size,
-        args.workers,
-        args.dp_size,
+        args.workers(),
+        args.dp_size(),
         args.capacity_tokens,
         args.prefill_tokens_per_ms
     );

@@ -26,9 +26,14 @@
 //! simulated TTFT, per-rank (per-pool) load spread, decision latency, and whether every
 //! overlap the router predicted equals what the engine then reused (exactness, live).
 //! Any failed check makes the command exit non-zero.
+//!
+//! **`--live`** ([`live`]) runs the same trace over real sockets instead: simulated engine
+//! servers publishing KV events over ZeroMQ, a `kvroute serve` proxy in front of them and
+//! an open-loop HTTP load generator, beside round-robin on the same fleet.
 
 mod aggregated;
 mod disagg;
+mod live;
 mod outcome;
 mod timeline;
 
@@ -49,12 +54,13 @@ pub struct DemoArgs {
     /// Tokens per KV block (must divide 512, the trace's block size).
     #[arg(long, default_value_t = 16)]
     block_size: u32,
-    /// Aggregated mode: simulated workers.
-    #[arg(long, default_value_t = 16)]
-    workers: u32,
-    /// Aggregated mode: data-parallel ranks per worker (each has its own KV cache).
-    #[arg(long, default_value_t = 4)]
-    dp_size: u32,
+    /// Aggregated mode: simulated workers [default: 16; --live: 4].
+    #[arg(long)]
+    workers: Option<u32>,
+    /// Aggregated mode: data-parallel ranks per worker (each has its own KV cache)
+    /// [default: 4].
+    #[arg(long)]
+    dp_size: Option<u32>,
     /// Prefill/decode disaggregation: route each request to a prefill rank and a decode
     /// rank, and check the SGLang bootstrap room of every decision.
     #[arg(long)]
@@ -80,12 +86,39 @@ pub struct DemoArgs {
     /// Decode time per output token, in ms of trace time.
     #[arg(long, default_value_t = 20)]
     ms_per_output_token: u64,
-    /// Replay only the first N requests (default: all).
+    /// Replay only the first N requests [default: all; --live: 600].
     #[arg(long)]
     requests: Option<usize>,
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Run the whole system over real sockets: simulated engines (HTTP, KV events over
+    /// ZeroMQ), a kvroute proxy subscribed to their events, and an open-loop load
+    /// generator replaying the trace, beside round-robin on the same fleet.
+    #[arg(long, help_heading = "Live demo (--live)")]
+    live: bool,
+    /// --live: how many times faster than the trace's timestamps requests are sent.
+    #[arg(long, default_value_t = 8.0, help_heading = "Live demo (--live)")]
+    speedup: f64,
+    /// --live: output tokens of a request at most (the trace's own length below it).
+    #[arg(long, default_value_t = 32, help_heading = "Live demo (--live)")]
+    max_output_tokens: u32,
+    /// --live: the simulated engines' prefill time per uncached prompt token, in us.
+    #[arg(long, default_value_t = 40, help_heading = "Live demo (--live)")]
+    prefill_us_per_token: u64,
+    /// --live: the simulated engines' time per output token, in ms.
+    #[arg(long, default_value_t = 10, help_heading = "Live demo (--live)")]
+    decode_ms_per_token: u64,
+}
+
+impl DemoArgs {
+    fn workers(&self) -> u32 {
+        self.workers.unwrap_or(16)
+    }
+
+    fn dp_size(&self) -> u32 {
+        self.dp_size.unwrap_or(4)
+    }
 }
 
 #[derive(Debug)]
@@ -172,7 +205,7 @@ fn check_args(args: &DemoArgs) -> Result<(), DemoError> {
             return Err(DemoError::Config("too many workers".into()));
         }
     } else {
-        check_pool("--workers x --dp-size", args.workers, args.dp_size)?;
+        check_pool("--workers x --dp-size", args.workers(), args.dp_size())?;
     }
     if args.capacity_tokens < u64::from(args.block_size) {
         return Err(DemoError::Config("--capacity-tokens must hold at least one block".into()));
@@ -186,7 +219,9 @@ fn check_args(args: &DemoArgs) -> Result<(), DemoError> {
 pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
     check_args(args)?;
     let requests = load_trace(args)?;
-    if args.disagg {
+    if args.live {
+        live::run(args, &requests)
+    } else if args.disagg {
         disagg::run(args, &requests)
     } else {
         aggregated::run(args, &requests)

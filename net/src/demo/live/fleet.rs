@@ -1,0 +1,217 @@
+//! The live demo's fleet: engine simulators on loopback and, for kvroute's run, a
+//! `kvroute serve` daemon (in this process) subscribed to their KV events with each engine
+//! as an upstream of its proxy.
+//!
+//! Engines bind their per-rank ZeroMQ ports as real ones do (base + rank, replay base +
+//! rank); a base whose run of ports is taken is skipped for the next candidate.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use kvroute_core::sim::{EngineModelConfig, EngineTiming};
+use kvroute_net::engine_sim::{EngineKind, EngineSim, EngineSimConfig};
+use kvroute_net::serve::{ServeConfig, ServeError, ServeOptions, WorkerRegistration};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::super::{DemoArgs, DemoError};
+use super::load_generator::HttpClient;
+
+/// The live demo's settings, checked.
+#[derive(Clone, Debug)]
+pub struct LiveSettings {
+    pub workers: u32,
+    pub dp_size: u32,
+    pub block_size: u32,
+    pub capacity_blocks: usize,
+    pub requests: usize,
+    pub speedup: f64,
+    pub max_output_tokens: u32,
+    pub prefill_us_per_token: u64,
+    pub decode_ms_per_token: u64,
+}
+
+impl LiveSettings {
+    pub fn from_args(args: &DemoArgs) -> Result<LiveSettings, DemoError> {
+        let settings = LiveSettings {
+            workers: args.workers.unwrap_or(4),
+            dp_size: args.dp_size.unwrap_or(4),
+            block_size: args.block_size,
+            capacity_blocks: (args.capacity_tokens / u64::from(args.block_size)) as usize,
+            requests: args.requests.unwrap_or(600),
+            speedup: args.speedup,
+            max_output_tokens: args.max_output_tokens,
+            prefill_us_per_token: args.prefill_us_per_token,
+            decode_ms_per_token: args.decode_ms_per_token,
+        };
+        if settings.workers == 0 || settings.dp_size == 0 || settings.workers * settings.dp_size > 256 {
+            return Err(DemoError::Config("--live runs 1 to 256 ranks (--workers x --dp-size)".into()));
+        }
+        if !(settings.speedup.is_finite() && settings.speedup > 0.0) {
+            return Err(DemoError::Config("--speedup must be above 0".into()));
+        }
+        if settings.max_output_tokens == 0 {
+            return Err(DemoError::Config("--max-output-tokens must be at least 1".into()));
+        }
+        Ok(settings)
+    }
+}
+
+/// A daemon running in this process: its HTTP address, its stop signal and its task.
+type Daemon = (SocketAddr, oneshot::Sender<()>, JoinHandle<Result<(), ServeError>>);
+
+/// A running fleet.
+pub struct LiveFleet {
+    engines: Vec<EngineSim>,
+    daemon: Option<Daemon>,
+}
+
+/// First ZeroMQ base port tried; each engine takes `2 x dp_size` ports from its base.
+const FIRST_BASE_PORT: u32 = 21_000;
+
+impl LiveFleet {
+    /// Starts the engines and, with `router`, the daemon (waiting for its subscriptions).
+    pub async fn start(settings: &LiveSettings, router: bool) -> Result<LiveFleet, DemoError> {
+        let mut engines = Vec::with_capacity(settings.workers as usize);
+        let mut base = FIRST_BASE_PORT;
+        for _ in 0..settings.workers {
+            let (engine, next) = start_engine(settings, base).await?;
+            engines.push(engine);
+            base = next;
+        }
+        let mut fleet = LiveFleet { engines, daemon: None };
+        if router {
+            fleet.daemon = Some(start_daemon(settings, &fleet.engines).await?);
+            fleet.wait_subscribed(settings).await?;
+        }
+        Ok(fleet)
+    }
+
+    /// The proxy's base URL (kvroute's run).
+    pub fn proxy_url(&self) -> Option<String> {
+        self.daemon.as_ref().map(|(addr, _, _)| format!("http://{addr}"))
+    }
+
+    /// Every engine's base URL, by worker id.
+    pub fn engine_urls(&self) -> Vec<String> {
+        self.engines.iter().map(|engine| format!("http://{}", engine.http_address())).collect()
+    }
+
+    async fn wait_subscribed(&self, settings: &LiveSettings) -> Result<(), DemoError> {
+        let Some(url) = self.proxy_url() else { return Ok(()) };
+        let client = HttpClient::new();
+        let want = f64::from(settings.workers * settings.dp_size);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let metrics = client.get_text(&format!("{url}/metrics")).await.unwrap_or_default();
+            let connected: f64 = metrics
+                .lines()
+                .filter(|line| line.starts_with("kvroute_engine_rank_connected{"))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            if connected >= want {
+                // The subscription follows the connection.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(DemoError::Check(format!("the router subscribed to {connected} of {want} engine ranks")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// After kvroute's run: every rank's load in the router is back to zero.
+    pub async fn check_router_idle(&self) -> Result<(), DemoError> {
+        let Some(url) = self.proxy_url() else { return Ok(()) };
+        let client = HttpClient::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = client.get_text(&format!("{url}/v1/workers")).await.map_err(DemoError::Check)?;
+            let workers: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| DemoError::Check(e.to_string()))?;
+            let active = workers["active_requests"].as_u64().unwrap_or(u64::MAX);
+            if active == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(DemoError::Check(format!("{active} requests still charged to ranks after the run")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn shutdown(self) {
+        if let Some((_, stop, task)) = self.daemon {
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        for engine in self.engines {
+            engine.shutdown().await;
+        }
+    }
+}
+
+/// One engine with its ports from the first free run at or after `base`; returns it and
+/// the next base to try.
+async fn start_engine(settings: &LiveSettings, mut base: u32) -> Result<(EngineSim, u32), DemoError> {
+    let dp = settings.dp_size;
+    for _ in 0..64 {
+        if base + 2 * dp > u32::from(u16::MAX) {
+            break;
+        }
+        let mut config = EngineSimConfig::new(EngineKind::Vllm, "127.0.0.1:0".parse().expect("address"));
+        config.model = EngineModelConfig {
+            dp_size: dp,
+            block_size: settings.block_size,
+            capacity_blocks: settings.capacity_blocks,
+            max_prompt_tokens: 1 << 20,
+            timing: EngineTiming {
+                prefill_overhead: Duration::from_millis(2),
+                prefill_per_token: Duration::from_micros(settings.prefill_us_per_token),
+                decode_per_token: Duration::from_millis(settings.decode_ms_per_token),
+            },
+        };
+        config.kv_events_port = Some(base as u16);
+        config.replay_port = Some((base + dp) as u16);
+        match EngineSim::start(config).await {
+            Ok(engine) => return Ok((engine, base + 2 * dp)),
+            Err(_) => base += 2 * dp,
+        }
+    }
+    Err(DemoError::Config("no free run of loopback ports for the engines' KV events".into()))
+}
+
+async fn start_daemon(settings: &LiveSettings, engines: &[EngineSim]) -> Result<Daemon, DemoError> {
+    let config_error = |e: String| DemoError::Config(format!("the router: {e}"));
+    let mut workers = Vec::new();
+    for (worker, engine) in engines.iter().enumerate() {
+        let endpoint = engine.subscriber_endpoint(0).ok_or_else(|| config_error("an engine without events".into()))?;
+        let replay = engine.replay_endpoint(0).map(|e| e.to_string());
+        let spec = format!(
+            "worker_id={worker},dp_size={},url=http://{},endpoint={endpoint}{}",
+            settings.dp_size,
+            engine.http_address(),
+            replay.map(|r| format!(",replay={r}")).unwrap_or_default()
+        );
+        workers.push(WorkerRegistration::parse_flag(&spec).map_err(config_error)?);
+    }
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map_err(|e| config_error(e.to_string()))?;
+    let mut options = ServeOptions::from_toml(&format!(
+        "ingest_listen = \"{udp}\"\nmax_body_bytes = 67108864\n[tls]\ninsecure_loopback = true\n[router]\nblock_size = {}\n",
+        settings.block_size
+    ))
+    .map_err(|e| config_error(e.to_string()))?;
+    options.workers = workers;
+    let config = ServeConfig::resolve(options).map_err(|e| config_error(e.to_string()))?;
+    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| config_error(e.to_string()))?;
+    let addr = listener.local_addr().map_err(|e| config_error(e.to_string()))?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(kvroute_net::serve::serve_on(config, listener, async move {
+        let _ = stopped.await;
+    }));
+    Ok((addr, stop, task))
+}
