@@ -10,6 +10,8 @@
 //! - [`engine_ingest`]: subscriptions to those streams, one task per rank, applying what
 //!   the core `engine_events` makes of them to a sink (the router's index, or the QUIC
 //!   publisher in `kvroute bridge`).
+//! - [`http_client`]: the crate's one HTTP/1.1 client (proxy upstreams, simulator
+//!   bootstrap lookups, the live demo's load generator).
 //! - [`huge_pages`]: transparent huge pages off for the latency-critical commands.
 //! - [`tls`]: mutual TLS for the QUIC KV event transport: certificate generation
 //!   (`kvroute certs`), router / publisher QUIC configurations, the worker ids a
@@ -28,6 +30,7 @@ pub mod bridge;
 pub mod engine_ingest;
 pub mod engine_sim;
 pub mod engine_zmq;
+pub mod http_client;
 pub mod huge_pages;
 pub mod openai_error;
 pub mod proxy;

@@ -7,7 +7,7 @@ use super::registry::{RankSlot, Role};
 use super::room::BootstrapRoom;
 use super::router::{check_workers, Decision, Prompt, Router, Side};
 use super::RouteError;
-use crate::ids::{DpRank, WorkerId};
+use crate::ids::{DpRank, RankKey, WorkerId};
 
 /// Options of [`Router::route_disaggregated`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -24,6 +24,9 @@ pub struct PdOptions<'a> {
     pub dry_run: bool,
     /// Expected output tokens, charged to the decode rank until finish.
     pub output_tokens: u32,
+    /// These ranks are candidates on neither side (a proxy's ranks that just failed, or
+    /// whose worker is down). Unknown ranks here are ignored.
+    pub excluded: &'a [RankKey],
 }
 
 /// Where the decode side fetches the KV from.
@@ -102,8 +105,11 @@ impl Router {
         let fleet = self.fleet.load();
         check_workers(&fleet, options.prefill_workers)?;
         check_workers(&fleet, options.decode_workers)?;
-        let decode_ok = |slot: &RankSlot| options.decode_workers.is_none_or(|ws| ws.contains(&slot.key.worker));
-        let prefill_ok = |slot: &RankSlot| options.prefill_workers.is_none_or(|ws| ws.contains(&slot.key.worker));
+        let allowed = |slot: &RankSlot| !options.excluded.contains(&slot.key);
+        let decode_ok =
+            |slot: &RankSlot| options.decode_workers.is_none_or(|ws| ws.contains(&slot.key.worker)) && allowed(slot);
+        let prefill_ok =
+            |slot: &RankSlot| options.prefill_workers.is_none_or(|ws| ws.contains(&slot.key.worker)) && allowed(slot);
         // Same-rank mode: the rank indexes the decode pool has (sorted, for a binary search).
         let decode_ranks: Vec<DpRank> = if options.same_rank {
             let mut ranks: Vec<DpRank> =

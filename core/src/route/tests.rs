@@ -585,6 +585,23 @@ fn same_rank_mode_pairs_rank_indexes() {
 }
 
 #[test]
+fn disaggregated_exclusions_apply_to_both_sides_and_keep_the_room_rule() {
+    let router = pd_router(4, 2);
+    // Prefill worker 1 (ranks 0..4), decode worker 2 (ranks 0..2).
+    let excluded = [key(1, 0), key(1, 1), key(1, 3), key(2, 0)];
+    let options = PdOptions { excluded: &excluded, ..Default::default() };
+    for n in 0..50 {
+        let d = router.route_disaggregated(Prompt::Blocks(&prompt_blocks(n, 8)), &options).unwrap();
+        assert_eq!((d.prefill.dp_rank, d.decode.dp_rank), (DpRank(2), DpRank(1)));
+        assert_eq!(d.bootstrap.room.0 % 4, 2, "the room still names the prefill rank");
+        router.finish(d.request().unwrap());
+    }
+    let all_decode = [key(2, 0), key(2, 1)];
+    let options = PdOptions { excluded: &all_decode, ..Default::default() };
+    assert_eq!(router.route_disaggregated(Prompt::Tokens(&[1; 32]), &options).err(), Some(RouteError::NoCandidates));
+}
+
+#[test]
 fn bad_input_is_a_typed_error() {
     for shards in [0, crate::index::MAX_SHARDS + 1] {
         let config = RouterConfig { index_shards: shards, ..RouterConfig::default() };

@@ -33,11 +33,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use crate::http_client::HttpClient;
 
 pub use forward::RequestLimits;
 pub use health::HealthPolicy;
@@ -102,15 +98,12 @@ pub struct Proxy {
     pub config: ProxyConfig,
     pub upstreams: Upstreams,
     pub metrics: Arc<ProxyMetrics>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
 }
 
 impl Proxy {
     pub fn new(config: ProxyConfig) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let client = HttpClient::new(config.connect_timeout);
         Proxy { config, upstreams: Upstreams::default(), metrics: Arc::default(), client }
     }
 
@@ -136,22 +129,14 @@ impl Proxy {
 
     async fn probe(&self, upstream: &Upstream) {
         self.metrics.probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let answered =
-            self.get(upstream, "/health", self.config.probe_timeout).await.is_ok_and(|status| status.is_success());
+        let answered = self
+            .client
+            .get(&upstream.url("/health"), self.config.probe_timeout)
+            .await
+            .is_ok_and(|(status, _)| status.is_success());
         if answered && self.upstreams.record_success(upstream.worker) {
             self.metrics.recovered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(worker = upstream.worker.0, url = %upstream.base, "upstream worker answers its health probe: back in decisions");
-        }
-    }
-
-    /// `GET path` on `upstream`; the status, body discarded.
-    async fn get(&self, upstream: &Upstream, path: &str, timeout: Duration) -> Result<hyper::StatusCode, String> {
-        let request =
-            hyper::Request::get(upstream.url(path)).body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
-            Ok(Ok(response)) => Ok(response.status()),
-            Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => Err("timed out".to_owned()),
         }
     }
 }

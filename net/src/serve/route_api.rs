@@ -283,6 +283,7 @@ fn decide_disaggregated(state: &AppState, body: &PdRouteBody) -> Result<PdRouteR
         prefill_workers: body.prefill_workers.as_deref(),
         decode_workers: body.decode_workers.as_deref(),
         same_rank: body.same_rank,
+        excluded: &[],
         dry_run: body.dry_run,
         output_tokens: output_tokens(state, body.output_tokens)?,
     };

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::super::{DemoArgs, DemoError};
-use super::load_generator::HttpClient;
+use kvroute_net::http_client::HttpClient;
 
 /// The live demo's settings, checked.
 #[derive(Clone, Debug)]
@@ -100,11 +100,14 @@ impl LiveFleet {
 
     async fn wait_subscribed(&self, settings: &LiveSettings) -> Result<(), DemoError> {
         let Some(url) = self.proxy_url() else { return Ok(()) };
-        let client = HttpClient::new();
+        let client = HttpClient::new(Duration::from_secs(2));
         let want = f64::from(settings.workers * settings.dp_size);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let metrics = client.get_text(&format!("{url}/metrics")).await.unwrap_or_default();
+            let metrics = client
+                .get(&format!("{url}/metrics"), Duration::from_secs(2))
+                .await
+                .map_or_else(|_| String::new(), |(_, body)| String::from_utf8_lossy(&body).into_owned());
             let connected: f64 = metrics
                 .lines()
                 .filter(|line| line.starts_with("kvroute_engine_rank_connected{"))
@@ -125,12 +128,13 @@ impl LiveFleet {
     /// After kvroute's run: every rank's load in the router is back to zero.
     pub async fn check_router_idle(&self) -> Result<(), DemoError> {
         let Some(url) = self.proxy_url() else { return Ok(()) };
-        let client = HttpClient::new();
+        let client = HttpClient::new(Duration::from_secs(2));
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let text = client.get_text(&format!("{url}/v1/workers")).await.map_err(DemoError::Check)?;
+            let (_, body) =
+                client.get(&format!("{url}/v1/workers"), Duration::from_secs(2)).await.map_err(DemoError::Check)?;
             let workers: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| DemoError::Check(e.to_string()))?;
+                serde_json::from_slice(&body).map_err(|e| DemoError::Check(e.to_string()))?;
             let active = workers["active_requests"].as_u64().unwrap_or(u64::MAX);
             if active == 0 {
                 return Ok(());

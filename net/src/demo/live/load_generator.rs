@@ -16,11 +16,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use indicatif::ProgressBar;
 use kvroute_core::trace::{TraceRequest, TRACE_BLOCK_TOKENS};
+use kvroute_net::http_client::HttpClient;
 
 /// One request to send.
 pub struct LivePrompt {
@@ -92,28 +90,6 @@ impl LiveOutcome {
     }
 }
 
-/// A small HTTP/1.1 client (hyper-util's pooled one).
-#[derive(Clone)]
-pub struct HttpClient {
-    client: Client<HttpConnector, Full<Bytes>>,
-}
-
-impl HttpClient {
-    pub fn new() -> HttpClient {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        HttpClient { client: Client::builder(TokioExecutor::new()).build(connector) }
-    }
-
-    /// `GET url`'s body as text.
-    pub async fn get_text(&self, url: &str) -> Result<String, String> {
-        let request = hyper::Request::get(url).body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
-        let response = self.client.request(request).await.map_err(|e| format!("GET {url}: {e}"))?;
-        let body = response.into_body().collect().await.map_err(|e| format!("GET {url}: {e}"))?.to_bytes();
-        String::from_utf8(body.to_vec()).map_err(|e| e.to_string())
-    }
-}
-
 /// One answered request.
 struct Answer {
     ttft: Duration,
@@ -133,7 +109,7 @@ pub async fn replay(
     speedup: f64,
     bar: &ProgressBar,
 ) -> LiveOutcome {
-    let client = HttpClient::new();
+    let client = HttpClient::new(Duration::from_secs(5));
     let dp = dp as usize;
     let ranks = workers as usize * dp;
     let outcome = Arc::new(Mutex::new(LiveOutcome { per_rank: vec![0; ranks], ..LiveOutcome::default() }));
@@ -185,7 +161,7 @@ async fn send(client: &HttpClient, url: &str, rank: Option<usize>, body: Bytes) 
         request = request.header("x-data-parallel-rank", rank);
     }
     let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
-    let response = client.client.request(request).await.map_err(|e| format!("POST {url}: {e}"))?;
+    let response = client.request(request).await.map_err(|e| format!("POST {url}: {e}"))?;
     let status = response.status();
     let header =
         |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
