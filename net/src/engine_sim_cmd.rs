@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kvroute_core::engine_events::encode::EngineFormat;
 use kvroute_core::sim::{EngineModelConfig, EngineTiming};
-use kvroute_net::engine_sim::{EngineKind, EngineSim, EngineSimConfig};
+use kvroute_net::engine_sim::{DisaggregationMode, EngineKind, EngineSim, EngineSimConfig};
 use kvroute_net::serve::config::LogSettings;
 use kvroute_net::serve::logging::init_logging;
 use kvroute_net::serve::options::LogFormat;
@@ -80,6 +80,11 @@ pub struct EngineSimArgs {
     /// Time between output tokens of a request.
     #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
     decode_per_token: Duration,
+    /// SGLang's prefill/decode disaggregation: `prefill` (records each request's
+    /// bootstrap_room for the decode side, answers after one token), `decode` (fetches the
+    /// KV from the prefill server the request names, checking the room rule) or `null`.
+    #[arg(long, value_enum, default_value = "null")]
+    disaggregation_mode: DisaggregationMode,
 }
 
 fn parse_event_format(name: &str) -> Result<EngineFormat, String> {
@@ -110,6 +115,7 @@ impl EngineSimArgs {
         config.kv_events_host.clone_from(&self.kv_events_host);
         config.event_format = self.event_format.unwrap_or(self.engine.default_event_format());
         config.topic.clone_from(&self.topic);
+        config.disaggregation = self.disaggregation_mode;
         config
     }
 }

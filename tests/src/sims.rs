@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use kvroute_core::sim::{EngineModelConfig, EngineTiming};
-use kvroute_net::engine_sim::{EngineKind, EngineSim, EngineSimConfig};
+use kvroute_net::engine_sim::{DisaggregationMode, EngineKind, EngineSim, EngineSimConfig};
 
 use crate::ports::free_base_port;
 
@@ -23,6 +23,7 @@ pub struct SimShape {
     pub decode: Duration,
     /// Publish KV events (with replay sockets).
     pub events: bool,
+    pub disaggregation: DisaggregationMode,
 }
 
 impl SimShape {
@@ -36,6 +37,7 @@ impl SimShape {
             capacity_blocks: 1_000,
             decode: Duration::ZERO,
             events: true,
+            disaggregation: DisaggregationMode::Null,
         }
     }
 }
@@ -58,6 +60,7 @@ pub async fn start_sim_on(shape: SimShape, listen: SocketAddr) -> EngineSim {
     config.kv_events_port = shape.events.then(|| free_base_port(ports));
     config.replay_port = shape.events.then(|| free_base_port(ports));
     config.lora_adapters = vec![ADAPTER.to_owned()];
+    config.disaggregation = shape.disaggregation;
     EngineSim::start(config).await.expect("engine simulator")
 }
 

@@ -49,7 +49,7 @@ async fn start_sim(
     capacity_blocks: usize,
     decode: Duration,
 ) -> EngineSim {
-    sims::start_sim(SimShape { kind, dp_size, block_size, capacity_blocks, decode, events: true }).await
+    sims::start_sim(SimShape { kind, dp_size, block_size, capacity_blocks, decode, ..SimShape::vllm(dp_size) }).await
 }
 
 /// A router with the simulator's worker, subscribed to its ranks' events.

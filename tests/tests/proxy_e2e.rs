@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use kvroute_net::engine_sim::EngineSim;
+use kvroute_net::engine_sim::{DisaggregationMode, EngineKind, EngineSim};
 use kvroute_net::serve::{ServeConfig, ServeError, ServeOptions};
 use kvroute_tests::http_client::{read_frames, HttpClient, HttpReply};
 use kvroute_tests::sims::{start_sim, start_sim_on, SimShape};
@@ -287,4 +287,77 @@ async fn bad_requests_get_openai_errors_and_leave_no_load() {
     assert!(error_of(&reply).contains("no upstream worker"));
     stop_daemon(daemon).await;
     sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disaggregated_requests_go_to_a_prefill_rank_and_a_decode_rank_tied_by_the_room() {
+    let prefill = start_sim(SimShape {
+        kind: EngineKind::Sglang,
+        disaggregation: DisaggregationMode::Prefill,
+        ..SimShape::vllm(4)
+    })
+    .await;
+    let decode = start_sim(SimShape {
+        kind: EngineKind::Sglang,
+        disaggregation: DisaggregationMode::Decode,
+        events: false,
+        ..SimShape::vllm(2)
+    })
+    .await;
+    let prefill_port = prefill.http_address().port();
+    let workers = format!(
+        "{}role = \"prefill\"\nengine = \"sglang\"\nbootstrap_host = \"127.0.0.1\"\nbootstrap_port = {prefill_port}\n\
+         [[workers]]\nworker_id = 2\ndp_size = 2\nrole = \"decode\"\nurl = \"http://{}\"\n",
+        worker_toml(1, &prefill, 4),
+        decode.http_address()
+    );
+    let daemon = start_daemon("", "", &workers).await;
+    let base = format!("http://{}", daemon.0);
+    let client = HttpClient::default();
+    eventually("engine subscriptions", async || {
+        metric_sum(&client, &base, "kvroute_engine_rank_connected").await >= 4.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (mut prefill_ranks, mut decode_ranks) = (std::collections::HashSet::new(), std::collections::HashSet::new());
+    for i in 0..24u32 {
+        let tokens: Vec<u32> = (0..64).map(|t| t + i * 1000).collect();
+        let body = json!({"model": "kvroute-sim", "prompt": tokens, "max_tokens": 3, "stream": i % 2 == 0});
+        let reply = client.post_json(&format!("{base}/v1/completions"), &body, &[]).await;
+        assert_eq!(reply.status, 200, "request {i}: {}", String::from_utf8_lossy(&reply.body));
+        let header = |name: &str| reply.header(name).unwrap_or_else(|| panic!("no {name}")).parse::<u64>().unwrap();
+        let (p, room, d) =
+            (header("x-kvroute-prefill-dp-rank"), header("x-kvroute-bootstrap-room"), header("x-kvroute-dp-rank"));
+        assert_eq!(room % 4, p, "the room names the prefill rank");
+        assert_eq!(header("x-kvroute-worker-id"), 2, "the decode worker answers");
+        assert_eq!(header("x-kvroute-sim-dp-rank"), d, "decoded on the chosen decode rank");
+        prefill_ranks.insert(p);
+        decode_ranks.insert(d);
+    }
+    assert!(prefill_ranks.len() >= 2 && decode_ranks.len() == 2, "{prefill_ranks:?} {decode_ranks:?}");
+    let decode_stats = client.get(&format!("http://{}/sim/stats", decode.http_address())).await.json();
+    assert_eq!(
+        (decode_stats["kv_transfers"].as_u64(), decode_stats["kv_transfer_failures"].as_u64()),
+        (Some(24), Some(0))
+    );
+    eventually("every rank idle", async || active_requests(&client, &base).await.iter().all(|&n| n == 0)).await;
+    eventually("prefill answers drained", async || prefill.stats().iter().all(|s| s.in_flight == 0)).await;
+    assert_eq!(prefill.stats().iter().map(|s| s.requests).sum::<u64>(), 24);
+
+    // The decode side really checks: a room on prefill rank 1 looked for on rank 0 fails.
+    let wrong = json!({"input_ids": [1, 2, 3], "bootstrap_host": "127.0.0.1", "bootstrap_port": prefill_port,
+        "bootstrap_room": 4001, "disagg_prefill_dp_rank": 0});
+    let right = json!({"input_ids": [1, 2, 3], "bootstrap_host": "127.0.0.1", "bootstrap_port": prefill_port,
+        "bootstrap_room": 4001, "routed_dp_rank": 1});
+    let (prefill_url, decode_url) =
+        (format!("http://{}/generate", prefill.http_address()), format!("http://{}/generate", decode.http_address()));
+    let (to_prefill, to_decode) =
+        tokio::join!(client.post_json(&prefill_url, &right, &[]), client.post_json(&decode_url, &wrong, &[]));
+    assert_eq!(to_prefill.status, 200);
+    assert_eq!(to_decode.status, 500);
+    assert!(to_decode.json()["error"]["message"].as_str().unwrap().contains("it is on rank 1"));
+    stop_daemon(daemon).await;
+    prefill.shutdown().await;
+    decode.shutdown().await;
 }

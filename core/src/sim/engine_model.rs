@@ -30,6 +30,12 @@
 //!    to send on that rank's stream as soon as the request is admitted (the engines publish
 //!    a block once it is allocated and hashed, before its prefill finishes).
 //!
+//! Disaggregated serving: a prefill server admits as above; a decode server admits with
+//! [`EngineModel::admit_transferred`] once the request's KV has arrived from the prefill
+//! side: no cache lookup and no events (the prefill rank holds and publishes the
+//! prompt's blocks), the whole prompt counts as cached, the first token is due one decode
+//! step later.
+//!
 //! [`EngineModel::release`] ends a request (finished, failed or cancelled): the rank has
 //! one request fewer in flight. Stats per rank: requests, prompt and cached tokens, blocks
 //! held.
@@ -267,6 +273,43 @@ impl EngineModel {
             first_token_at,
             decode_per_token: timing.decode_per_token,
             events,
+        })
+    }
+
+    /// Admits a decode-only request at `now` whose KV arrived from a prefill server (see
+    /// the module doc) on `rank` (or the least loaded one).
+    pub fn admit_transferred(
+        &mut self,
+        now: Duration,
+        rank: Option<u32>,
+        prompt_tokens: usize,
+    ) -> Result<Admission, EngineModelError> {
+        if prompt_tokens == 0 {
+            return Err(EngineModelError::EmptyPrompt);
+        }
+        if prompt_tokens > self.config.max_prompt_tokens {
+            return Err(EngineModelError::PromptTooLong { tokens: prompt_tokens, max: self.config.max_prompt_tokens });
+        }
+        let dp_size = self.config.dp_size;
+        let rank = match rank {
+            Some(rank) if rank >= dp_size => return Err(EngineModelError::RankOutOfRange { rank, dp_size }),
+            Some(rank) => rank,
+            None => self.least_loaded_rank(),
+        };
+        let state = &mut self.ranks[rank as usize];
+        state.stats.requests += 1;
+        state.stats.in_flight += 1;
+        state.stats.prompt_tokens += prompt_tokens as u64;
+        state.stats.cached_tokens += prompt_tokens as u64;
+        let decode_per_token = self.config.timing.decode_per_token;
+        Ok(Admission {
+            rank,
+            prompt_tokens,
+            cached_tokens: prompt_tokens,
+            prefill_start: now,
+            first_token_at: now + decode_per_token,
+            decode_per_token,
+            events: Vec::new(),
         })
     }
 

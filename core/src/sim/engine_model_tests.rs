@@ -153,6 +153,23 @@ fn bad_requests_and_configurations_are_refused() {
 }
 
 #[test]
+fn a_transferred_request_counts_its_prompt_cached_and_publishes_nothing() {
+    let mut engine = model(2, 4, 8);
+    let now = Duration::from_millis(7);
+    let admitted = engine.admit_transferred(now, Some(1), 100).unwrap();
+    assert_eq!((admitted.rank, admitted.cached_tokens, admitted.prefill_start), (1, 100, now));
+    assert_eq!(admitted.first_token_at, now + EngineTiming::default().decode_per_token);
+    assert!(admitted.events.is_empty());
+    assert_eq!(engine.stats()[1].blocks_held, 0, "the decode side caches nothing");
+    assert_eq!(engine.least_loaded_rank(), 0);
+    assert_eq!(
+        engine.admit_transferred(now, Some(2), 1),
+        Err(EngineModelError::RankOutOfRange { rank: 2, dp_size: 2 })
+    );
+    assert_eq!(engine.admit_transferred(now, None, 0), Err(EngineModelError::EmptyPrompt));
+}
+
+#[test]
 fn lora_blocks_are_credited_to_their_adapter_only() {
     let mut engine = model(1, 4, 64);
     let mut router = RouterSide::new(1, 4);

@@ -1,5 +1,6 @@
 //! The simulator's routes (see the module doc of `engine_sim` for what each answers), a
-//! request body limit, JSON 404s, and `GET /sim/stats`.
+//! request body limit, JSON 404s, `GET /sim/stats` and a prefill server's
+//! `GET /sim/bootstrap/{room}`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use axum::routing::{get, post};
 use serde_json::{json, Value};
 
 use super::serving::SimState;
-use super::{generate_api, openai_api};
+use super::{bootstrap, generate_api, openai_api};
 use crate::openai_error::OpenAiError;
 
 /// Largest request body: a maximal prompt as JSON token ids with room to spare.
@@ -30,6 +31,7 @@ pub fn app(state: Arc<SimState>) -> axum::Router {
         .route("/health_generate", get(health))
         .route("/version", get(version))
         .route("/sim/stats", get(stats))
+        .route("/sim/bootstrap/{room}", get(bootstrap::lookup))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -61,6 +63,9 @@ async fn stats(State(state): State<Arc<SimState>>) -> axum::Json<Value> {
     let counters = &state.counters;
     axum::Json(json!({
         "engine": state.config.kind.name(),
+        "disaggregation_mode": state.config.disaggregation.name(),
+        "kv_transfers": counters.kv_transfers.load(Ordering::Relaxed),
+        "kv_transfer_failures": counters.kv_transfer_failures.load(Ordering::Relaxed),
         "ranks": ranks,
         "admitted": counters.admitted.load(Ordering::Relaxed),
         "completed": counters.completed.load(Ordering::Relaxed),

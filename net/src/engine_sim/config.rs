@@ -31,6 +31,30 @@ impl EngineKind {
     }
 }
 
+/// SGLang's `--disaggregation-mode`: what the server does with the bootstrap fields.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum DisaggregationMode {
+    /// Aggregated: prefill and decode here; bootstrap fields ignored.
+    #[default]
+    Null,
+    /// Prefill only: a request with a `bootstrap_room` leaves its KV for the decode server
+    /// to fetch (`GET /sim/bootstrap/{room}`), and is answered after one token.
+    Prefill,
+    /// Decode only: a request must carry the bootstrap fields; its KV is fetched from the
+    /// prefill server they name, on the rank the room rule gives, before decoding.
+    Decode,
+}
+
+impl DisaggregationMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            DisaggregationMode::Null => "null",
+            DisaggregationMode::Prefill => "prefill",
+            DisaggregationMode::Decode => "decode",
+        }
+    }
+}
+
 /// One engine simulator.
 #[derive(Clone, Debug)]
 pub struct EngineSimConfig {
@@ -54,6 +78,7 @@ pub struct EngineSimConfig {
     pub event_format: EngineFormat,
     /// The ZeroMQ topic of every message (the engines' default is empty).
     pub topic: String,
+    pub disaggregation: DisaggregationMode,
 }
 
 impl EngineSimConfig {
@@ -71,6 +96,7 @@ impl EngineSimConfig {
             kv_events_host: "127.0.0.1".to_owned(),
             event_format: kind.default_event_format(),
             topic: String::new(),
+            disaggregation: DisaggregationMode::Null,
         }
     }
 }

@@ -19,7 +19,8 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::serving::{Output, SimState};
+use super::bootstrap::DisaggFields;
+use super::serving::{Output, PromptRequest, SimState};
 use super::sim_tokens;
 use super::wire_json::{
     header_rank, json_response, output_tokens, parse_json, requested_rank, sse_done, sse_json, sse_response, token_ids,
@@ -46,9 +47,8 @@ struct GenerateRequest {
     rid: Option<String>,
     routed_dp_rank: Option<u32>,
     data_parallel_rank: Option<u32>,
-    bootstrap_host: Option<String>,
-    bootstrap_port: Option<u16>,
-    bootstrap_room: Option<u64>,
+    #[serde(flatten)]
+    disagg: DisaggFields,
 }
 
 /// One prompt's token ids from `text` (a string, or a list of one) or `input_ids`.
@@ -87,9 +87,6 @@ pub async fn generate(
                 return Err(OpenAiError::bad_request(format!("unknown lora_path `{adapter}`")));
             }
         }
-        if request.bootstrap_room.is_some_and(|room| room > i64::MAX as u64) {
-            return Err(OpenAiError::bad_request("bootstrap_room must be from 0 to 2^63 - 1"));
-        }
         let rank = requested_rank(&[
             ("X-data-parallel-rank", header_rank(&headers)?),
             ("routed_dp_rank", request.routed_dp_rank),
@@ -98,15 +95,22 @@ pub async fn generate(
         Ok((request, tokens, max_tokens, rank))
     })();
     let (request, tokens, max_tokens, rank) = parsed.map_err(|error| state.refuse(error))?;
-    let mut served = state.admit(&tokens, rank, request.lora_path.as_deref())?;
+    let prompt = PromptRequest {
+        tokens: &tokens,
+        rank,
+        lora_name: request.lora_path.as_deref(),
+        max_tokens,
+        disagg: &request.disagg,
+    };
+    let (mut served, max_tokens) = state.serve(prompt).await?;
     let rank = served.rank();
     let meta = {
         let admission = &served.admission;
         let id = request.rid.clone().unwrap_or_else(|| format!("{:032x}", served.number));
         json!({
             "id": id, "prompt_tokens": admission.prompt_tokens, "cached_tokens": admission.cached_tokens,
-            "routed_dp_rank": rank, "bootstrap_host": request.bootstrap_host, "bootstrap_port": request.bootstrap_port,
-            "bootstrap_room": request.bootstrap_room,
+            "routed_dp_rank": rank, "bootstrap_host": request.disagg.bootstrap_host, "bootstrap_port": request.disagg.bootstrap_port,
+            "bootstrap_room": request.disagg.bootstrap_room,
         })
     };
     let answer = move |done: u32| {
@@ -137,7 +141,7 @@ pub async fn server_info(State(state): State<Arc<SimState>>) -> axum::Json<Value
         "served_model_name": config.served_model_name,
         "dp_size": config.model.dp_size,
         "page_size": config.model.block_size,
-        "disaggregation_mode": "null",
+        "disaggregation_mode": config.disaggregation.name(),
         "max_total_num_tokens": config.model.capacity_blocks * config.model.block_size as usize,
         "engine": config.kind.name(),
         "version": concat!("kvroute-sim-", env!("CARGO_PKG_VERSION")),

@@ -28,8 +28,16 @@
 //! `GET /get_server_info`, `GET /get_model_info`, `GET /health_generate` (SGLang); and
 //! `GET /sim/stats`, every rank's counters. Both engine kinds serve all of them; the kind
 //! picks the KV-event encoding and what the server-info endpoints report.
+//!
+//! Prefill/decode disaggregation ([`bootstrap`], SGLang's `--disaggregation-mode`): a
+//! prefill server records each request's `bootstrap_room` with its rank and answers after
+//! one token; a decode server fetches the KV from the `bootstrap_host:bootstrap_port` the
+//! request names and refuses it (500, counted) unless the KV sits on the prefill rank the
+//! room rule gives (`disagg_prefill_dp_rank`, else `room % prefill dp_size`), so a router
+//! that breaks the rule fails visibly.
 
 mod app;
+mod bootstrap;
 mod config;
 mod events;
 mod generate_api;
@@ -39,7 +47,7 @@ pub mod sim_tokens;
 mod wire_json;
 
 pub use app::app;
-pub use config::{EngineKind, EngineSimConfig, EngineSimError};
+pub use config::{DisaggregationMode, EngineKind, EngineSimConfig, EngineSimError};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -8,7 +8,9 @@
 //! `max_completion_tokens`) defaults to 16; every response runs to that length
 //! (`finish_reason: "length"`). `usage` carries `prompt_tokens_details.cached_tokens`;
 //! a stream sends it in a last chunk with empty `choices` when
-//! `stream_options.include_usage` is set, then `data: [DONE]`.
+//! `stream_options.include_usage` is set, then `data: [DONE]`. The disaggregation fields
+//! (`bootstrap_host`, `bootstrap_port`, `bootstrap_room`, `disagg_prefill_dp_rank`) are
+//! read as SGLang's OpenAI server reads them.
 
 use std::sync::Arc;
 
@@ -19,7 +21,8 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::serving::{Output, Served, SimState};
+use super::bootstrap::DisaggFields;
+use super::serving::{Output, PromptRequest, Served, SimState};
 use super::sim_tokens::{self, ChatTurn};
 use super::wire_json::{
     header_rank, json_response, output_tokens, parse_json, sse_done, sse_json, sse_response, token_ids,
@@ -39,6 +42,8 @@ struct StreamOptions {
 struct CompletionRequest {
     model: Option<String>,
     prompt: Value,
+    #[serde(flatten)]
+    disagg: DisaggFields,
     max_tokens: Option<u64>,
     #[serde(default)]
     stream: bool,
@@ -49,6 +54,8 @@ struct CompletionRequest {
 struct ChatRequest {
     model: Option<String>,
     messages: Vec<Value>,
+    #[serde(flatten)]
+    disagg: DisaggFields,
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
     #[serde(default)]
@@ -140,7 +147,9 @@ pub async fn completions(
         Ok((request, lora, tokens, max_tokens, header_rank(&headers)?))
     })();
     let (request, lora, tokens, max_tokens, rank) = parsed.map_err(|error| state.refuse(error))?;
-    let mut served = state.admit(&tokens, rank, lora.as_deref())?;
+    let prompt =
+        PromptRequest { tokens: &tokens, rank, lora_name: lora.as_deref(), max_tokens, disagg: &request.disagg };
+    let (mut served, max_tokens) = state.serve(prompt).await?;
     let (id, created, model, rank) =
         (format!("cmpl-{}", served.number), served.created, model_name(&state, &lora), served.rank());
     let choice = |text: String, finish: Option<&str>| json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish, "stop_reason": null});
@@ -193,7 +202,9 @@ pub async fn chat_completions(
         Ok((request, lora, tokens, max_tokens, header_rank(&headers)?))
     })();
     let (request, lora, tokens, max_tokens, rank) = parsed.map_err(|error| state.refuse(error))?;
-    let mut served = state.admit(&tokens, rank, lora.as_deref())?;
+    let prompt =
+        PromptRequest { tokens: &tokens, rank, lora_name: lora.as_deref(), max_tokens, disagg: &request.disagg };
+    let (mut served, max_tokens) = state.serve(prompt).await?;
     let (id, created, model, rank) =
         (format!("chatcmpl-{}", served.number), served.created, model_name(&state, &lora), served.rank());
     if !request.stream {

@@ -22,9 +22,11 @@ use kvroute_core::engine_events::encode::encode_batch;
 use kvroute_core::engine_events::EventBatch;
 use kvroute_core::sim::{Admission, EngineModel, RankStats};
 
-use super::config::EngineSimConfig;
+use super::bootstrap::{self, BootstrapRooms, DisaggFields};
+use super::config::{DisaggregationMode, EngineSimConfig};
 use super::events::RankEvents;
 use crate::engine_zmq::EngineEndpoint;
+use crate::http_client::HttpClient;
 use crate::openai_error::OpenAiError;
 
 /// Request counters (Relaxed by design: independent counts).
@@ -38,6 +40,9 @@ pub struct SimCounters {
     pub refused: AtomicU64,
     /// Batches queued for publishing.
     pub batches_queued: AtomicU64,
+    /// Decode servers: KV transfers done, and refused (wrong prefill rank, no room, ...).
+    pub kv_transfers: AtomicU64,
+    pub kv_transfer_failures: AtomicU64,
 }
 
 /// The model and the rank streams its admissions feed, under one lock.
@@ -57,6 +62,20 @@ pub struct SimState {
     clock: Instant,
     next_request: AtomicU64,
     pub counters: SimCounters,
+    /// Prefill servers: the rooms of the requests prefilled here.
+    pub rooms: BootstrapRooms,
+    /// Decode servers: asks prefill servers for the KV.
+    client: HttpClient,
+}
+
+/// A request as every API hands it to [`SimState::serve`].
+pub struct PromptRequest<'a> {
+    pub tokens: &'a [u32],
+    /// The DP rank the request names, if any.
+    pub rank: Option<u32>,
+    pub lora_name: Option<&'a str>,
+    pub max_tokens: u32,
+    pub disagg: &'a DisaggFields,
 }
 
 /// One rank's event endpoints.
@@ -76,6 +95,8 @@ impl SimState {
             clock: Instant::now(),
             next_request: AtomicU64::new(1),
             counters: SimCounters::default(),
+            rooms: BootstrapRooms::default(),
+            client: HttpClient::new(Duration::from_secs(2)),
         }
     }
 
@@ -102,6 +123,37 @@ impl SimState {
     pub fn refuse(&self, error: OpenAiError) -> OpenAiError {
         self.counters.refused.fetch_add(1, Ordering::Relaxed);
         error
+    }
+
+    /// Serves a request as the server's disaggregation mode says: aggregated, admitted
+    /// as it is; prefill, admitted, its room recorded, answered after one token; decode,
+    /// its KV fetched from the prefill server first. Returns the admission and the tokens
+    /// to produce.
+    pub async fn serve(self: &Arc<Self>, request: PromptRequest<'_>) -> Result<(Served, u32), OpenAiError> {
+        request.disagg.check().map_err(|error| self.refuse(error))?;
+        match self.config.disaggregation {
+            DisaggregationMode::Null => {
+                Ok((self.admit(request.tokens, request.rank, request.lora_name)?, request.max_tokens))
+            }
+            DisaggregationMode::Prefill => {
+                let served = self.admit(request.tokens, request.rank, request.lora_name)?;
+                if let Some(room) = request.disagg.bootstrap_room {
+                    self.rooms.record(room, served.rank(), served.admission.first_token_at, self.clock.elapsed());
+                }
+                Ok((served, 1))
+            }
+            DisaggregationMode::Decode => {
+                if let Err(error) = bootstrap::fetch(&self.client, request.disagg).await {
+                    self.counters.kv_transfer_failures.fetch_add(1, Ordering::Relaxed);
+                    return Err(self.refuse(error));
+                }
+                self.counters.kv_transfers.fetch_add(1, Ordering::Relaxed);
+                let admitted =
+                    self.engine().model.admit_transferred(self.clock.elapsed(), request.rank, request.tokens.len());
+                let admission = admitted.map_err(|error| self.refuse(error.into()))?;
+                Ok((self.served(admission), request.max_tokens))
+            }
+        }
     }
 
     /// Admits a request (see the module doc).
@@ -138,14 +190,19 @@ impl SimState {
             self.counters.batches_queued.fetch_add(1, Ordering::Relaxed);
         }
         drop(engine);
+        Ok(self.served(admission))
+    }
+
+    fn served(self: &Arc<Self>, admission: Admission) -> Served {
         self.counters.admitted.fetch_add(1, Ordering::Relaxed);
         let number = self.next_request.fetch_add(1, Ordering::Relaxed);
-        Ok(Served {
+        let rank = admission.rank;
+        Served {
             number,
             created: unix_seconds() as u64,
             admission,
-            in_flight: InFlight { state: Arc::clone(self), rank: target, finished: false },
-        })
+            in_flight: InFlight { state: Arc::clone(self), rank, finished: false },
+        }
     }
 
     /// Closes every rank's stream after publishing what is queued.
@@ -156,7 +213,8 @@ impl SimState {
         }
     }
 
-    fn due_instant(&self, due: Duration) -> tokio::time::Instant {
+    /// The instant `due` on the model's clock falls at.
+    pub fn due_instant(&self, due: Duration) -> tokio::time::Instant {
         tokio::time::Instant::from_std(self.clock + due)
     }
 }

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use kvroute_core::route::{Prompt, RouteError, RouteOptions, Router};
+use kvroute_core::route::{PdOptions, Prompt, Role, RouteError, RouteOptions, Router};
 use kvroute_core::RankKey;
 use serde_json::Value;
 
@@ -35,6 +35,22 @@ pub struct RequestLimits {
     pub max_output_tokens: u32,
     /// Pass the client's `Authorization` to the engine (not when it was kvroute's own token).
     pub forward_authorization: bool,
+}
+
+/// A disaggregated request's parts the decision needs.
+struct PdRequest<'a> {
+    json: &'a Value,
+    tokens: &'a [u32],
+    output_tokens: u32,
+}
+
+/// `json` (an object) with `fields`' keys set, as the upstream body.
+fn with_fields(json: &Value, fields: &impl serde::Serialize) -> Bytes {
+    let mut body = json.clone();
+    if let (Some(body), Ok(Value::Object(fields))) = (body.as_object_mut(), serde_json::to_value(fields)) {
+        body.extend(fields);
+    }
+    Bytes::from(body.to_string())
 }
 
 /// Why one attempt on one rank failed.
@@ -107,6 +123,10 @@ impl Proxy {
                 (spec.dp_start..spec.dp_start + spec.dp_size).map(move |rank| RankKey::new(worker.0, rank))
             }));
         }
+        if router.workers().iter().any(|spec| spec.role == Role::Prefill) {
+            let request = PdRequest { json: &json, tokens: &tokens, output_tokens };
+            return self.forward_disaggregated(router, endpoint, headers, request, excluded, limits).await;
+        }
         let mut last_failure: Option<AttemptError> = None;
         let mut attempts = 0;
         while attempts < self.config.max_attempts.max(1) {
@@ -135,22 +155,18 @@ impl Proxy {
                 }
                 Err(failure) => {
                     load.release_failed_attempt();
-                    let counter = match failure {
-                        AttemptError::Connect(_) => &self.metrics.failed_connect,
-                        AttemptError::Timeout => &self.metrics.failed_timeout,
-                        AttemptError::Status(_) => &self.metrics.failed_status,
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    if self.upstreams.record_failure(upstream.worker, Instant::now(), &self.config.health) {
-                        tracing::warn!(worker = upstream.worker.0, url = %upstream.base, "upstream worker keeps failing: out of decisions until its health probe answers");
-                    }
-                    tracing::debug!(worker = upstream.worker.0, dp_rank = decision.dp_rank.0, error = %describe(&failure), "upstream attempt failed");
+                    self.attempt_failed(&upstream, &failure);
                     excluded.push(rank);
                     last_failure = Some(failure);
                 }
             }
         }
-        Err(match last_failure {
+        Err(self.gave_up(last_failure, attempts))
+    }
+
+    /// The client's error once no attempt succeeded.
+    fn gave_up(&self, last_failure: Option<AttemptError>, attempts: u32) -> OpenAiError {
+        match last_failure {
             None => OpenAiError::unavailable(
                 "no upstream worker can take the request: none is registered with a url, or all are down",
             ),
@@ -162,7 +178,111 @@ impl Proxy {
                 StatusCode::BAD_GATEWAY,
                 format!("no upstream answered ({attempts} tried); the last: {}", describe(&failure)),
             ),
-        })
+        }
+    }
+
+    /// Counts a failed attempt on `upstream` and its health.
+    fn attempt_failed(&self, upstream: &Upstream, failure: &AttemptError) {
+        let counter = match failure {
+            AttemptError::Connect(_) => &self.metrics.failed_connect,
+            AttemptError::Timeout => &self.metrics.failed_timeout,
+            AttemptError::Status(_) => &self.metrics.failed_status,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if self.upstreams.record_failure(upstream.worker, Instant::now(), &self.config.health) {
+            tracing::warn!(worker = upstream.worker.0, url = %upstream.base, "upstream worker keeps failing: out of decisions until its health probe answers");
+        }
+        tracing::debug!(worker = upstream.worker.0, error = %describe(failure), "upstream attempt failed");
+    }
+
+    /// Prefill/decode disaggregation (SGLang): a prefill rank and a decode rank chosen
+    /// together with their bootstrap room, both requests sent at once with the fields
+    /// SGLang reads merged into the body, the decode answer streamed back, the prefill
+    /// answer drained. A failure on either side releases the load, excludes that side's
+    /// rank and tries again, up to `max_attempts`.
+    async fn forward_disaggregated(
+        &self,
+        router: &Arc<Router>,
+        endpoint: OpenAiEndpoint,
+        headers: &HeaderMap,
+        request: PdRequest<'_>,
+        mut excluded: Vec<RankKey>,
+        limits: RequestLimits,
+    ) -> Result<Response, OpenAiError> {
+        let mut last_failure: Option<AttemptError> = None;
+        let mut attempts = 0;
+        while attempts < self.config.max_attempts.max(1) {
+            let options =
+                PdOptions { excluded: &excluded, output_tokens: request.output_tokens, ..PdOptions::default() };
+            let decision = match router.route_disaggregated(Prompt::Tokens(request.tokens), &options) {
+                Ok(decision) => decision,
+                Err(RouteError::NoCandidates) => break,
+                Err(error) => return Err(OpenAiError::bad_request(error.to_string())),
+            };
+            let load = RequestLoad::new(Arc::clone(router), Arc::clone(&self.metrics), decision.request());
+            let prefill_rank = RankKey { worker: decision.prefill.worker, dp_rank: decision.prefill.dp_rank };
+            let decode_rank = RankKey { worker: decision.decode.worker, dp_rank: decision.decode.dp_rank };
+            let (Some(prefill), Some(decode)) =
+                (self.upstreams.get(prefill_rank.worker), self.upstreams.get(decode_rank.worker))
+            else {
+                load.release_failed_attempt();
+                for rank in [prefill_rank, decode_rank] {
+                    if self.upstreams.get(rank.worker).is_none() {
+                        excluded.push(rank);
+                    }
+                }
+                continue;
+            };
+            attempts += 1;
+            if attempts > 1 {
+                self.metrics.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            let prefill_body = with_fields(request.json, &decision.prefill_fields());
+            let decode_body = with_fields(request.json, &decision.decode_fields());
+            let (prefill_answer, decode_answer) = tokio::join!(
+                self.attempt(&prefill, endpoint, headers, &prefill_body, prefill_rank.dp_rank.0, limits),
+                self.attempt(&decode, endpoint, headers, &decode_body, decode_rank.dp_rank.0, limits),
+            );
+            match (prefill_answer, decode_answer) {
+                (Ok(prefill_response), Ok(decode_response)) => {
+                    self.upstreams.record_success(prefill.worker);
+                    self.upstreams.record_success(decode.worker);
+                    // The client reads the decode stream; the prefill answer is read and
+                    // dropped (its connection then goes back to the pool).
+                    tokio::spawn(async move {
+                        let _ = prefill_response.into_body().collect().await;
+                    });
+                    let mut response = passed_back(decode_response, load, decode_rank, decision.prefill.overlap_blocks);
+                    let headers = response.headers_mut();
+                    headers.insert(
+                        HeaderName::from_static("x-kvroute-prefill-worker-id"),
+                        HeaderValue::from(prefill_rank.worker.0),
+                    );
+                    headers.insert(
+                        HeaderName::from_static("x-kvroute-prefill-dp-rank"),
+                        HeaderValue::from(prefill_rank.dp_rank.0),
+                    );
+                    headers.insert(
+                        HeaderName::from_static("x-kvroute-bootstrap-room"),
+                        HeaderValue::from(decision.bootstrap.room.0),
+                    );
+                    return Ok(response);
+                }
+                (prefill_answer, decode_answer) => {
+                    load.release_failed_attempt();
+                    for (upstream, rank, answer) in
+                        [(&prefill, prefill_rank, prefill_answer), (&decode, decode_rank, decode_answer)]
+                    {
+                        if let Err(failure) = answer {
+                            self.attempt_failed(upstream, &failure);
+                            excluded.push(rank);
+                            last_failure = Some(failure);
+                        }
+                    }
+                }
+            }
+        }
+        Err(self.gave_up(last_failure, attempts))
     }
 
     /// One try on one rank: the response, once its head is a non-5xx.
