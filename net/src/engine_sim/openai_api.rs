@@ -25,7 +25,7 @@ use super::bootstrap::DisaggFields;
 use super::serving::{Output, PromptRequest, Served, SimState};
 use super::sim_tokens::{self, ChatTurn};
 use super::wire_json::{
-    header_rank, json_response, output_tokens, parse_json, sse_done, sse_json, sse_response, token_ids,
+    header_rank, json_response, output_tokens, parse_json, requested_rank, sse_done, sse_json, sse_response, token_ids,
 };
 use crate::openai_error::OpenAiError;
 
@@ -41,6 +41,9 @@ struct StreamOptions {
 #[derive(Deserialize)]
 struct CompletionRequest {
     model: Option<String>,
+    /// SGLang's OpenAI server also takes the DP rank in the body.
+    routed_dp_rank: Option<u32>,
+    data_parallel_rank: Option<u32>,
     prompt: Value,
     #[serde(flatten)]
     disagg: DisaggFields,
@@ -53,6 +56,9 @@ struct CompletionRequest {
 #[derive(Deserialize)]
 struct ChatRequest {
     model: Option<String>,
+    /// SGLang's OpenAI server also takes the DP rank in the body.
+    routed_dp_rank: Option<u32>,
+    data_parallel_rank: Option<u32>,
     messages: Vec<Value>,
     #[serde(flatten)]
     disagg: DisaggFields,
@@ -144,7 +150,12 @@ pub async fn completions(
         let lora = lora_of(&state, request.model.as_deref())?;
         let tokens = prompt_tokens(&request.prompt)?;
         let max_tokens = output_tokens(request.max_tokens, DEFAULT_MAX_TOKENS, "max_tokens")?;
-        Ok((request, lora, tokens, max_tokens, header_rank(&headers)?))
+        let rank = requested_rank(&[
+            ("X-data-parallel-rank", header_rank(&headers)?),
+            ("routed_dp_rank", request.routed_dp_rank),
+            ("data_parallel_rank", request.data_parallel_rank),
+        ])?;
+        Ok((request, lora, tokens, max_tokens, rank))
     })();
     let (request, lora, tokens, max_tokens, rank) = parsed.map_err(|error| state.refuse(error))?;
     let prompt =
@@ -199,7 +210,12 @@ pub async fn chat_completions(
         let tokens = sim_tokens::text_tokens(&sim_tokens::chat_prompt(&chat_turns(&request.messages)?));
         let asked = request.max_completion_tokens.or(request.max_tokens);
         let max_tokens = output_tokens(asked, DEFAULT_MAX_TOKENS, "max_tokens")?;
-        Ok((request, lora, tokens, max_tokens, header_rank(&headers)?))
+        let rank = requested_rank(&[
+            ("X-data-parallel-rank", header_rank(&headers)?),
+            ("routed_dp_rank", request.routed_dp_rank),
+            ("data_parallel_rank", request.data_parallel_rank),
+        ])?;
+        Ok((request, lora, tokens, max_tokens, rank))
     })();
     let (request, lora, tokens, max_tokens, rank) = parsed.map_err(|error| state.refuse(error))?;
     let prompt =
@@ -247,7 +263,7 @@ pub async fn models(State(state): State<Arc<SimState>>) -> axum::Json<Value> {
     let base = &state.config.served_model_name;
     let max_model_len = state.config.model.max_prompt_tokens;
     let entry = |id: &str, parent: Option<&str>| {
-        json!({"id": id, "object": "model", "created": 0, "owned_by": "vllm", "root": parent.unwrap_or(id),
+        json!({"id": id, "object": "model", "created": 0, "owned_by": state.config.kind.name(), "root": parent.unwrap_or(id),
             "parent": parent, "max_model_len": max_model_len})
     };
     let mut data = vec![entry(base, None)];
