@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use kvroute_net::engine_sim::{DisaggregationMode, EngineKind, EngineSim};
 use kvroute_net::serve::{ServeConfig, ServeError, ServeOptions};
 use kvroute_tests::http_client::{read_frames, HttpClient, HttpReply};
-use kvroute_tests::sims::{start_sim, start_sim_on, SimShape};
+use kvroute_tests::sims::{start_sim, start_sim_on, SimShape, ADAPTER};
 use serde_json::{json, Value};
 
 type Daemon = (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), ServeError>>);
@@ -360,4 +360,44 @@ async fn disaggregated_requests_go_to_a_prefill_rank_and_a_decode_rank_tied_by_t
     stop_daemon(daemon).await;
     prefill.shutdown().await;
     decode.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lora_request_is_credited_with_its_adapters_blocks_only() {
+    let sim = start_sim(SimShape::vllm(2)).await;
+    let daemon = start_daemon("", "", &worker_toml(1, &sim, 2)).await;
+    let base = format!("http://{}", daemon.0);
+    let client = HttpClient::default();
+    eventually("engine subscriptions", async || {
+        metric_sum(&client, &base, "kvroute_engine_rank_connected").await >= 2.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let tokens: Vec<u32> = (0..96).map(|t| t * 3 + 11).collect();
+    let send = |model: &'static str| {
+        let (client, url, tokens) = (client.clone(), format!("{base}/v1/completions"), tokens.clone());
+        async move { client.post_json(&url, &json!({"model": model, "prompt": tokens, "max_tokens": 1}), &[]).await }
+    };
+    let first = send(ADAPTER).await;
+    assert_eq!(first.status, 200);
+    let (_, rank, _) = routed(&first);
+    eventually("the adapter's blocks in the index", async || {
+        let overlaps = client
+            .post_json(&format!("{base}/v1/overlaps"), &json!({"tokens": tokens, "lora_name": ADAPTER}), &[])
+            .await
+            .json();
+        overlaps["overlaps"].as_array().is_some_and(|o| !o.is_empty())
+    })
+    .await;
+    // The adapter's second request is routed to the rank holding its blocks, the base
+    // model's is credited with none of them.
+    let again = send(ADAPTER).await;
+    assert_eq!(routed(&again).1, rank);
+    assert_eq!(routed(&again).2, 6, "96 tokens = 6 blocks under the adapter");
+    assert_eq!(cached_tokens(&again, false), 80, "the engine agrees (the last block is computed again)");
+    let plain = send("kvroute-sim").await;
+    assert_eq!(routed(&plain).2, 0, "a plain request gets none of the adapter's blocks");
+    assert_eq!(cached_tokens(&plain, false), 0);
+    stop_daemon(daemon).await;
+    sim.shutdown().await;
 }

@@ -10,11 +10,13 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use kvroute_core::hashing::BlockIdentity;
 use kvroute_core::route::{PdOptions, Prompt, Role, RouteError, RouteOptions, Router};
 use kvroute_core::RankKey;
 use serde_json::Value;
 
 use super::load_guard::{MeteredBody, RequestLoad};
+use super::lora_names::Lookup;
 use super::prompt_tokens::{prompt_input, requested_output_tokens, tokenize_answer, OpenAiEndpoint, PromptInput};
 use super::upstreams::Upstream;
 use super::Proxy;
@@ -40,7 +42,7 @@ pub struct RequestLimits {
 /// A disaggregated request's parts the decision needs.
 struct PdRequest<'a> {
     json: &'a Value,
-    tokens: &'a [u32],
+    prompt: Prompt<'a>,
     output_tokens: u32,
 }
 
@@ -117,6 +119,12 @@ impl Proxy {
             None => 0,
         };
 
+        let lora = self.lora_of(&json).await;
+        let identity = BlockIdentity { lora_name: lora.as_deref(), ..BlockIdentity::default() };
+        let prompt = match lora {
+            Some(_) => Prompt::TokensWith(&tokens, identity),
+            None => Prompt::Tokens(&tokens),
+        };
         let mut excluded: Vec<RankKey> = Vec::new();
         for worker in self.upstreams.down_workers() {
             excluded.extend(router.workers().iter().filter(|spec| spec.worker == worker).flat_map(|spec| {
@@ -124,14 +132,14 @@ impl Proxy {
             }));
         }
         if router.workers().iter().any(|spec| spec.role == Role::Prefill) {
-            let request = PdRequest { json: &json, tokens: &tokens, output_tokens };
+            let request = PdRequest { json: &json, prompt, output_tokens };
             return self.forward_disaggregated(router, endpoint, headers, request, excluded, limits).await;
         }
         let mut last_failure: Option<AttemptError> = None;
         let mut attempts = 0;
         while attempts < self.config.max_attempts.max(1) {
             let options = RouteOptions { excluded: &excluded, output_tokens, ..RouteOptions::default() };
-            let decision = match router.best_worker(Prompt::Tokens(&tokens), &options) {
+            let decision = match router.best_worker(prompt, &options) {
                 Ok(decision) => decision,
                 Err(RouteError::NoCandidates) => break,
                 Err(error) => return Err(OpenAiError::bad_request(error.to_string())),
@@ -214,7 +222,7 @@ impl Proxy {
         while attempts < self.config.max_attempts.max(1) {
             let options =
                 PdOptions { excluded: &excluded, output_tokens: request.output_tokens, ..PdOptions::default() };
-            let decision = match router.route_disaggregated(Prompt::Tokens(request.tokens), &options) {
+            let decision = match router.route_disaggregated(request.prompt, &options) {
                 Ok(decision) => decision,
                 Err(RouteError::NoCandidates) => break,
                 Err(error) => return Err(OpenAiError::bad_request(error.to_string())),
@@ -317,6 +325,37 @@ impl Proxy {
             return Err(AttemptError::Status(response.status()));
         }
         Ok(response)
+    }
+
+    /// The LoRA adapter the request runs under ([`super::lora_names`]), fetching the
+    /// upstreams' model list when it is due.
+    async fn lora_of(&self, json: &Value) -> Option<String> {
+        match self.lora_names.adapter_of(json, Instant::now()) {
+            Lookup::Known(adapter) => adapter,
+            Lookup::Fetch => {
+                let models = self.fetch_models().await;
+                self.lora_names.store(models.as_ref(), Instant::now());
+                match self.lora_names.adapter_of(json, Instant::now()) {
+                    Lookup::Known(adapter) => adapter,
+                    Lookup::Fetch => None,
+                }
+            }
+        }
+    }
+
+    /// `GET /v1/models` of the first healthy upstream that answers, as JSON.
+    async fn fetch_models(&self) -> Option<Value> {
+        let down = self.upstreams.down_workers();
+        for upstream in self.upstreams.all().into_iter().filter(|upstream| !down.contains(&upstream.worker)) {
+            if let Ok((status, body)) = self.client.get(&upstream.url("/v1/models"), self.config.probe_timeout).await {
+                if status.is_success() {
+                    if let Ok(models) = serde_json::from_slice(&body) {
+                        return Some(models);
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// The engine's token ids for a `/tokenize` body, from the first healthy upstream.

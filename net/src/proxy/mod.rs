@@ -7,6 +7,8 @@
 //! One request ([`Proxy::forward`]):
 //! 1. The body is JSON; its prompt becomes token ids ([`prompt_tokens`]): given ids as
 //!    they are, text and chat messages through a healthy engine's own `/tokenize`.
+//!    A LoRA request's blocks are hashed under its adapter ([`lora_names`]: SGLang's
+//!    `lora_path`, or a vLLM `model` that the engines list as an adapter).
 //! 2. The router decides over every rank not excluded (ranks of workers that are down,
 //!    and ranks that already failed this request) and charges the rank's load.
 //! 3. The request goes to the worker's `url` + the same path, body unchanged, within
@@ -26,6 +28,7 @@
 mod forward;
 pub mod health;
 pub mod load_guard;
+pub mod lora_names;
 pub mod prompt_tokens;
 pub mod upstreams;
 
@@ -99,12 +102,19 @@ pub struct Proxy {
     pub upstreams: Upstreams,
     pub metrics: Arc<ProxyMetrics>,
     client: HttpClient,
+    lora_names: lora_names::LoraNames,
 }
 
 impl Proxy {
     pub fn new(config: ProxyConfig) -> Proxy {
         let client = HttpClient::new(config.connect_timeout);
-        Proxy { config, upstreams: Upstreams::default(), metrics: Arc::default(), client }
+        Proxy {
+            config,
+            upstreams: Upstreams::default(),
+            metrics: Arc::default(),
+            client,
+            lora_names: Default::default(),
+        }
     }
 
     /// Probes down workers until `stop` turns true: every 100 ms, each worker whose probe
