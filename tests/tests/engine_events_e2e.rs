@@ -27,25 +27,10 @@ use kvroute_core::{BlockHash, EngineHash, RankKey, WorkerId};
 use kvroute_net::engine_ingest::{EngineIngest, EngineIngestConfig, EngineKind, EngineSource};
 use kvroute_net::engine_zmq::{EngineEndpoint, EnginePublisher, EnginePublisherOptions};
 use kvroute_tests::ports::free_base_port;
+use kvroute_tests::rng::Rng;
 
 const BLOCK: usize = 16;
 const DP: u32 = 2;
-
-/// A deterministic generator (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// One engine rank's cache, as the engine sees it: held blocks by hash, with their token
 /// paths from the root.

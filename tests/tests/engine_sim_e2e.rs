@@ -20,27 +20,12 @@ use kvroute_core::{RankKey, WorkerId};
 use kvroute_net::engine_ingest::{EngineIngest, EngineIngestConfig, EngineKind as IngestKind, EngineSource};
 use kvroute_net::engine_sim::{EngineKind, EngineSim};
 use kvroute_tests::http_client::{read_frames, HttpClient};
+use kvroute_tests::rng::Rng;
 use kvroute_tests::sims::{self, SimShape, ADAPTER};
 use serde_json::json;
 
 const ROUTER_BLOCK: u32 = 16;
 const WORKER: u64 = 7;
-
-/// A deterministic generator (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 async fn start_sim(
     kind: EngineKind,

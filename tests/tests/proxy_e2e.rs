@@ -94,6 +94,16 @@ async fn metric_sum(client: &HttpClient, base: &str, family: &str) -> f64 {
         .sum()
 }
 
+/// Waits until the daemon's subscriptions to `ranks` engine ranks are connected (and their
+/// subscription messages had a moment to follow).
+async fn wait_subscribed(client: &HttpClient, base: &str, ranks: u32) {
+    eventually("engine subscriptions", async || {
+        metric_sum(client, base, "kvroute_engine_rank_connected").await >= f64::from(ranks)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
 fn routed(reply: &HttpReply) -> (u64, u32, u32) {
     let number = |name: &str| reply.header(name).unwrap_or_else(|| panic!("no {name}")).parse::<u64>().unwrap();
     (number("x-kvroute-worker-id"), number("x-kvroute-dp-rank") as u32, number("x-kvroute-overlap-blocks") as u32)
@@ -117,11 +127,7 @@ async fn a_prompt_goes_to_the_rank_holding_its_prefix_and_every_load_returns_to_
     let base = format!("http://{}", daemon.0);
     let client = HttpClient::default();
     // The subscriptions connect.
-    eventually("engine subscriptions", async || {
-        metric_sum(&client, &base, "kvroute_engine_rank_connected").await >= 4.0
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_subscribed(&client, &base, 4).await;
 
     let mut served = Vec::new();
     for (i, stream) in [false, true, false, true].into_iter().enumerate() {
@@ -314,11 +320,7 @@ async fn disaggregated_requests_go_to_a_prefill_rank_and_a_decode_rank_tied_by_t
     let daemon = start_daemon("", "", &workers).await;
     let base = format!("http://{}", daemon.0);
     let client = HttpClient::default();
-    eventually("engine subscriptions", async || {
-        metric_sum(&client, &base, "kvroute_engine_rank_connected").await >= 4.0
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_subscribed(&client, &base, 4).await;
 
     let (mut prefill_ranks, mut decode_ranks) = (std::collections::HashSet::new(), std::collections::HashSet::new());
     for i in 0..24u32 {
@@ -368,11 +370,7 @@ async fn a_lora_request_is_credited_with_its_adapters_blocks_only() {
     let daemon = start_daemon("", "", &worker_toml(1, &sim, 2)).await;
     let base = format!("http://{}", daemon.0);
     let client = HttpClient::default();
-    eventually("engine subscriptions", async || {
-        metric_sum(&client, &base, "kvroute_engine_rank_connected").await >= 2.0
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_subscribed(&client, &base, 2).await;
     let tokens: Vec<u32> = (0..96).map(|t| t * 3 + 11).collect();
     let send = |model: &'static str| {
         let (client, url, tokens) = (client.clone(), format!("{base}/v1/completions"), tokens.clone());

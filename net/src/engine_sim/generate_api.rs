@@ -23,7 +23,7 @@ use super::bootstrap::DisaggFields;
 use super::serving::{Output, PromptRequest, SimState};
 use super::sim_tokens;
 use super::wire_json::{
-    header_rank, json_response, output_tokens, parse_json, requested_rank, sse_done, sse_json, sse_response, token_ids,
+    json_response, named_rank, output_tokens, parse_json, sse_done, sse_json, sse_response, token_ids,
 };
 use crate::openai_error::OpenAiError;
 
@@ -87,11 +87,7 @@ pub async fn generate(
                 return Err(OpenAiError::bad_request(format!("unknown lora_path `{adapter}`")));
             }
         }
-        let rank = requested_rank(&[
-            ("X-data-parallel-rank", header_rank(&headers)?),
-            ("routed_dp_rank", request.routed_dp_rank),
-            ("data_parallel_rank", request.data_parallel_rank),
-        ])?;
+        let rank = named_rank(&headers, request.routed_dp_rank, request.data_parallel_rank)?;
         Ok((request, tokens, max_tokens, rank))
     })();
     let (request, tokens, max_tokens, rank) = parsed.map_err(|error| state.refuse(error))?;

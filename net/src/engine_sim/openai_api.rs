@@ -25,7 +25,7 @@ use super::bootstrap::DisaggFields;
 use super::serving::{Output, PromptRequest, Served, SimState};
 use super::sim_tokens::{self, ChatTurn};
 use super::wire_json::{
-    header_rank, json_response, output_tokens, parse_json, requested_rank, sse_done, sse_json, sse_response, token_ids,
+    json_response, named_rank, output_tokens, parse_json, sse_done, sse_json, sse_response, token_ids,
 };
 use crate::openai_error::OpenAiError;
 
@@ -150,11 +150,7 @@ pub async fn completions(
         let lora = lora_of(&state, request.model.as_deref())?;
         let tokens = prompt_tokens(&request.prompt)?;
         let max_tokens = output_tokens(request.max_tokens, DEFAULT_MAX_TOKENS, "max_tokens")?;
-        let rank = requested_rank(&[
-            ("X-data-parallel-rank", header_rank(&headers)?),
-            ("routed_dp_rank", request.routed_dp_rank),
-            ("data_parallel_rank", request.data_parallel_rank),
-        ])?;
+        let rank = named_rank(&headers, request.routed_dp_rank, request.data_parallel_rank)?;
         Ok((request, lora, tokens, max_tokens, rank))
     })();
     let (request, lora, tokens, max_tokens, rank) = parsed.map_err(|error| state.refuse(error))?;
@@ -210,11 +206,7 @@ pub async fn chat_completions(
         let tokens = sim_tokens::text_tokens(&sim_tokens::chat_prompt(&chat_turns(&request.messages)?));
         let asked = request.max_completion_tokens.or(request.max_tokens);
         let max_tokens = output_tokens(asked, DEFAULT_MAX_TOKENS, "max_tokens")?;
-        let rank = requested_rank(&[
-            ("X-data-parallel-rank", header_rank(&headers)?),
-            ("routed_dp_rank", request.routed_dp_rank),
-            ("data_parallel_rank", request.data_parallel_rank),
-        ])?;
+        let rank = named_rank(&headers, request.routed_dp_rank, request.data_parallel_rank)?;
         Ok((request, lora, tokens, max_tokens, rank))
     })();
     let (request, lora, tokens, max_tokens, rank) = parsed.map_err(|error| state.refuse(error))?;

@@ -55,6 +55,20 @@ pub fn requested_rank(candidates: &[(&str, Option<u32>)]) -> Result<Option<u32>,
     Ok(chosen.map(|(_, rank)| rank))
 }
 
+/// The DP rank a request names: the `X-data-parallel-rank` header, SGLang's body fields
+/// `routed_dp_rank` and (older) `data_parallel_rank`; two that disagree are a 400.
+pub fn named_rank(
+    headers: &HeaderMap,
+    routed_dp_rank: Option<u32>,
+    data_parallel_rank: Option<u32>,
+) -> Result<Option<u32>, OpenAiError> {
+    requested_rank(&[
+        ("X-data-parallel-rank", header_rank(headers)?),
+        ("routed_dp_rank", routed_dp_rank),
+        ("data_parallel_rank", data_parallel_rank),
+    ])
+}
+
 /// A JSON value as token ids: every element an integer in `0..2^32`.
 pub fn token_ids(value: &serde_json::Value, what: &str) -> Result<Vec<u32>, OpenAiError> {
     let bad =
