@@ -1,11 +1,14 @@
 //! The simulator's routes (see the module doc of `engine_sim` for what each answers), a
-//! request body limit, JSON 404s, `GET /sim/stats` and a prefill server's
-//! `GET /sim/bootstrap/{room}`.
+//! request body limit, JSON 404s, `GET /sim/stats`, a prefill server's
+//! `GET /sim/bootstrap/{room}`, and transit times: a request stamped with its send time
+//! ([`SENT_AT_HEADER`]) is timed on arrival, and `GET /sim/transits` hands the times over
+//! (a router's added latency is its transit minus a direct request's).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::Next;
 use axum::routing::{get, post};
 use serde_json::{json, Value};
 
@@ -32,9 +35,31 @@ pub fn app(state: Arc<SimState>) -> axum::Router {
         .route("/version", get(version))
         .route("/sim/stats", get(stats))
         .route("/sim/bootstrap/{room}", get(bootstrap::lookup))
+        .route("/sim/transits", get(transits))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), record_transit))
         .with_state(state)
+}
+
+/// The request header a load generator stamps with its send time (Unix nanoseconds), so
+/// that the simulator can tell how long the request took to reach it through a router.
+pub const SENT_AT_HEADER: &str = "x-kvroute-sent-at";
+
+/// Records the transit time of a request stamped with [`SENT_AT_HEADER`] (its head's arrival
+/// here minus the stamp), before anything else is done with it.
+async fn record_transit(State(state): State<Arc<SimState>>, request: Request, next: Next) -> axum::response::Response {
+    let sent = request.headers().get(SENT_AT_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u128>().ok());
+    if let Some(sent) = sent {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        state.record_transit(now.saturating_sub(sent));
+    }
+    next.run(request).await
+}
+
+/// `GET /sim/transits`: the transit times recorded since the last call, in nanoseconds.
+async fn transits(State(state): State<Arc<SimState>>) -> axum::Json<Value> {
+    axum::Json(json!({"transit_ns": state.take_transits()}))
 }
 
 async fn health() -> &'static str {

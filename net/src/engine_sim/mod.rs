@@ -40,14 +40,16 @@ mod app;
 mod bootstrap;
 mod config;
 mod events;
+mod fleet;
 mod generate_api;
 mod openai_api;
 mod serving;
 pub mod sim_tokens;
 mod wire_json;
 
-pub use app::app;
+pub use app::{app, SENT_AT_HEADER};
 pub use config::{DisaggregationMode, EngineKind, EngineSimConfig, EngineSimError};
+pub use fleet::SimFleet;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -117,6 +119,16 @@ impl EngineSim {
     /// router fed the rank's events should credit it with.
     pub fn held_prefix_blocks(&self, rank: u32, tokens: &[u32], lora_name: Option<&str>) -> Option<usize> {
         self.state.held_prefix_blocks(rank, tokens, lora_name)
+    }
+
+    /// Its data-parallel ranks.
+    pub fn dp_size(&self) -> u32 {
+        self.state.config.model.dp_size
+    }
+
+    /// Transit times of stamped requests since the last call (see `/sim/transits`).
+    pub fn take_transits(&self) -> Vec<u64> {
+        self.state.take_transits()
     }
 
     /// Event batches queued for publishing so far (every rank).

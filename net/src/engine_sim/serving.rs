@@ -66,7 +66,13 @@ pub struct SimState {
     pub rooms: BootstrapRooms,
     /// Decode servers: asks prefill servers for the KV.
     client: HttpClient,
+    /// Transit times of stamped requests (nanoseconds), until taken; at most
+    /// [`MAX_TRANSITS`] are kept.
+    transits: Mutex<Vec<u64>>,
 }
+
+/// Transit times kept before new ones are dropped (a load generator takes them as it goes).
+pub const MAX_TRANSITS: usize = 1 << 22;
 
 /// A request as every API hands it to [`SimState::serve`].
 pub struct PromptRequest<'a> {
@@ -97,6 +103,7 @@ impl SimState {
             counters: SimCounters::default(),
             rooms: BootstrapRooms::default(),
             client: HttpClient::new(Duration::from_secs(2)),
+            transits: Mutex::new(Vec::new()),
         }
     }
 
@@ -113,6 +120,17 @@ impl SimState {
 
     pub fn stats(&self) -> Vec<RankStats> {
         self.engine().model.stats()
+    }
+
+    pub fn record_transit(&self, nanos: u128) {
+        let mut transits = self.transits.lock().unwrap_or_else(PoisonError::into_inner);
+        if transits.len() < MAX_TRANSITS {
+            transits.push(u64::try_from(nanos).unwrap_or(u64::MAX));
+        }
+    }
+
+    pub fn take_transits(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.transits.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     pub fn held_prefix_blocks(&self, rank: u32, tokens: &[u32], lora_name: Option<&str>) -> Option<usize> {

@@ -25,7 +25,9 @@ use crate::openai_error::OpenAiError;
 /// The header carrying the chosen DP rank to the engine.
 const DP_RANK_HEADER: &str = "x-data-parallel-rank";
 /// Client headers passed on to the engine.
-const FORWARDED_HEADERS: [&str; 4] = ["authorization", "x-request-id", "traceparent", "tracestate"];
+/// (`x-kvroute-sent-at`: a load generator's send stamp, which the engine simulator times.)
+const FORWARDED_HEADERS: [&str; 5] =
+    ["authorization", "x-request-id", "traceparent", "tracestate", "x-kvroute-sent-at"];
 /// Upstream headers not passed back (hop-by-hop, or redone by the server).
 const HOP_BY_HOP: [&str; 7] =
     ["connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"];

@@ -186,6 +186,41 @@ pub async fn serve_on(
     Ok(())
 }
 
+/// A daemon serving in this process (the live demo, benchmarks, tests).
+pub struct RunningDaemon {
+    /// Where its HTTP API and proxy listen.
+    pub http_address: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+impl RunningDaemon {
+    /// Starts a daemon with `config` on a free loopback HTTP port.
+    pub async fn start(config: ServeConfig) -> Result<RunningDaemon, ServeError> {
+        let listen: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+        let listener = TcpListener::bind(listen).await.map_err(|error| ServeError::Bind { addr: listen, error })?;
+        let http_address =
+            listener.local_addr().map_err(|error| ServeError::Io { action: "read the listen address", error })?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve_on(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        Ok(RunningDaemon { http_address, stop, task })
+    }
+
+    /// Shuts it down as a signal would, waiting at most `limit`.
+    pub async fn shutdown(self, limit: std::time::Duration) -> Result<(), ServeError> {
+        let _ = self.stop.send(());
+        match tokio::time::timeout(limit, self.task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => {
+                Err(ServeError::Io { action: "join the daemon", error: std::io::Error::other(join.to_string()) })
+            }
+            Err(_) => Err(ServeError::Io { action: "shut down", error: std::io::Error::other("timed out") }),
+        }
+    }
+}
+
 /// Resolves at the first SIGINT (Ctrl-C) or SIGTERM.
 pub async fn shutdown_signal() {
     let interrupt = async {

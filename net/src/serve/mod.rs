@@ -67,7 +67,7 @@ pub mod worker_registration;
 pub use api_error::{ApiError, ErrorKind};
 pub use auth::BearerToken;
 pub use config::{ApiLimits, ConfigError, ServeConfig, TlsMode};
-pub use daemon::{run, serve_on, serve_until, shutdown_signal};
+pub use daemon::{run, serve_on, serve_until, shutdown_signal, RunningDaemon};
 pub use error::ServeError;
 pub use metrics::{IngestCounterSource, MetricKind, MetricSample, ServeMetrics};
 pub use options::{ServeArgs, ServeOptions};

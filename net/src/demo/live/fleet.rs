@@ -2,18 +2,13 @@
 //! `kvroute serve` daemon (in this process) subscribed to their KV events with each engine
 //! as an upstream of its proxy.
 //!
-//! Engines bind their per-rank ZeroMQ ports as real ones do (base + rank, replay base +
-//! rank); a base whose run of ports is taken is skipped for the next candidate.
+//! Engines bind their per-rank ZeroMQ ports as real ones do ([`SimFleet`]).
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use kvroute_core::sim::{EngineModelConfig, EngineTiming};
-use kvroute_net::engine_sim::{EngineKind, EngineSim, EngineSimConfig};
-use kvroute_net::serve::{ServeConfig, ServeError, ServeOptions, WorkerRegistration};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use kvroute_net::engine_sim::{EngineKind, EngineSimConfig, SimFleet};
+use kvroute_net::serve::{RunningDaemon, ServeConfig, ServeOptions};
 
 use super::super::{DemoArgs, DemoError};
 use kvroute_net::http_client::HttpClient;
@@ -58,13 +53,10 @@ impl LiveSettings {
     }
 }
 
-/// A daemon running in this process: its HTTP address, its stop signal and its task.
-type Daemon = (SocketAddr, oneshot::Sender<()>, JoinHandle<Result<(), ServeError>>);
-
 /// A running fleet.
 pub struct LiveFleet {
-    engines: Vec<EngineSim>,
-    daemon: Option<Daemon>,
+    engines: SimFleet,
+    daemon: Option<RunningDaemon>,
 }
 
 /// First ZeroMQ base port tried; each engine takes `2 x dp_size` ports from its base.
@@ -73,13 +65,21 @@ const FIRST_BASE_PORT: u32 = 21_000;
 impl LiveFleet {
     /// Starts the engines and, with `router`, the daemon (waiting for its subscriptions).
     pub async fn start(settings: &LiveSettings, router: bool) -> Result<LiveFleet, DemoError> {
-        let mut engines = Vec::with_capacity(settings.workers as usize);
-        let mut base = FIRST_BASE_PORT;
-        for _ in 0..settings.workers {
-            let (engine, next) = start_engine(settings, base).await?;
-            engines.push(engine);
-            base = next;
-        }
+        let mut template = EngineSimConfig::new(EngineKind::Vllm, "127.0.0.1:0".parse().expect("address"));
+        template.model = EngineModelConfig {
+            dp_size: settings.dp_size,
+            block_size: settings.block_size,
+            capacity_blocks: settings.capacity_blocks,
+            max_prompt_tokens: 1 << 20,
+            timing: EngineTiming {
+                prefill_overhead: Duration::from_millis(2),
+                prefill_per_token: Duration::from_micros(settings.prefill_us_per_token),
+                decode_per_token: Duration::from_millis(settings.decode_ms_per_token),
+            },
+        };
+        let engines = SimFleet::start(&template, settings.workers, FIRST_BASE_PORT)
+            .await
+            .map_err(|e| DemoError::Config(format!("the simulated engines: {e}")))?;
         let mut fleet = LiveFleet { engines, daemon: None };
         if router {
             fleet.daemon = Some(start_daemon(settings, &fleet.engines).await?);
@@ -90,14 +90,13 @@ impl LiveFleet {
 
     /// The proxy's base URL (kvroute's run).
     pub fn proxy_url(&self) -> Option<String> {
-        self.daemon.as_ref().map(|(addr, _, _)| format!("http://{addr}"))
+        self.daemon.as_ref().map(|daemon| format!("http://{}", daemon.http_address))
     }
 
     /// Every engine's base URL, by worker id.
     pub fn engine_urls(&self) -> Vec<String> {
-        self.engines.iter().map(|engine| format!("http://{}", engine.http_address())).collect()
+        self.engines.urls()
     }
-
     async fn wait_subscribed(&self, settings: &LiveSettings) -> Result<(), DemoError> {
         let Some(url) = self.proxy_url() else { return Ok(()) };
         let client = HttpClient::new(Duration::from_secs(2));
@@ -147,60 +146,17 @@ impl LiveFleet {
     }
 
     pub async fn shutdown(self) {
-        if let Some((_, stop, task)) = self.daemon {
-            let _ = stop.send(());
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        if let Some(daemon) = self.daemon {
+            if let Err(error) = daemon.shutdown(Duration::from_secs(10)).await {
+                eprintln!("kvroute demo: the router did not shut down cleanly: {error}");
+            }
         }
-        for engine in self.engines {
-            engine.shutdown().await;
-        }
+        self.engines.shutdown().await;
     }
 }
 
-/// One engine with its ports from the first free run at or after `base`; returns it and
-/// the next base to try.
-async fn start_engine(settings: &LiveSettings, mut base: u32) -> Result<(EngineSim, u32), DemoError> {
-    let dp = settings.dp_size;
-    for _ in 0..64 {
-        if base + 2 * dp > u32::from(u16::MAX) {
-            break;
-        }
-        let mut config = EngineSimConfig::new(EngineKind::Vllm, "127.0.0.1:0".parse().expect("address"));
-        config.model = EngineModelConfig {
-            dp_size: dp,
-            block_size: settings.block_size,
-            capacity_blocks: settings.capacity_blocks,
-            max_prompt_tokens: 1 << 20,
-            timing: EngineTiming {
-                prefill_overhead: Duration::from_millis(2),
-                prefill_per_token: Duration::from_micros(settings.prefill_us_per_token),
-                decode_per_token: Duration::from_millis(settings.decode_ms_per_token),
-            },
-        };
-        config.kv_events_port = Some(base as u16);
-        config.replay_port = Some((base + dp) as u16);
-        match EngineSim::start(config).await {
-            Ok(engine) => return Ok((engine, base + 2 * dp)),
-            Err(_) => base += 2 * dp,
-        }
-    }
-    Err(DemoError::Config("no free run of loopback ports for the engines' KV events".into()))
-}
-
-async fn start_daemon(settings: &LiveSettings, engines: &[EngineSim]) -> Result<Daemon, DemoError> {
+async fn start_daemon(settings: &LiveSettings, engines: &SimFleet) -> Result<RunningDaemon, DemoError> {
     let config_error = |e: String| DemoError::Config(format!("the router: {e}"));
-    let mut workers = Vec::new();
-    for (worker, engine) in engines.iter().enumerate() {
-        let endpoint = engine.subscriber_endpoint(0).ok_or_else(|| config_error("an engine without events".into()))?;
-        let replay = engine.replay_endpoint(0).map(|e| e.to_string());
-        let spec = format!(
-            "worker_id={worker},dp_size={},url=http://{},endpoint={endpoint}{}",
-            settings.dp_size,
-            engine.http_address(),
-            replay.map(|r| format!(",replay={r}")).unwrap_or_default()
-        );
-        workers.push(WorkerRegistration::parse_flag(&spec).map_err(config_error)?);
-    }
     let udp = std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
         .map_err(|e| config_error(e.to_string()))?;
@@ -209,13 +165,7 @@ async fn start_daemon(settings: &LiveSettings, engines: &[EngineSim]) -> Result<
         settings.block_size
     ))
     .map_err(|e| config_error(e.to_string()))?;
-    options.workers = workers;
+    options.workers = engines.worker_registrations().map_err(config_error)?;
     let config = ServeConfig::resolve(options).map_err(|e| config_error(e.to_string()))?;
-    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| config_error(e.to_string()))?;
-    let addr = listener.local_addr().map_err(|e| config_error(e.to_string()))?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(kvroute_net::serve::serve_on(config, listener, async move {
-        let _ = stopped.await;
-    }));
-    Ok((addr, stop, task))
+    RunningDaemon::start(config).await.map_err(|e| config_error(e.to_string()))
 }
