@@ -44,7 +44,8 @@ struct CompletionRequest {
     /// SGLang's OpenAI server also takes the DP rank in the body.
     routed_dp_rank: Option<u32>,
     data_parallel_rank: Option<u32>,
-    prompt: Value,
+    /// Raw, so that plain token ids are read straight into a `Vec<u32>`.
+    prompt: Box<serde_json::value::RawValue>,
     #[serde(flatten)]
     disagg: DisaggFields,
     max_tokens: Option<u64>,
@@ -82,6 +83,14 @@ fn lora_of(state: &SimState, model: Option<&str>) -> Result<Option<String>, Open
         Some(name) if name == state.config.served_model_name => Ok(None),
         Some(name) if state.config.lora_adapters.iter().any(|adapter| adapter == name) => Ok(Some(name.to_owned())),
         Some(name) => Err(OpenAiError::not_found(format!("The model `{name}` does not exist."))),
+    }
+}
+
+/// [`prompt_tokens`] of a raw prompt, plain token ids read without a `Value` per id.
+fn raw_prompt_tokens(raw: &serde_json::value::RawValue) -> Result<Vec<u32>, OpenAiError> {
+    match serde_json::from_str::<Vec<u32>>(raw.get()) {
+        Ok(ids) if !ids.is_empty() => Ok(ids),
+        _ => prompt_tokens(&serde_json::from_str(raw.get()).map_err(|e| OpenAiError::bad_request(e.to_string()))?),
     }
 }
 
@@ -148,7 +157,7 @@ pub async fn completions(
     let parsed = (|| {
         let request: CompletionRequest = parse_json(&body)?;
         let lora = lora_of(&state, request.model.as_deref())?;
-        let tokens = prompt_tokens(&request.prompt)?;
+        let tokens = raw_prompt_tokens(&request.prompt)?;
         let max_tokens = output_tokens(request.max_tokens, DEFAULT_MAX_TOKENS, "max_tokens")?;
         let rank = named_rank(&headers, request.routed_dp_rank, request.data_parallel_rank)?;
         Ok((request, lora, tokens, max_tokens, rank))

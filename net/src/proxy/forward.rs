@@ -17,7 +17,9 @@ use serde_json::Value;
 
 use super::load_guard::{MeteredBody, RequestLoad};
 use super::lora_names::Lookup;
-use super::prompt_tokens::{prompt_input, requested_output_tokens, tokenize_answer, OpenAiEndpoint, PromptInput};
+use super::prompt_tokens::{
+    prompt_input, requested_output_tokens, tokenize_answer, OpenAiEndpoint, PromptInput, RequestBody,
+};
 use super::upstreams::Upstream;
 use super::Proxy;
 use crate::openai_error::OpenAiError;
@@ -94,14 +96,13 @@ impl Proxy {
         body: Bytes,
         limits: RequestLimits,
     ) -> Result<Response, OpenAiError> {
-        let json: Value = serde_json::from_slice(&body)
-            .map_err(|error| OpenAiError::bad_request(format!("invalid JSON body: {error}")))?;
-        if !json.is_object() {
-            return Err(OpenAiError::bad_request("the body must be a JSON object"));
-        }
-        let tokens = match prompt_input(endpoint, &json)? {
-            PromptInput::Tokens(tokens) => tokens,
-            PromptInput::Tokenize(request) => self.tokenize(&request).await?,
+        let RequestBody { json, ids } = RequestBody::parse(&body)?;
+        let tokens = match ids {
+            Some(ids) if endpoint == OpenAiEndpoint::Completions => ids,
+            _ => match prompt_input(endpoint, &json)? {
+                PromptInput::Tokens(tokens) => tokens,
+                PromptInput::Tokenize(request) => self.tokenize(&request).await?,
+            },
         };
         if tokens.len() > limits.max_prompt_tokens {
             return Err(OpenAiError::bad_request(format!(
@@ -134,6 +135,9 @@ impl Proxy {
             }));
         }
         if router.workers().iter().any(|spec| spec.role == Role::Prefill) {
+            // The whole body, prompt included, to merge the bootstrap fields into.
+            let json: Value = serde_json::from_slice(&body)
+                .map_err(|error| OpenAiError::bad_request(format!("invalid JSON body: {error}")))?;
             let request = PdRequest { json: &json, prompt, output_tokens };
             return self.forward_disaggregated(router, endpoint, headers, request, excluded, limits).await;
         }

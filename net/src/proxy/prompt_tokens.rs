@@ -15,6 +15,62 @@ use serde_json::{json, Value};
 
 use crate::openai_error::OpenAiError;
 
+/// A request body as the proxy reads it: every field a `Value`, except a `prompt` of plain
+/// token ids, which is read straight into `ids` (a 2,048-token prompt would otherwise be
+/// 2,048 `Value`s to allocate and free per request; the body goes upstream as its bytes).
+#[derive(Debug, Default, PartialEq)]
+pub struct RequestBody {
+    /// The body, without `prompt` when that was plain ids.
+    pub json: Value,
+    pub ids: Option<Vec<u32>>,
+}
+
+impl RequestBody {
+    /// Parses a JSON object body; a 400 for anything else.
+    pub fn parse(bytes: &[u8]) -> Result<RequestBody, OpenAiError> {
+        let parsed: Result<RequestBody, _> = serde_json::from_slice(bytes);
+        parsed.map_err(|error| {
+            if error.is_data() && !error.to_string().contains("token ids") {
+                OpenAiError::bad_request("the body must be a JSON object")
+            } else {
+                OpenAiError::bad_request(format!("invalid JSON body: {error}"))
+            }
+        })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RequestBody {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<RequestBody, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = RequestBody;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RequestBody, A::Error> {
+                let mut fields = serde_json::Map::new();
+                let mut ids = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "prompt" {
+                        let raw: Box<serde_json::value::RawValue> = map.next_value()?;
+                        match serde_json::from_str::<Vec<u32>>(raw.get()) {
+                            Ok(plain) if !plain.is_empty() => ids = Some(plain),
+                            _ => {
+                                let value = serde_json::from_str(raw.get()).map_err(serde::de::Error::custom)?;
+                                fields.insert(key, value);
+                            }
+                        }
+                    } else {
+                        fields.insert(key, map.next_value()?);
+                    }
+                }
+                Ok(RequestBody { json: Value::Object(fields), ids })
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
+}
+
 /// The OpenAI endpoints the proxy serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpenAiEndpoint {
@@ -111,6 +167,22 @@ pub fn requested_output_tokens(endpoint: OpenAiEndpoint, body: &Value) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_reads_plain_ids_apart_and_keeps_every_other_field() {
+        let body = RequestBody::parse(br#"{"model": "m", "prompt": [1, 2, 3], "max_tokens": 4}"#).unwrap();
+        assert_eq!(body.ids, Some(vec![1, 2, 3]));
+        assert_eq!(body.json, json!({"model": "m", "max_tokens": 4}));
+        let text = RequestBody::parse(br#"{"prompt": "hi"}"#).unwrap();
+        assert_eq!((text.ids, text.json), (None, json!({"prompt": "hi"})));
+        let nested = RequestBody::parse(br#"{"prompt": [[1, 2]], "x": null}"#).unwrap();
+        assert_eq!((nested.ids, nested.json), (None, json!({"prompt": [[1, 2]], "x": null})));
+        let negative = RequestBody::parse(br#"{"prompt": [1, -2]}"#).unwrap();
+        assert_eq!(negative.json, json!({"prompt": [1, -2]}), "left for prompt_input to refuse with its message");
+        for bad in [&b"[1, 2]"[..], b"{nope", b"3", b"{\"prompt\": [1,}"] {
+            assert!(RequestBody::parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
 
     #[test]
     fn prompts_become_token_ids_or_a_tokenize_call() {
