@@ -399,3 +399,23 @@ async fn a_lora_request_is_credited_with_its_adapters_blocks_only() {
     stop_daemon(daemon).await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_sent_too_slowly_is_answered_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sim = start_sim(SimShape { events: false, ..SimShape::vllm(1) }).await;
+    let daemon = start_daemon("http_request_timeout = \"300ms\"", "", &worker_toml(1, &sim, 1)).await;
+    let mut stream = tokio::net::TcpStream::connect(daemon.0).await.unwrap();
+    let head = "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"prompt\":";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer)).await.expect("answered").unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert_eq!(sim.stats()[0].requests, 0);
+    stop_daemon(daemon).await;
+    sim.shutdown().await;
+}
