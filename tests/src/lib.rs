@@ -4,9 +4,7 @@
 //!   replies, server-sent events, streams dropped part way).
 //! - [`ports`]: runs of free loopback ports for per-rank sockets.
 //! - [`sims`]: engine simulators with per-rank ports as engines bind them.
-//! - [`rng`]: a deterministic generator for reproducible scenarios.
 
 pub mod http_client;
 pub mod ports;
-pub mod rng;
 pub mod sims;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use kvroute_bench::rng::Rng;
 use kvroute_core::engine_events::block_mapper::MapperConfig;
 use kvroute_core::engine_events::encode::{encode_batch, EngineFormat};
 use kvroute_core::engine_events::{BlockRemoved, BlockStored, EngineEvent, EventBatch, Medium};
@@ -27,7 +28,6 @@ use kvroute_core::{BlockHash, EngineHash, RankKey, WorkerId};
 use kvroute_net::engine_ingest::{EngineIngest, EngineIngestConfig, EngineKind, EngineSource};
 use kvroute_net::engine_zmq::{EngineEndpoint, EnginePublisher, EnginePublisherOptions};
 use kvroute_tests::ports::free_base_port;
-use kvroute_tests::rng::Rng;
 
 const BLOCK: usize = 16;
 const DP: u32 = 2;
@@ -295,7 +295,7 @@ async fn steady_state_two_workers_two_ranks_equal_the_reference() {
         side.ingest.add(e.source()).expect("subscribe");
     }
     wait_connected(&side, 4).await;
-    let mut rng = Rng(1);
+    let mut rng = Rng::new(1, 0);
     publish_round(&mut engines, &mut rng, 30, &mut model).await;
     wait_caught_up(&side, &engines.iter().collect::<Vec<_>>()).await;
     compare(&side, &model, &engines.iter().collect::<Vec<_>>(), true);
@@ -312,7 +312,7 @@ async fn a_dropped_batch_is_replayed_and_the_index_stays_exact() {
     let mut model = Model::new(&[3]);
     side.ingest.add(engine.source()).expect("subscribe");
     wait_connected(&side, 2).await;
-    let mut rng = Rng(2);
+    let mut rng = Rng::new(2, 0);
     for i in 0..40 {
         for r in 0..DP {
             engine.publish(r, &mut rng, i % 7 == 3, &mut model).await;
@@ -332,7 +332,7 @@ async fn without_a_replay_socket_a_gap_clears_the_rank_and_never_over_credits() 
     let mut model = Model::new(&[4]);
     side.ingest.add(engine.source()).expect("subscribe");
     wait_connected(&side, 2).await;
-    let mut rng = Rng(3);
+    let mut rng = Rng::new(3, 0);
     for i in 0..30 {
         for r in 0..DP {
             engine.publish(r, &mut rng, i == 10, &mut model).await;
@@ -352,7 +352,7 @@ async fn an_engine_restart_clears_the_rank_and_starts_over() {
     let mut model = Model::new(&[5]);
     side.ingest.add(engine.source()).expect("subscribe");
     wait_connected(&side, 2).await;
-    let mut rng = Rng(4);
+    let mut rng = Rng::new(4, 0);
     publish_round(std::slice::from_mut(&mut engine), &mut rng, 15, &mut model).await;
     wait_caught_up(&side, &[&engine]).await;
     // Rank 0's engine restarts: an empty cache, batch numbers from 0 again.
@@ -373,7 +373,7 @@ async fn an_engine_restart_clears_the_rank_and_starts_over() {
 async fn a_late_joining_router_replays_from_zero() {
     let mut engine = Engine::start(6, EngineFormat::SglangMap, true).await;
     let mut model = Model::new(&[6]);
-    let mut rng = Rng(5);
+    let mut rng = Rng::new(5, 0);
     // Published before any router listens: only the replay buffer has them.
     publish_round(std::slice::from_mut(&mut engine), &mut rng, 20, &mut model).await;
     let side = router_side(&[6]);
@@ -392,7 +392,7 @@ async fn malformed_messages_are_dropped_by_reason_and_nothing_else_changes() {
     let mut model = Model::new(&[7]);
     side.ingest.add(engine.source()).expect("subscribe");
     wait_connected(&side, 2).await;
-    let mut rng = Rng(6);
+    let mut rng = Rng::new(6, 0);
     let garbage: Vec<Vec<Bytes>> = vec![
         vec![Bytes::new(), Bytes::from_static(b"short")],
         vec![Bytes::new(), Bytes::from_static(&[0; 9]), Bytes::from_static(b"\x93")],
@@ -494,7 +494,7 @@ async fn the_bridge_carries_engine_events_over_quic_and_a_restarted_router_warms
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7, 0);
     publish_round(std::slice::from_mut(&mut engine), &mut rng, 20, &mut model).await;
     wait_equal(&router, &model, &engine).await;
 

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kvroute_bench::rng::Rng;
 use kvroute_core::engine_events::block_mapper::MapperConfig;
 use kvroute_core::hashing::{BlockHasher, BlockIdentity};
 use kvroute_core::ingest::IngestSink;
@@ -20,7 +21,6 @@ use kvroute_core::{RankKey, WorkerId};
 use kvroute_net::engine_ingest::{EngineIngest, EngineIngestConfig, EngineKind as IngestKind, EngineSource};
 use kvroute_net::engine_sim::{EngineKind, EngineSim};
 use kvroute_tests::http_client::{read_frames, HttpClient};
-use kvroute_tests::rng::Rng;
 use kvroute_tests::sims::{self, SimShape, ADAPTER};
 use serde_json::json;
 
@@ -146,7 +146,7 @@ async fn the_routers_index_follows_the_simulated_vllm_over_zeromq() {
     wait_connected(&ingest, dp_size as usize).await;
     let base = format!("http://{}", sim.http_address());
     let client = HttpClient::default();
-    let mut rng = Rng(11);
+    let mut rng = Rng::new(11, 0);
     let prefixes: Vec<Vec<u32>> = (0..4).map(|_| (0..320).map(|_| rng.below(50_000) as u32).collect()).collect();
     let mut sent: Vec<(Vec<u32>, Option<&str>)> = Vec::new();
     for i in 0..60 {
@@ -206,7 +206,7 @@ async fn sglang_pages_of_one_token_reach_the_router_as_its_blocks() {
     wait_connected(&ingest, dp_size as usize).await;
     let base = format!("http://{}", sim.http_address());
     let client = HttpClient::default();
-    let mut rng = Rng(5);
+    let mut rng = Rng::new(5, 0);
     let prefixes: Vec<Vec<u32>> = (0..3).map(|_| (0..200).map(|_| rng.below(50_000) as u32).collect()).collect();
     let mut sent = Vec::new();
     for i in 0..30 {
