@@ -15,8 +15,10 @@ use crate::command_error::{error, CommandError};
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Example: a vLLM-like server with 4 DP ranks on port 8100, its KV events on \
-tcp://*:5557..5560 (replay 5600..5603), and kvroute subscribed to them:\n  kvroute engine-sim --port 8100 --dp-size 4\n  \
-kvroute serve --engine-events worker_id=0,endpoint=tcp://127.0.0.1:5557,replay=tcp://127.0.0.1:5600,dp_size=4\n\n\
+tcp://*:5557..5560 (replay 5600..5603), and kvroute in front of it (its proxy forwarding to the server, its index \
+fed by the server's events):\n  kvroute engine-sim --port 8100 --dp-size 4\n  \
+kvroute serve --insecure-loopback --worker worker_id=0,dp_size=4,url=http://127.0.0.1:8100,endpoint=tcp://127.0.0.1:5557,replay=tcp://127.0.0.1:5600\n  \
+curl localhost:8080/v1/completions -d '{\"prompt\": \"hello\", \"max_tokens\": 4}'\n\n\
 Text prompts are tokenized one token per UTF-8 byte; POST /tokenize shows the ids. GET /sim/stats gives \
 each rank's requests, cached tokens and blocks held.")]
 pub struct EngineSimArgs {

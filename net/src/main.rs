@@ -29,12 +29,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Replay a trace through simulated engines: cache-aware routing vs round-robin.
+    /// Replay a trace through simulated engines: cache-aware routing vs round-robin
+    /// (`--live`: over real sockets, simulated engine servers behind the kvroute proxy).
     Demo(demo::DemoArgs),
     /// Make a CA, a router certificate and publisher certificates for a local test
     /// deployment of the KV event transport (mutual TLS).
     Certs(kvroute_net::tls::CertsArgs),
-    /// Run the routing daemon: HTTP/JSON API, QUIC KV event ingest, Prometheus metrics.
+    /// Run the routing daemon: HTTP/JSON API, OpenAI-compatible routing proxy, QUIC and
+    /// ZeroMQ KV event ingest, Prometheus metrics.
     Serve(kvroute_net::serve::ServeArgs),
     /// Simulate GPU workers: prefill the built-in trace in engine-cache simulators and
     /// publish their KV events to routers over QUIC (for trying `serve` without engines).

@@ -176,7 +176,8 @@ pub struct ServeOptions {
     #[serde(default)]
     pub proxy: ProxyOptions,
     /// Register a worker at start (repeatable): key=value pairs with the keys of a
-    /// `[[workers]]` table, e.g. "worker_id=1,dp_size=4,role=prefill,bootstrap_host=10.0.0.1,bootstrap_port=8998".
+    /// `[[workers]]` table, e.g. "worker_id=1,dp_size=4,role=prefill,bootstrap_host=10.0.0.1,bootstrap_port=8998";
+    /// with url=http://HOST:PORT the routing proxy forwards requests to it.
     /// A worker given here replaces a file entry with the same worker_id.
     #[arg(long = "worker", value_name = "SPEC", value_parser = WorkerRegistration::parse_flag, help_heading = "Workers ([[workers]] in the file)")]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
