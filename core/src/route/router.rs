@@ -320,6 +320,12 @@ impl Router {
         specs
     }
 
+    /// Whether any prefill worker is registered (requests are then disaggregated), without
+    /// copying the registry as [`Router::workers`] does.
+    pub fn has_prefill_workers(&self) -> bool {
+        self.fleet.load().ranks.iter().any(|slot| slot.role == Role::Prefill)
+    }
+
     /// Whether the worker publishes events (exact mode); `None` if it is not registered.
     pub fn is_exact(&self, worker: WorkerId) -> Option<bool> {
         self.fleet.load().workers.get(&worker).map(|w| w.exact)

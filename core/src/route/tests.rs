@@ -587,6 +587,10 @@ fn same_rank_mode_pairs_rank_indexes() {
 #[test]
 fn disaggregated_exclusions_apply_to_both_sides_and_keep_the_room_rule() {
     let router = pd_router(4, 2);
+    assert!(router.has_prefill_workers());
+    let (aggregated, _) = self::router();
+    aggregated.add_worker(WorkerSpec::new(WorkerId(1), 2, BS)).unwrap();
+    assert!(!aggregated.has_prefill_workers());
     // Prefill worker 1 (ranks 0..4), decode worker 2 (ranks 0..2).
     let excluded = [key(1, 0), key(1, 1), key(1, 3), key(2, 0)];
     let options = PdOptions { excluded: &excluded, ..Default::default() };

@@ -148,6 +148,52 @@ fn model_name(state: &SimState, lora: &Option<String>) -> String {
     lora.clone().unwrap_or_else(|| state.config.served_model_name.clone())
 }
 
+/// What the two generation endpoints take from a request to admit it.
+struct OpenAiPrompt {
+    /// The LoRA adapter the `model` names, if any.
+    lora: Option<String>,
+    tokens: Vec<u32>,
+    max_tokens: u32,
+    /// The DP rank the request names, if any.
+    rank: Option<u32>,
+}
+
+/// An admitted request with what every answer about it repeats.
+struct Admitted {
+    served: Served,
+    /// The tokens to produce (1 on a prefill server).
+    max_tokens: u32,
+    id: String,
+    created: u64,
+    model: String,
+    rank: u32,
+}
+
+/// Serves `prompt` (see [`SimState::serve`]); answer ids are `{id_prefix}-{n}`.
+async fn admit(
+    state: &Arc<SimState>,
+    prompt: OpenAiPrompt,
+    disagg: &DisaggFields,
+    id_prefix: &str,
+) -> Result<Admitted, OpenAiError> {
+    let request = PromptRequest {
+        tokens: &prompt.tokens,
+        rank: prompt.rank,
+        lora_name: prompt.lora.as_deref(),
+        max_tokens: prompt.max_tokens,
+        disagg,
+    };
+    let (served, max_tokens) = state.serve(request).await?;
+    Ok(Admitted {
+        id: format!("{id_prefix}-{}", served.number),
+        created: served.created,
+        model: model_name(state, &prompt.lora),
+        rank: served.rank(),
+        max_tokens,
+        served,
+    })
+}
+
 /// `POST /v1/completions`.
 pub async fn completions(
     State(state): State<Arc<SimState>>,
@@ -156,18 +202,17 @@ pub async fn completions(
 ) -> Result<Response, OpenAiError> {
     let parsed = (|| {
         let request: CompletionRequest = parse_json(&body)?;
-        let lora = lora_of(&state, request.model.as_deref())?;
-        let tokens = raw_prompt_tokens(&request.prompt)?;
-        let max_tokens = output_tokens(request.max_tokens, DEFAULT_MAX_TOKENS, "max_tokens")?;
-        let rank = named_rank(&headers, request.routed_dp_rank, request.data_parallel_rank)?;
-        Ok((request, lora, tokens, max_tokens, rank))
+        let prompt = OpenAiPrompt {
+            lora: lora_of(&state, request.model.as_deref())?,
+            tokens: raw_prompt_tokens(&request.prompt)?,
+            max_tokens: output_tokens(request.max_tokens, DEFAULT_MAX_TOKENS, "max_tokens")?,
+            rank: named_rank(&headers, request.routed_dp_rank, request.data_parallel_rank)?,
+        };
+        Ok((request, prompt))
     })();
-    let (request, lora, tokens, max_tokens, rank) = parsed.map_err(|error| state.refuse(error))?;
-    let prompt =
-        PromptRequest { tokens: &tokens, rank, lora_name: lora.as_deref(), max_tokens, disagg: &request.disagg };
-    let (mut served, max_tokens) = state.serve(prompt).await?;
-    let (id, created, model, rank) =
-        (format!("cmpl-{}", served.number), served.created, model_name(&state, &lora), served.rank());
+    let (request, prompt) = parsed.map_err(|error| state.refuse(error))?;
+    let Admitted { mut served, max_tokens, id, created, model, rank } =
+        admit(&state, prompt, &request.disagg, "cmpl").await?;
     let choice = |text: String, finish: Option<&str>| json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish, "stop_reason": null});
     if !request.stream {
         served.wait_until_done(max_tokens).await;
@@ -211,19 +256,18 @@ pub async fn chat_completions(
 ) -> Result<Response, OpenAiError> {
     let parsed = (|| {
         let request: ChatRequest = parse_json(&body)?;
-        let lora = lora_of(&state, request.model.as_deref())?;
-        let tokens = sim_tokens::text_tokens(&sim_tokens::chat_prompt(&chat_turns(&request.messages)?));
         let asked = request.max_completion_tokens.or(request.max_tokens);
-        let max_tokens = output_tokens(asked, DEFAULT_MAX_TOKENS, "max_tokens")?;
-        let rank = named_rank(&headers, request.routed_dp_rank, request.data_parallel_rank)?;
-        Ok((request, lora, tokens, max_tokens, rank))
+        let prompt = OpenAiPrompt {
+            lora: lora_of(&state, request.model.as_deref())?,
+            tokens: sim_tokens::text_tokens(&sim_tokens::chat_prompt(&chat_turns(&request.messages)?)),
+            max_tokens: output_tokens(asked, DEFAULT_MAX_TOKENS, "max_tokens")?,
+            rank: named_rank(&headers, request.routed_dp_rank, request.data_parallel_rank)?,
+        };
+        Ok((request, prompt))
     })();
-    let (request, lora, tokens, max_tokens, rank) = parsed.map_err(|error| state.refuse(error))?;
-    let prompt =
-        PromptRequest { tokens: &tokens, rank, lora_name: lora.as_deref(), max_tokens, disagg: &request.disagg };
-    let (mut served, max_tokens) = state.serve(prompt).await?;
-    let (id, created, model, rank) =
-        (format!("chatcmpl-{}", served.number), served.created, model_name(&state, &lora), served.rank());
+    let (request, prompt) = parsed.map_err(|error| state.refuse(error))?;
+    let Admitted { mut served, max_tokens, id, created, model, rank } =
+        admit(&state, prompt, &request.disagg, "chatcmpl").await?;
     if !request.stream {
         served.wait_until_done(max_tokens).await;
         let text: String = (0..max_tokens).map(sim_tokens::output_text).collect();
@@ -236,14 +280,13 @@ pub async fn chat_completions(
     }
     let include_usage = request.stream_options.is_some_and(|options| options.include_usage);
     let usage = usage(&served, max_tokens);
+    let usage_chunk = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage});
     let chunk = move |delta: Value, finish: Option<&str>| {
         sse_json(&json!({
             "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
             "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
         }))
     };
-    let usage_chunk = json!({"id": format!("chatcmpl-{}", served.number), "object": "chat.completion.chunk", "created": created,
-        "model": model_name(&state, &lora), "choices": [], "usage": usage});
     let stream = served.token_stream(max_tokens, move |output| match output {
         Output::Token(index) => {
             let finish = (index + 1 == max_tokens).then_some("length");

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use kvroute_core::hashing::BlockIdentity;
-use kvroute_core::route::{PdOptions, Prompt, Role, RouteError, RouteOptions, Router};
+use kvroute_core::route::{PdOptions, Prompt, RouteError, RouteOptions, Router};
 use kvroute_core::RankKey;
 use serde_json::Value;
 
@@ -128,13 +128,17 @@ impl Proxy {
             Some(_) => Prompt::TokensWith(&tokens, identity),
             None => Prompt::Tokens(&tokens),
         };
+        // The ranks of workers that are down (usually none: no registry read then).
+        let down = self.upstreams.down_workers();
         let mut excluded: Vec<RankKey> = Vec::new();
-        for worker in self.upstreams.down_workers() {
-            excluded.extend(router.workers().iter().filter(|spec| spec.worker == worker).flat_map(|spec| {
-                (spec.dp_start..spec.dp_start + spec.dp_size).map(move |rank| RankKey::new(worker.0, rank))
-            }));
+        if !down.is_empty() {
+            for spec in router.workers().iter().filter(|spec| down.contains(&spec.worker)) {
+                excluded.extend(
+                    (spec.dp_start..spec.dp_start + spec.dp_size).map(|rank| RankKey::new(spec.worker.0, rank)),
+                );
+            }
         }
-        if router.workers().iter().any(|spec| spec.role == Role::Prefill) {
+        if router.has_prefill_workers() {
             // The whole body, prompt included, to merge the bootstrap fields into.
             let json: Value = serde_json::from_slice(&body)
                 .map_err(|error| OpenAiError::bad_request(format!("invalid JSON body: {error}")))?;
@@ -379,16 +383,11 @@ impl Proxy {
                 format!("tokenizing with worker {}'s /tokenize: {reason}", upstream.worker.0),
             )
         };
-        let http = hyper::Request::post(upstream.url("/tokenize"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(request.to_string())))
-            .map_err(|error| failed(error.to_string()))?;
-        let response = tokio::time::timeout(self.config.first_byte_timeout, self.client.request(http))
+        let (status, body) = self
+            .client
+            .post_json(&upstream.url("/tokenize"), request, self.config.first_byte_timeout)
             .await
-            .map_err(|_| failed("timed out".to_owned()))?
-            .map_err(|error| failed(error.to_string()))?;
-        let status = response.status();
-        let body = response.into_body().collect().await.map_err(|error| failed(error.to_string()))?.to_bytes();
+            .map_err(failed)?;
         if status == StatusCode::BAD_REQUEST {
             // The engine refused the prompt itself (e.g. too long): the client's error.
             return Err(OpenAiError::bad_request(format!(

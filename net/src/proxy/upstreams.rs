@@ -77,10 +77,6 @@ impl Upstreams {
         self.read().get(&worker).map(|entry| Arc::clone(&entry.upstream))
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.read().is_empty()
-    }
-
     /// Every upstream, by worker id.
     pub fn all(&self) -> Vec<Arc<Upstream>> {
         let mut all: Vec<Arc<Upstream>> = self.read().values().map(|entry| Arc::clone(&entry.upstream)).collect();
