@@ -28,6 +28,7 @@ pub mod backends;
 pub mod http_client;
 pub mod machine;
 pub mod memory;
+pub mod model_fixture;
 pub mod quic_flood;
 pub mod replay;
 pub mod report;

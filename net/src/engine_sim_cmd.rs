@@ -2,6 +2,8 @@
 //! `kvroute_net::engine_sim`) until ctrl-c.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kvroute_core::engine_events::encode::EngineFormat;
@@ -10,6 +12,7 @@ use kvroute_net::engine_sim::{DisaggregationMode, EngineKind, EngineSim, EngineS
 use kvroute_net::serve::config::LogSettings;
 use kvroute_net::serve::logging::init_logging;
 use kvroute_net::serve::options::LogFormat;
+use kvroute_net::tokenization::{PromptTokenizer, TokenizerSource};
 
 use crate::command_error::{error, CommandError};
 
@@ -19,7 +22,8 @@ tcp://*:5557..5560 (replay 5600..5603), and kvroute in front of it (its proxy fo
 fed by the server's events):\n  kvroute engine-sim --port 8100 --dp-size 4\n  \
 kvroute serve --insecure-loopback --worker worker_id=0,dp_size=4,url=http://127.0.0.1:8100,endpoint=tcp://127.0.0.1:5557,replay=tcp://127.0.0.1:5600\n  \
 curl localhost:8080/v1/completions -d '{\"prompt\": \"hello\", \"max_tokens\": 4}'\n\n\
-Text prompts are tokenized one token per UTF-8 byte; POST /tokenize shows the ids. GET /sim/stats gives \
+Text prompts are tokenized one token per UTF-8 byte unless --tokenizer names a model's tokenizer.json; \
+POST /tokenize shows the ids. GET /sim/stats gives \
 each rank's requests, cached tokens and blocks held.")]
 pub struct EngineSimArgs {
     /// The engine to imitate: its KV-event encoding and server-info answers (both kinds
@@ -87,6 +91,15 @@ pub struct EngineSimArgs {
     /// KV from the prefill server the request names, checking the room rule) or `null`.
     #[arg(long, value_enum, default_value = "null")]
     disaggregation_mode: DisaggregationMode,
+    /// How text prompts and chat messages become token ids: `bytes` (one token per UTF-8
+    /// byte, a built-in chat format) or a model's tokenizer.json / model directory (its
+    /// chat template from chat_template.jinja or tokenizer_config.json beside it). Give a
+    /// router the same one to find this server's cached prefixes from text.
+    #[arg(long, default_value = "bytes", value_name = "bytes|PATH")]
+    tokenizer: TokenizerSource,
+    /// The chat template (Jinja source, or a tokenizer_config.json), over the tokenizer's.
+    #[arg(long, value_name = "FILE")]
+    chat_template: Option<PathBuf>,
 }
 
 fn parse_event_format(name: &str) -> Result<EngineFormat, String> {
@@ -97,7 +110,8 @@ fn parse_event_format(name: &str) -> Result<EngineFormat, String> {
 }
 
 impl EngineSimArgs {
-    fn config(&self) -> EngineSimConfig {
+    fn config(&self) -> Result<EngineSimConfig, CommandError> {
+        let tokenizer = PromptTokenizer::load(&self.tokenizer, self.chat_template.as_deref()).map_err(error)?;
         let mut config = EngineSimConfig::new(self.engine, SocketAddr::new(self.host, self.port));
         config.served_model_name.clone_from(&self.served_model_name);
         config.lora_adapters.clone_from(&self.lora_adapters);
@@ -118,13 +132,14 @@ impl EngineSimArgs {
         config.event_format = self.event_format.unwrap_or(self.engine.default_event_format());
         config.topic.clone_from(&self.topic);
         config.disaggregation = self.disaggregation_mode;
-        config
+        config.tokenizer = Arc::new(tokenizer);
+        Ok(config)
     }
 }
 
 pub fn run(args: &EngineSimArgs) -> Result<(), CommandError> {
     init_logging(&LogSettings { format: LogFormat::Text, filter: None }).map_err(|e| error(e.to_string()))?;
-    let config = args.config();
+    let config = args.config()?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| error(format!("tokio runtime: {e}")))?;
     runtime.block_on(async {
         let sim = EngineSim::start(config.clone()).await.map_err(|e| error(e.to_string()))?;

@@ -37,4 +37,5 @@ pub mod proxy;
 pub mod serve;
 pub mod snapshot_file;
 pub mod tls;
+pub mod tokenization;
 pub mod transport;

@@ -44,6 +44,11 @@ impl SimShape {
 
 /// Starts a simulator of `shape` listening on `listen` (port 0: any).
 pub async fn start_sim_on(shape: SimShape, listen: SocketAddr) -> EngineSim {
+    EngineSim::start(sim_config(shape, listen)).await.expect("engine simulator")
+}
+
+/// The configuration of a simulator of `shape` on `listen`, for a test to change further.
+pub fn sim_config(shape: SimShape, listen: SocketAddr) -> EngineSimConfig {
     let mut config = EngineSimConfig::new(shape.kind, listen);
     config.model = EngineModelConfig {
         dp_size: shape.dp_size,
@@ -61,7 +66,7 @@ pub async fn start_sim_on(shape: SimShape, listen: SocketAddr) -> EngineSim {
     config.replay_port = shape.events.then(|| free_base_port(ports));
     config.lora_adapters = vec![ADAPTER.to_owned()];
     config.disaggregation = shape.disaggregation;
-    EngineSim::start(config).await.expect("engine simulator")
+    config
 }
 
 /// Starts a simulator of `shape` on any free port.

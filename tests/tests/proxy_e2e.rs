@@ -4,18 +4,21 @@
 //!
 //! Checked: a prompt that extends one already served goes to the rank holding its prefix,
 //! which is the rank that serves it (the engine's own header says so) and reports it
-//! cached; streaming and whole answers, completions and chat (tokenized by the engine);
+//! cached; streaming and whole answers, completions and chat (tokenized by the engine, or
+//! by the router with the engine's own tokenizer.json and chat template);
 //! a client that goes away mid-stream cancels the upstream request; a dead upstream is
 //! retried on the next-best rank, taken out of decisions, probed and brought back; bad
 //! requests get OpenAI-style errors; and after all of it every rank's load is zero again.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvroute_net::engine_sim::{DisaggregationMode, EngineKind, EngineSim};
 use kvroute_net::serve::{ServeConfig, ServeError, ServeOptions};
+use kvroute_net::tokenization::{PromptTokenizer, TokenizerSource};
 use kvroute_tests::http_client::{read_frames, HttpClient, HttpReply};
-use kvroute_tests::sims::{start_sim, start_sim_on, SimShape, ADAPTER};
+use kvroute_tests::sims::{sim_config, start_sim, start_sim_on, SimShape, ADAPTER};
 use serde_json::{json, Value};
 
 type Daemon = (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), ServeError>>);
@@ -416,6 +419,71 @@ async fn a_body_sent_too_slowly_is_answered_408() {
     assert!(answer.contains("did not arrive within"), "{answer}");
     assert!(started.elapsed() >= Duration::from_millis(250));
     assert_eq!(sim.stats()[0].requests, 0);
+    stop_daemon(daemon).await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_tokenizes_text_and_chat_itself_as_the_engine_does() {
+    let model = tempfile::tempdir().unwrap();
+    kvroute_bench::model_fixture::write_model_dir(model.path()).unwrap();
+    let source = TokenizerSource::File(model.path().to_owned());
+    let tokenizer = Arc::new(PromptTokenizer::load(&source, None).unwrap());
+    let mut config = sim_config(SimShape::vllm(2), "127.0.0.1:0".parse().unwrap());
+    config.tokenizer = Arc::clone(&tokenizer);
+    let sim = EngineSim::start(config).await.unwrap();
+    let proxy = format!("tokenizer = {:?}", model.path().display().to_string());
+    let daemon = start_daemon("", &proxy, &worker_toml(1, &sim, 2)).await;
+    let base = format!("http://{}", daemon.0);
+    let client = HttpClient::default();
+    wait_subscribed(&client, &base, 2).await;
+    let mut rng = kvroute_bench::rng::Rng::new(7, 0);
+    let head = kvroute_bench::model_fixture::sentence_text(&mut rng, 300);
+    let tail = kvroute_bench::model_fixture::sentence_text(&mut rng, 40);
+
+    // Completions: the text's ids are the engine's, so the longer prompt finds the head held.
+    let head_ids = tokenizer.encode_prompt(&head).unwrap();
+    let first =
+        client.post_json(&format!("{base}/v1/completions"), &json!({"prompt": head, "max_tokens": 2}), &[]).await;
+    assert_eq!(first.status, 200, "{}", String::from_utf8_lossy(&first.body));
+    assert_eq!(first.json()["usage"]["prompt_tokens"].as_u64(), Some(head_ids.len() as u64));
+    let (worker, rank, _) = routed(&first);
+    let probe = json!({"tokens": head_ids});
+    eventually("the head in the index", async || {
+        let overlaps = client.post_json(&format!("{base}/v1/overlaps"), &probe, &[]).await.json();
+        overlaps["overlaps"].as_array().is_some_and(|o| !o.is_empty())
+    })
+    .await;
+    let longer = format!("{head} {tail}");
+    let second =
+        client.post_json(&format!("{base}/v1/completions"), &json!({"prompt": longer, "max_tokens": 2}), &[]).await;
+    let held_blocks = (head_ids.len() - 1) / 16;
+    let (w2, r2, overlap) = routed(&second);
+    assert_eq!((w2, r2), (worker, rank));
+    assert!(overlap as usize >= held_blocks - 1, "{overlap} of the head's {held_blocks} blocks");
+    assert_eq!(second.header("x-kvroute-sim-dp-rank"), Some(rank.to_string().as_str()));
+    assert!(cached_tokens(&second, false) >= (held_blocks as u64 - 1) * 16);
+
+    // Chat through the model's template: the second turn extends the first conversation.
+    let turn1 = json!([{"role": "system", "content": head}, {"role": "user", "content": "why"}]);
+    let chat = |messages: &Value| json!({"messages": messages, "max_tokens": 2});
+    let first = client.post_json(&format!("{base}/v1/chat/completions"), &chat(&turn1), &[]).await;
+    assert_eq!(first.status, 200, "{}", String::from_utf8_lossy(&first.body));
+    let rendered = tokenizer.encode_chat(&json!({"messages": turn1})).unwrap();
+    assert_eq!(first.json()["usage"]["prompt_tokens"].as_u64(), Some(rendered.len() as u64));
+    let (worker, rank, _) = routed(&first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let turn2 = json!([{"role": "system", "content": head}, {"role": "user", "content": "why"},
+        {"role": "assistant", "content": "the cache"}, {"role": "user", "content": tail}]);
+    let second = client.post_json(&format!("{base}/v1/chat/completions"), &chat(&turn2), &[]).await;
+    let (w2, r2, overlap) = routed(&second);
+    assert_eq!((w2, r2), (worker, rank));
+    assert!(overlap as usize >= held_blocks - 1, "the conversation's prefix is held: {overlap}");
+    // A template error is the client's 400; the engine's /tokenize was never asked.
+    let bad = client.post_json(&format!("{base}/v1/chat/completions"), &json!({"messages": [{"role": 3}]}), &[]).await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(sim.tokenize_requests(), 0, "every prompt tokenized by the router");
+    eventually("every rank idle", async || active_requests(&client, &base).await.iter().all(|&n| n == 0)).await;
     stop_daemon(daemon).await;
     sim.shutdown().await;
 }

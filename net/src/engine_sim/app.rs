@@ -97,5 +97,6 @@ async fn stats(State(state): State<Arc<SimState>>) -> axum::Json<Value> {
         "cancelled": counters.cancelled.load(Ordering::Relaxed),
         "refused": counters.refused.load(Ordering::Relaxed),
         "batches_queued": counters.batches_queued.load(Ordering::Relaxed),
+        "tokenize_requests": counters.tokenize_requests.load(Ordering::Relaxed),
     }))
 }

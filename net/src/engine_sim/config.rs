@@ -3,9 +3,12 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use kvroute_core::engine_events::encode::EngineFormat;
 use kvroute_core::sim::{EngineModelConfig, EngineModelError};
+
+use crate::tokenization::PromptTokenizer;
 
 /// The engine an [`EngineSimConfig`] imitates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -79,6 +82,9 @@ pub struct EngineSimConfig {
     /// The ZeroMQ topic of every message (the engines' default is empty).
     pub topic: String,
     pub disaggregation: DisaggregationMode,
+    /// How text prompts and chat messages become token ids (default: the byte tokenizer
+    /// and its chat format; a model's `tokenizer.json` to match a router tokenizing with it).
+    pub tokenizer: Arc<PromptTokenizer>,
 }
 
 impl EngineSimConfig {
@@ -97,6 +103,7 @@ impl EngineSimConfig {
             event_format: kind.default_event_format(),
             topic: String::new(),
             disaggregation: DisaggregationMode::Null,
+            tokenizer: Arc::new(PromptTokenizer::bytes()),
         }
     }
 }

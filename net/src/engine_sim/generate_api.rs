@@ -20,12 +20,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::bootstrap::DisaggFields;
+use super::output_words;
 use super::serving::{Output, PromptRequest, SimState};
-use super::sim_tokens;
 use super::wire_json::{
     json_response, named_rank, output_tokens, parse_json, sse_done, sse_json, sse_response, token_ids,
 };
 use crate::openai_error::OpenAiError;
+use crate::tokenization::PromptTokenizer;
 
 /// SGLang's default `max_new_tokens`.
 const DEFAULT_MAX_NEW_TOKENS: u32 = 128;
@@ -52,7 +53,7 @@ struct GenerateRequest {
 }
 
 /// One prompt's token ids from `text` (a string, or a list of one) or `input_ids`.
-fn generate_tokens(request: &GenerateRequest) -> Result<Vec<u32>, OpenAiError> {
+fn generate_tokens(tokenizer: &PromptTokenizer, request: &GenerateRequest) -> Result<Vec<u32>, OpenAiError> {
     let one = |value: &Value| match value {
         Value::Array(items) if items.len() == 1 => items[0].clone(),
         Value::Array(items) if !items.iter().all(Value::is_number) => Value::Null,
@@ -60,7 +61,7 @@ fn generate_tokens(request: &GenerateRequest) -> Result<Vec<u32>, OpenAiError> {
     };
     match (&request.text, &request.input_ids) {
         (Some(text), None) => match one(text) {
-            Value::String(text) => Ok(sim_tokens::text_tokens(&text)),
+            Value::String(text) => tokenizer.encode_prompt(&text).map_err(OpenAiError::bad_request),
             _ => Err(OpenAiError::bad_request("text must be one string (the simulator serves one prompt per request)")),
         },
         (None, Some(ids)) => match one(ids) {
@@ -79,7 +80,7 @@ pub async fn generate(
 ) -> Result<Response, OpenAiError> {
     let parsed = (|| {
         let request: GenerateRequest = parse_json(&body)?;
-        let tokens = generate_tokens(&request)?;
+        let tokens = generate_tokens(&state.config.tokenizer, &request)?;
         let max_tokens =
             output_tokens(request.sampling_params.max_new_tokens, DEFAULT_MAX_NEW_TOKENS, "max_new_tokens")?;
         if let Some(adapter) = &request.lora_path {
@@ -114,8 +115,8 @@ pub async fn generate(
         meta["completion_tokens"] = json!(done);
         meta["finish_reason"] =
             if done == max_tokens { json!({"type": "length", "length": max_tokens}) } else { Value::Null };
-        let text: String = (0..done).map(sim_tokens::output_text).collect();
-        let ids: Vec<u32> = (0..done).map(sim_tokens::output_id).collect();
+        let text: String = (0..done).map(output_words::output_text).collect();
+        let ids: Vec<u32> = (0..done).map(output_words::output_id).collect();
         json!({"text": text, "output_ids": ids, "meta_info": meta})
     };
     if !request.stream {

@@ -10,8 +10,9 @@
 //! go out in the order its requests were admitted (a `BlockStored` naming a parent always
 //! follows the batch that stored the parent).
 //!
-//! A request ([`serving`]): its prompt becomes token ids (a list of ids as given; text
-//! through the simulator's byte tokenizer, [`sim_tokens`]); its DP rank comes from the
+//! A request ([`serving`]): its prompt becomes token ids (a list of ids as given; text and
+//! chat messages through the configured [`crate::tokenization::PromptTokenizer`]: by
+//! default one token per byte, or the `tokenizer.json` the router also loads); its DP rank comes from the
 //! `X-data-parallel-rank` header (vLLM, SGLang) or the body's `routed_dp_rank` /
 //! `data_parallel_rank` (SGLang), else the model's least-loaded rank; the model admits it
 //! and its events are queued on that rank's stream under the same lock; then the response
@@ -43,8 +44,8 @@ mod events;
 mod fleet;
 mod generate_api;
 mod openai_api;
+pub mod output_words;
 mod serving;
-pub mod sim_tokens;
 mod wire_json;
 
 pub use app::{app, SENT_AT_HEADER};
@@ -129,6 +130,11 @@ impl EngineSim {
     /// Transit times of stamped requests since the last call (see `/sim/transits`).
     pub fn take_transits(&self) -> Vec<u64> {
         self.state.take_transits()
+    }
+
+    /// `POST /tokenize` requests answered so far.
+    pub fn tokenize_requests(&self) -> u64 {
+        self.state.counters.tokenize_requests.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Event batches queued for publishing so far (every rank).

@@ -1,6 +1,8 @@
 //! The simulator's OpenAI-compatible API, shaped as vLLM's server answers it:
 //! `POST /v1/completions` (prompt as text or token ids), `POST /v1/chat/completions`
-//! (messages through [`sim_tokens::chat_prompt`]), `GET /v1/models`, `POST /tokenize`.
+//! (messages through the configured chat template), `GET /v1/models`, `POST /tokenize`.
+//! Text and messages are tokenized with the simulator's [`PromptTokenizer`]
+//! ([`crate::tokenization`]).
 //!
 //! The `model` must be the served name or one of the LoRA adapters (404 otherwise, as
 //! vLLM); an adapter's requests hash their blocks under its name. One prompt per request
@@ -22,12 +24,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::bootstrap::DisaggFields;
+use super::output_words;
 use super::serving::{Output, PromptRequest, Served, SimState};
-use super::sim_tokens::{self, ChatTurn};
 use super::wire_json::{
     json_response, named_rank, output_tokens, parse_json, sse_done, sse_json, sse_response, token_ids,
 };
 use crate::openai_error::OpenAiError;
+use crate::tokenization::PromptTokenizer;
 
 /// OpenAI's default `max_tokens` for completions.
 const DEFAULT_MAX_TOKENS: u32 = 16;
@@ -60,7 +63,6 @@ struct ChatRequest {
     /// SGLang's OpenAI server also takes the DP rank in the body.
     routed_dp_rank: Option<u32>,
     data_parallel_rank: Option<u32>,
-    messages: Vec<Value>,
     #[serde(flatten)]
     disagg: DisaggFields,
     max_tokens: Option<u64>,
@@ -73,7 +75,7 @@ struct ChatRequest {
 #[derive(Deserialize)]
 struct TokenizeRequest {
     prompt: Option<Value>,
-    messages: Option<Vec<Value>>,
+    messages: Option<Value>,
 }
 
 /// What a request's `model` selects: the base model or one LoRA adapter.
@@ -87,51 +89,32 @@ fn lora_of(state: &SimState, model: Option<&str>) -> Result<Option<String>, Open
 }
 
 /// [`prompt_tokens`] of a raw prompt, plain token ids read without a `Value` per id.
-fn raw_prompt_tokens(raw: &serde_json::value::RawValue) -> Result<Vec<u32>, OpenAiError> {
+fn raw_prompt_tokens(tokenizer: &PromptTokenizer, raw: &serde_json::value::RawValue) -> Result<Vec<u32>, OpenAiError> {
     match serde_json::from_str::<Vec<u32>>(raw.get()) {
         Ok(ids) if !ids.is_empty() => Ok(ids),
-        _ => prompt_tokens(&serde_json::from_str(raw.get()).map_err(|e| OpenAiError::bad_request(e.to_string()))?),
+        _ => prompt_tokens(
+            tokenizer,
+            &serde_json::from_str(raw.get()).map_err(|e| OpenAiError::bad_request(e.to_string()))?,
+        ),
     }
 }
 
-/// A completion prompt as token ids: a string (the byte tokenizer), token ids, or a list
-/// holding exactly one of those.
-fn prompt_tokens(prompt: &Value) -> Result<Vec<u32>, OpenAiError> {
+/// A completion prompt as token ids: a string (tokenized), token ids, or a list holding
+/// exactly one of those.
+fn prompt_tokens(tokenizer: &PromptTokenizer, prompt: &Value) -> Result<Vec<u32>, OpenAiError> {
     match prompt {
-        Value::String(text) => Ok(sim_tokens::text_tokens(text)),
+        Value::String(text) => tokenizer.encode_prompt(text).map_err(OpenAiError::bad_request),
         Value::Array(items) if items.iter().all(Value::is_number) => token_ids(prompt, "prompt"),
-        Value::Array(items) if items.len() == 1 => prompt_tokens(&items[0]),
+        Value::Array(items) if items.len() == 1 => prompt_tokens(tokenizer, &items[0]),
         Value::Array(_) => Err(OpenAiError::bad_request("the simulator serves one prompt per request")),
         _ => Err(OpenAiError::bad_request("prompt must be a string or a list of token ids")),
     }
 }
 
-/// Chat messages as turns: `content` a string, null, or a list of parts whose `text`
-/// parts are joined.
-fn chat_turns(messages: &[Value]) -> Result<Vec<ChatTurn>, OpenAiError> {
-    if messages.is_empty() {
-        return Err(OpenAiError::bad_request("messages must not be empty"));
-    }
-    messages
-        .iter()
-        .map(|message| {
-            let role = message
-                .get("role")
-                .and_then(Value::as_str)
-                .ok_or_else(|| OpenAiError::bad_request("every message needs a string role"))?;
-            let text = match message.get("content") {
-                None | Some(Value::Null) => String::new(),
-                Some(Value::String(text)) => text.clone(),
-                Some(Value::Array(parts)) => {
-                    parts.iter().filter_map(|part| part.get("text").and_then(Value::as_str)).collect()
-                }
-                Some(_) => {
-                    return Err(OpenAiError::bad_request("a message's content must be a string or a list of parts"))
-                }
-            };
-            Ok(ChatTurn { role: role.to_owned(), text })
-        })
-        .collect()
+/// The token ids of a chat request body (`messages`, `add_generation_prompt`, `tools`,
+/// `chat_template_kwargs`).
+fn chat_tokens(tokenizer: &PromptTokenizer, body: &Value) -> Result<Vec<u32>, OpenAiError> {
+    tokenizer.encode_chat(body).map_err(OpenAiError::bad_request)
 }
 
 fn usage(served: &Served, completion_tokens: u32) -> Value {
@@ -204,7 +187,7 @@ pub async fn completions(
         let request: CompletionRequest = parse_json(&body)?;
         let prompt = OpenAiPrompt {
             lora: lora_of(&state, request.model.as_deref())?,
-            tokens: raw_prompt_tokens(&request.prompt)?,
+            tokens: raw_prompt_tokens(&state.config.tokenizer, &request.prompt)?,
             max_tokens: output_tokens(request.max_tokens, DEFAULT_MAX_TOKENS, "max_tokens")?,
             rank: named_rank(&headers, request.routed_dp_rank, request.data_parallel_rank)?,
         };
@@ -216,7 +199,7 @@ pub async fn completions(
     let choice = |text: String, finish: Option<&str>| json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish, "stop_reason": null});
     if !request.stream {
         served.wait_until_done(max_tokens).await;
-        let text: String = (0..max_tokens).map(sim_tokens::output_text).collect();
+        let text: String = (0..max_tokens).map(output_words::output_text).collect();
         let body = json!({
             "id": id, "object": "text_completion", "created": created, "model": model,
             "choices": [choice(text, Some("length"))], "usage": usage(&served, max_tokens),
@@ -230,7 +213,7 @@ pub async fn completions(
             let finish = (index + 1 == max_tokens).then_some("length");
             sse_json(&json!({
                 "id": id, "object": "text_completion", "created": created, "model": model,
-                "choices": [choice(sim_tokens::output_text(index), finish)],
+                "choices": [choice(output_words::output_text(index), finish)],
             }))
         }
         Output::Done => done_chunks(include_usage.then(|| {
@@ -255,11 +238,12 @@ pub async fn chat_completions(
     body: Bytes,
 ) -> Result<Response, OpenAiError> {
     let parsed = (|| {
-        let request: ChatRequest = parse_json(&body)?;
+        let whole: Value = parse_json(&body)?;
+        let request = ChatRequest::deserialize(&whole).map_err(|error| OpenAiError::bad_request(error.to_string()))?;
         let asked = request.max_completion_tokens.or(request.max_tokens);
         let prompt = OpenAiPrompt {
             lora: lora_of(&state, request.model.as_deref())?,
-            tokens: sim_tokens::text_tokens(&sim_tokens::chat_prompt(&chat_turns(&request.messages)?)),
+            tokens: chat_tokens(&state.config.tokenizer, &whole)?,
             max_tokens: output_tokens(asked, DEFAULT_MAX_TOKENS, "max_tokens")?,
             rank: named_rank(&headers, request.routed_dp_rank, request.data_parallel_rank)?,
         };
@@ -270,7 +254,7 @@ pub async fn chat_completions(
         admit(&state, prompt, &request.disagg, "chatcmpl").await?;
     if !request.stream {
         served.wait_until_done(max_tokens).await;
-        let text: String = (0..max_tokens).map(sim_tokens::output_text).collect();
+        let text: String = (0..max_tokens).map(output_words::output_text).collect();
         let body = json!({
             "id": id, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": "length"}],
@@ -290,7 +274,7 @@ pub async fn chat_completions(
     let stream = served.token_stream(max_tokens, move |output| match output {
         Output::Token(index) => {
             let finish = (index + 1 == max_tokens).then_some("length");
-            let text = chunk(json!({"content": sim_tokens::output_text(index)}), finish);
+            let text = chunk(json!({"content": output_words::output_text(index)}), finish);
             if index == 0 {
                 [chunk(json!({"role": "assistant", "content": ""}), None), text].concat().into()
             } else {
@@ -317,15 +301,17 @@ pub async fn models(State(state): State<Arc<SimState>>) -> axum::Json<Value> {
 
 /// `POST /tokenize`: the simulator's token ids for a `prompt` or chat `messages`.
 pub async fn tokenize(State(state): State<Arc<SimState>>, body: Bytes) -> Result<axum::Json<Value>, OpenAiError> {
-    let request: TokenizeRequest = parse_json(&body).map_err(|error| state.refuse(error))?;
+    let whole: Value = parse_json(&body).map_err(|error| state.refuse(error))?;
+    let request = TokenizeRequest::deserialize(&whole)
+        .map_err(|error| state.refuse(OpenAiError::bad_request(error.to_string())))?;
+    let tokenizer = &state.config.tokenizer;
     let tokens = match (&request.prompt, &request.messages) {
-        (Some(prompt), None) => prompt_tokens(prompt),
-        (None, Some(messages)) => {
-            chat_turns(messages).map(|turns| sim_tokens::text_tokens(&sim_tokens::chat_prompt(&turns)))
-        }
+        (Some(prompt), None) => prompt_tokens(tokenizer, prompt),
+        (None, Some(_)) => chat_tokens(tokenizer, &whole),
         _ => Err(OpenAiError::bad_request("give exactly one of prompt and messages")),
     }
     .map_err(|error| state.refuse(error))?;
+    state.counters.tokenize_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(axum::Json(
         json!({"count": tokens.len(), "max_model_len": state.config.model.max_prompt_tokens, "tokens": tokens}),
     ))

@@ -43,6 +43,8 @@ pub struct SimCounters {
     /// Decode servers: KV transfers done, and refused (wrong prefill rank, no room, ...).
     pub kv_transfers: AtomicU64,
     pub kv_transfer_failures: AtomicU64,
+    /// `POST /tokenize` requests answered.
+    pub tokenize_requests: AtomicU64,
 }
 
 /// The model and the rank streams its admissions feed, under one lock.

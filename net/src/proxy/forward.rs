@@ -18,7 +18,8 @@ use serde_json::Value;
 use super::load_guard::{MeteredBody, RequestLoad};
 use super::lora_names::Lookup;
 use super::prompt_tokens::{
-    prompt_input, requested_output_tokens, tokenize_answer, OpenAiEndpoint, PromptInput, RequestBody,
+    engine_tokenize_body, prompt_input, requested_output_tokens, tokenize_answer, OpenAiEndpoint, PromptInput,
+    RequestBody,
 };
 use super::upstreams::Upstream;
 use super::Proxy;
@@ -99,9 +100,15 @@ impl Proxy {
         let RequestBody { json, ids } = RequestBody::parse(&body)?;
         let tokens = match ids {
             Some(ids) if endpoint == OpenAiEndpoint::Completions => ids,
-            _ => match prompt_input(endpoint, &json)? {
-                PromptInput::Tokens(tokens) => tokens,
-                PromptInput::Tokenize(request) => self.tokenize(&request).await?,
+            _ => match (prompt_input(endpoint, &json)?, &self.tokenizer) {
+                (PromptInput::Tokens(tokens), _) => tokens,
+                (PromptInput::Text(text), Some(tokenizer)) => {
+                    tokenizer.encode_prompt(text).map_err(OpenAiError::bad_request)?
+                }
+                (PromptInput::Chat, Some(tokenizer)) => {
+                    tokenizer.encode_chat(&json).map_err(OpenAiError::bad_request)?
+                }
+                (input, None) => self.tokenize(&engine_tokenize_body(&input, &json)).await?,
             },
         };
         if tokens.len() > limits.max_prompt_tokens {

@@ -6,7 +6,9 @@
 //!
 //! One request ([`Proxy::forward`]):
 //! 1. The body is JSON; its prompt becomes token ids ([`prompt_tokens`]): given ids as
-//!    they are, text and chat messages through a healthy engine's own `/tokenize`.
+//!    they are, text and chat messages through the router's tokenizer (`--tokenizer`:
+//!    a model's `tokenizer.json` and chat template, [`crate::tokenization`]) or, without
+//!    one, a healthy engine's own `/tokenize`.
 //!    A LoRA request's blocks are hashed under its adapter ([`lora_names`]: SGLang's
 //!    `lora_path`, or a vLLM `model` that the engines list as an adapter).
 //! 2. The router decides over every rank not excluded (ranks of workers that are down,
@@ -37,6 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::http_client::HttpClient;
+use crate::tokenization::PromptTokenizer;
 
 pub use forward::RequestLimits;
 pub use health::HealthPolicy;
@@ -103,6 +106,8 @@ pub struct Proxy {
     pub metrics: Arc<ProxyMetrics>,
     client: HttpClient,
     lora_names: lora_names::LoraNames,
+    /// The router's own tokenizer; `None`: the engines' `/tokenize`.
+    tokenizer: Option<Arc<PromptTokenizer>>,
 }
 
 impl Proxy {
@@ -114,7 +119,14 @@ impl Proxy {
             metrics: Arc::default(),
             client,
             lora_names: Default::default(),
+            tokenizer: None,
         }
+    }
+
+    /// The proxy tokenizing text and chat prompts itself with `tokenizer`.
+    pub fn with_tokenizer(mut self, tokenizer: Option<Arc<PromptTokenizer>>) -> Proxy {
+        self.tokenizer = tokenizer;
+        self
     }
 
     /// Probes down workers until `stop` turns true: every 100 ms, each worker whose probe

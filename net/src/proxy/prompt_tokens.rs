@@ -2,10 +2,11 @@
 //!
 //! - `/v1/completions` with `prompt` as token ids (or a list holding one list of ids):
 //!   those ids, no tokenization.
-//! - A text `prompt`, or `/v1/chat/completions` `messages`: the engine's own `POST
-//!   /tokenize` (vLLM's, and the simulator's), asked of a healthy upstream, with the same
-//!   `prompt` or `messages` (plus `add_generation_prompt`, as chat requests render), so the
-//!   ids are exactly the ones the engine will cache.
+//! - A text `prompt`, or `/v1/chat/completions` `messages`: the router's own tokenizer
+//!   when it has one (`--tokenizer`, [`crate::tokenization`]), else the engine's own `POST
+//!   /tokenize` (vLLM's, and the simulator's), asked of a healthy upstream with the same
+//!   `prompt` or `messages` and the fields the chat template reads
+//!   ([`engine_tokenize_body`]), so the ids are exactly the ones the engine will cache.
 //! - Several prompts in one request are refused (400): each may belong on another rank.
 //!
 //! Also here: the output length the request asks for (`max_tokens`, chat's
@@ -89,32 +90,53 @@ impl OpenAiEndpoint {
 
 /// What the router needs of a request's prompt.
 #[derive(Clone, Debug, PartialEq)]
-pub enum PromptInput {
+pub enum PromptInput<'a> {
     /// Token ids given by the client.
     Tokens(Vec<u32>),
-    /// To be tokenized by the engine: the body to send to its `/tokenize`.
-    Tokenize(Value),
+    /// A completion prompt to tokenize.
+    Text(&'a str),
+    /// Chat messages (the body's) to render and tokenize.
+    Chat,
 }
 
 /// The prompt of a request body.
-pub fn prompt_input(endpoint: OpenAiEndpoint, body: &Value) -> Result<PromptInput, OpenAiError> {
+pub fn prompt_input(endpoint: OpenAiEndpoint, body: &Value) -> Result<PromptInput<'_>, OpenAiError> {
     match endpoint {
         OpenAiEndpoint::Completions => {
             let prompt = body.get("prompt").ok_or_else(|| OpenAiError::bad_request("the request needs a prompt"))?;
             completion_prompt(prompt)
         }
         OpenAiEndpoint::ChatCompletions => match body.get("messages") {
-            Some(Value::Array(messages)) if !messages.is_empty() => {
-                Ok(PromptInput::Tokenize(json!({"messages": messages, "add_generation_prompt": true})))
-            }
+            Some(Value::Array(messages)) if !messages.is_empty() => Ok(PromptInput::Chat),
             _ => Err(OpenAiError::bad_request("messages must be a non-empty list")),
         },
     }
 }
 
-fn completion_prompt(prompt: &Value) -> Result<PromptInput, OpenAiError> {
+/// The chat fields a chat template reads, passed to the engine's `/tokenize` as they are.
+const CHAT_TEMPLATE_FIELDS: [&str; 4] =
+    ["add_generation_prompt", "tools", "chat_template_kwargs", "continue_final_message"];
+
+/// The body for an engine's `POST /tokenize` of `input` (`Text` or `Chat` of `body`).
+pub fn engine_tokenize_body(input: &PromptInput<'_>, body: &Value) -> Value {
+    match input {
+        PromptInput::Tokens(tokens) => json!({"prompt": tokens}),
+        PromptInput::Text(text) => json!({"prompt": text}),
+        PromptInput::Chat => {
+            let mut request = json!({"messages": body.get("messages"), "add_generation_prompt": true});
+            for field in CHAT_TEMPLATE_FIELDS {
+                if let Some(value) = body.get(field).filter(|value| !value.is_null()) {
+                    request[field] = value.clone();
+                }
+            }
+            request
+        }
+    }
+}
+
+fn completion_prompt(prompt: &Value) -> Result<PromptInput<'_>, OpenAiError> {
     match prompt {
-        Value::String(_) => Ok(PromptInput::Tokenize(json!({"prompt": prompt}))),
+        Value::String(text) => Ok(PromptInput::Text(text)),
         Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_number) => {
             token_ids(items).map(PromptInput::Tokens)
         }
@@ -189,19 +211,19 @@ mod tests {
         let completions = OpenAiEndpoint::Completions;
         assert_eq!(prompt_input(completions, &json!({"prompt": [1, 2, 3]})), Ok(PromptInput::Tokens(vec![1, 2, 3])));
         assert_eq!(prompt_input(completions, &json!({"prompt": [[4, 5]]})), Ok(PromptInput::Tokens(vec![4, 5])));
-        assert_eq!(
-            prompt_input(completions, &json!({"prompt": "hi"})),
-            Ok(PromptInput::Tokenize(json!({"prompt": "hi"})))
-        );
-        assert_eq!(
-            prompt_input(completions, &json!({"prompt": ["hi"]})),
-            Ok(PromptInput::Tokenize(json!({"prompt": "hi"})))
-        );
+        let text = json!({"prompt": "hi"});
+        assert_eq!(prompt_input(completions, &text), Ok(PromptInput::Text("hi")));
+        assert_eq!(engine_tokenize_body(&PromptInput::Text("hi"), &text), json!({"prompt": "hi"}));
+        assert_eq!(prompt_input(completions, &json!({"prompt": ["hi"]})), Ok(PromptInput::Text("hi")));
         let messages = json!([{"role": "user", "content": "hi"}]);
+        let chat = json!({"messages": messages, "tools": null, "chat_template_kwargs": {"x": 1}, "max_tokens": 3});
+        assert_eq!(prompt_input(OpenAiEndpoint::ChatCompletions, &chat), Ok(PromptInput::Chat));
         assert_eq!(
-            prompt_input(OpenAiEndpoint::ChatCompletions, &json!({"messages": messages})),
-            Ok(PromptInput::Tokenize(json!({"messages": messages, "add_generation_prompt": true})))
+            engine_tokenize_body(&PromptInput::Chat, &chat),
+            json!({"messages": messages, "add_generation_prompt": true, "chat_template_kwargs": {"x": 1}})
         );
+        let no_generation = json!({"messages": messages, "add_generation_prompt": false});
+        assert_eq!(engine_tokenize_body(&PromptInput::Chat, &no_generation), no_generation);
         for bad in [
             json!({}),
             json!({"prompt": ["a", "b"]}),

@@ -31,6 +31,7 @@ use crate::engine_ingest::EngineSource;
 use crate::proxy::{HealthPolicy, ProxyConfig, Upstream};
 use crate::tls::insecure::is_loopback;
 use crate::tls::TlsFiles;
+use crate::tokenization::{PromptTokenizer, TokenizerSource};
 pub use crate::transport::TlsMode;
 
 /// Rooms seeds and other TOML integers must fit an `i64`; room seeds are below 2^62.
@@ -154,6 +155,8 @@ pub struct ServeConfig {
     /// The routing proxy's upstreams at start (workers with a `url`).
     pub upstreams: Vec<Upstream>,
     pub proxy: ProxyConfig,
+    /// The proxy's own tokenizer (`proxy.tokenizer`), loaded; `None`: the engines'.
+    pub tokenizer: Option<Arc<PromptTokenizer>>,
     /// The effective options (defaults filled), as `--print-config` prints them.
     pub effective: ServeOptions,
 }
@@ -212,6 +215,7 @@ impl ServeConfig {
         let engine_sources = resolve_engine_sources(o)?;
         let upstreams = resolve_upstreams(o)?;
         let proxy = resolve_proxy(o)?;
+        let tokenizer = resolve_tokenizer(o)?;
         Ok(ServeConfig {
             http_listen,
             http_token,
@@ -232,6 +236,7 @@ impl ServeConfig {
             engine_sources,
             upstreams,
             proxy,
+            tokenizer,
             effective,
         })
     }
@@ -472,6 +477,21 @@ fn resolve_proxy(o: &ServeOptions) -> Result<ProxyConfig, ConfigError> {
         probe_timeout: defaults.probe_timeout,
         health: HealthPolicy { failures_before_down, first_backoff, max_backoff },
     })
+}
+
+fn resolve_tokenizer(o: &ServeOptions) -> Result<Option<Arc<PromptTokenizer>>, ConfigError> {
+    let p = &o.proxy;
+    let Some(name) = &p.tokenizer else {
+        if p.chat_template.is_some() {
+            return Err(ConfigError::invalid("proxy.chat_template", "needs proxy.tokenizer (--tokenizer)"));
+        }
+        return Ok(None);
+    };
+    let source: TokenizerSource =
+        name.parse().map_err(|reason: String| ConfigError::invalid("proxy.tokenizer", reason))?;
+    let tokenizer = PromptTokenizer::load(&source, p.chat_template.as_deref())
+        .map_err(|reason| ConfigError::invalid("proxy.tokenizer", reason))?;
+    Ok(Some(Arc::new(tokenizer)))
 }
 
 /// A random `u64` from the standard library's per-process random hash keys and the time.

@@ -88,7 +88,7 @@ pub async fn serve_on(
     for spec in &config.workers {
         router.add_worker(spec.clone())?;
     }
-    let proxy = Arc::new(Proxy::new(config.proxy));
+    let proxy = Arc::new(Proxy::new(config.proxy).with_tokenizer(config.tokenizer.clone()));
     for upstream in &config.upstreams {
         proxy.upstreams.insert(upstream.clone());
     }

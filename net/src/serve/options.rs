@@ -252,6 +252,18 @@ pub struct ProxyOptions {
     #[arg(long = "proxy-probe-max-backoff", value_name = "DURATION")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_max_backoff: Option<HumanDuration>,
+    /// Tokenize text prompts and chat messages in the router: a model's tokenizer.json or
+    /// model directory (chat template from its chat_template.jinja or
+    /// tokenizer_config.json), or `bytes` (the engine simulator's). Unset: each request's
+    /// text is tokenized by a worker's POST /tokenize (one more round trip).
+    #[arg(long = "tokenizer", value_name = "PATH|bytes")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
+    /// The chat template for --tokenizer: Jinja source, or a tokenizer_config.json
+    /// [default: the model's].
+    #[arg(long = "chat-template", value_name = "FILE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<std::path::PathBuf>,
 }
 
 impl ProxyOptions {
@@ -263,6 +275,8 @@ impl ProxyOptions {
             failures_before_down: self.failures_before_down.or(file.failures_before_down),
             probe_backoff: self.probe_backoff.or(file.probe_backoff),
             probe_max_backoff: self.probe_max_backoff.or(file.probe_max_backoff),
+            tokenizer: self.tokenizer.or(file.tokenizer),
+            chat_template: self.chat_template.or(file.chat_template),
         }
     }
 
@@ -275,6 +289,8 @@ impl ProxyOptions {
             failures_before_down: self.failures_before_down.or(Some(core.health.failures_before_down)),
             probe_backoff: self.probe_backoff.or(Some(HumanDuration(core.health.first_backoff))),
             probe_max_backoff: self.probe_max_backoff.or(Some(HumanDuration(core.health.max_backoff))),
+            tokenizer: self.tokenizer,
+            chat_template: self.chat_template,
         }
     }
 }
