@@ -33,6 +33,7 @@ pub mod quic_flood;
 pub mod replay;
 pub mod report;
 pub mod rng;
+pub mod router_fleet;
 pub mod schedule;
 pub mod soak;
 pub mod sweep;

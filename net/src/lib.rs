@@ -23,6 +23,11 @@
 //!   TOML configuration, graceful shutdown.
 //! - [`snapshot_file`]: router snapshot files: atomic, fsynced writes with io_uring
 //!   (`std::fs` where it is unavailable), verified read-only maps on start.
+//! - [`tokenization`]: prompts to token ids as the engine tokenizes them (a model's
+//!   `tokenizer.json` and chat template, or the simulator's byte tokenizer), for the proxy
+//!   and the simulator.
+//! - [`trace_load`]: an open-loop HTTP load generator replaying the trace (live demo,
+//!   router benches).
 //! - [`transport`]: the QUIC KV event transport: the publisher library (next to an
 //!   engine) and the router's ingest server feeding the index.
 
@@ -38,4 +43,5 @@ pub mod serve;
 pub mod snapshot_file;
 pub mod tls;
 pub mod tokenization;
+pub mod trace_load;
 pub mod transport;

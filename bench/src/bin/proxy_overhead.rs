@@ -10,7 +10,9 @@
 //! - `direct`: the client sends request `i` to rank `i mod ranks` itself (the baseline);
 //! - `kvroute`: through `kvroute serve`'s proxy (in this process), prompts as token ids, so
 //!   no tokenization;
-//! - `kvroute, tokenized by the engine`: text prompts, tokenized through the engine's
+//! - `kvroute, text tokenized by kvroute`: text prompts, tokenized in the router
+//!   (`--tokenizer bytes`, the simulator's byte tokenizer);
+//! - `kvroute, text tokenized by the engine`: text prompts, tokenized through the engine's
 //!   `/tokenize` before routing;
 //! - `vllm-router` / `smg`, when `--vllm-router` / `--smg` name their executables
 //!   (`pip install vllm-router==0.1.17 smg==1.13.0`): `--policy kv_aware` fed the fleet's KV
@@ -22,7 +24,6 @@
 //! this machine's cores, load generator included.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,10 +31,10 @@ use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use kvroute_bench::machine::Machine;
+use kvroute_bench::router_fleet::{start_kvroute, start_peer, PeerKind, PEER_API_KEY};
 use kvroute_core::sim::{EngineModelConfig, EngineTiming};
 use kvroute_net::engine_sim::{EngineKind, EngineSimConfig, SimFleet, SENT_AT_HEADER};
 use kvroute_net::http_client::HttpClient;
-use kvroute_net::serve::{RunningDaemon, ServeConfig, ServeOptions};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -58,7 +59,7 @@ struct Args {
     /// The smg executable (measured when given).
     #[arg(long)]
     smg: Option<PathBuf>,
-    /// Skip the text-prompt kvroute run.
+    /// Skip the text-prompt kvroute runs.
     #[arg(long)]
     no_tokenize_run: bool,
 }
@@ -68,6 +69,7 @@ enum Run {
     Direct,
     Kvroute,
     KvrouteTokenized,
+    KvrouteEngineTokenized,
     VllmRouter,
     Smg,
 }
@@ -77,7 +79,8 @@ impl Run {
         match self {
             Run::Direct => "direct (no router)",
             Run::Kvroute => "kvroute",
-            Run::KvrouteTokenized => "kvroute, tokenized by the engine",
+            Run::KvrouteTokenized => "kvroute, text tokenized by kvroute",
+            Run::KvrouteEngineTokenized => "kvroute, text tokenized by the engine",
             Run::VllmRouter => "vllm-router kv_aware",
             Run::Smg => "smg cache_aware --dp-aware",
         }
@@ -104,7 +107,7 @@ fn main() {
     );
     let mut runs = vec![Run::Direct, Run::Kvroute];
     if !args.no_tokenize_run {
-        runs.push(Run::KvrouteTokenized);
+        runs.extend([Run::KvrouteTokenized, Run::KvrouteEngineTokenized]);
     }
     if args.vllm_router.is_some() {
         runs.push(Run::VllmRouter);
@@ -173,20 +176,6 @@ fn quantile(values: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// A peer router running as a child process, killed when dropped.
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_or(0, |a| a.port())
-}
-
 async fn measure(args: &Args, run: Run) -> Result<Outcome, String> {
     let kind = if run == Run::Smg { EngineKind::Sglang } else { EngineKind::Vllm };
     let mut template = EngineSimConfig::new(kind, "127.0.0.1:0".parse().expect("address"));
@@ -208,71 +197,22 @@ async fn measure(args: &Args, run: Run) -> Result<Outcome, String> {
     let mut auth = false;
     let base = match run {
         Run::Direct => None,
-        Run::Kvroute | Run::KvrouteTokenized => {
-            let udp =
-                std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map_err(|e| e.to_string())?;
-            let mut options = ServeOptions::from_toml(&format!(
-                "ingest_listen = \"{udp}\"\nmax_body_bytes = 67108864\nlog_filter = \"warn\"\n[tls]\ninsecure_loopback = true\n"
-            ))
-            .map_err(|e| e.to_string())?;
-            options.workers = fleet.worker_registrations()?;
-            let config = ServeConfig::resolve(options).map_err(|e| e.to_string())?;
-            let running = RunningDaemon::start(config).await.map_err(|e| e.to_string())?;
+        Run::Kvroute | Run::KvrouteTokenized | Run::KvrouteEngineTokenized => {
+            let extra = if run == Run::KvrouteTokenized { "[proxy]\ntokenizer = \"bytes\"" } else { "" };
+            let running = start_kvroute(&fleet, extra).await?;
             let url = format!("http://{}", running.http_address);
             daemon = Some(running);
-            wait_metric_sum(&client, &url, "kvroute_engine_rank_connected", f64::from(args.workers * args.dp_size))
-                .await?;
             Some(url)
         }
         Run::VllmRouter | Run::Smg => {
-            let port = free_port();
-            let mut command = Command::new(
-                if run == Run::Smg { args.smg.clone() } else { args.vllm_router.clone() }.expect("checked"),
-            );
-            if run == Run::Smg {
-                command.args(["launch", "--policy", "cache_aware", "--dp-aware"]);
-            } else {
-                command.args([
-                    "--policy",
-                    "kv_aware",
-                    "--intra-node-data-parallel-size",
-                    &args.dp_size.to_string(),
-                    "--kv-event-model",
-                    "kvroute-sim",
-                ]);
-                for engine in fleet.engines() {
-                    let url = format!("http://{}", engine.http_address());
-                    let ranks = |endpoint: Option<kvroute_net::engine_zmq::EngineEndpoint>| {
-                        endpoint.map(|e| {
-                            let port = e.address().port().unwrap_or(0);
-                            (0..args.dp_size)
-                                .map(|r| format!("tcp://127.0.0.1:{}", u32::from(port) + r))
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        })
-                    };
-                    if let Some(events) = ranks(engine.subscriber_endpoint(0)) {
-                        command.args(["--kv-event-source", &format!("{url}={events}")]);
-                    }
-                    if let Some(replay) = ranks(engine.replay_endpoint(0)) {
-                        command.args(["--kv-event-replay-source", &format!("{url}={replay}")]);
-                    }
-                }
-            }
-            command.args([
-                "--port",
-                &port.to_string(),
-                "--api-key",
-                "x",
-                "--prometheus-port",
-                &free_port().to_string(),
-            ]);
-            command.arg("--worker-urls").args(fleet.urls());
-            command.stdout(Stdio::null()).stderr(Stdio::null());
-            _peer = Some(Peer(command.spawn().map_err(|e| format!("cannot start the peer: {e}"))?));
+            let (kind, exe) = match run {
+                Run::Smg => (PeerKind::Smg, args.smg.as_deref()),
+                _ => (PeerKind::VllmRouter, args.vllm_router.as_deref()),
+            };
+            let peer = start_peer(kind, exe.expect("checked"), &fleet, args.dp_size).await?;
+            let url = peer.url.clone();
+            _peer = Some(peer);
             auth = true;
-            let url = format!("http://127.0.0.1:{port}");
-            wait_ready(&client, &url).await?;
             Some(url)
         }
     };
@@ -285,46 +225,6 @@ async fn measure(args: &Args, run: Run) -> Result<Outcome, String> {
     }
     fleet.shutdown().await;
     Ok(outcome)
-}
-
-async fn wait_metric_sum(client: &HttpClient, base: &str, family: &str, want: f64) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let labelled = format!("{family}{{");
-    loop {
-        if let Ok((_, body)) = client.get(&format!("{base}/metrics"), Duration::from_secs(2)).await {
-            let text = String::from_utf8_lossy(&body);
-            let sum: f64 = text
-                .lines()
-                .filter(|l| l.starts_with(&labelled))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum();
-            if sum >= want {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(format!("the router's {family} did not reach {want}"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until a peer router answers `/v1/models` (its workers discovered), then a moment.
-async fn wait_ready(client: &HttpClient, base: &str) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok((status, _)) = client.get(&format!("{base}/health"), Duration::from_secs(2)).await {
-            if status.is_success() {
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            return Err("the peer router did not come up within 60 s".to_owned());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// A request body: the shared half of system prompt `i % 64`, then tokens unique to `i`.
@@ -355,7 +255,7 @@ async fn send_all(
     let total = (args.rate * args.seconds).round() as usize;
     let ranks = engines.len() * args.dp_size as usize;
     // smg takes text prompts only (a list of token ids is refused as the wrong type).
-    let text = matches!(run, Run::KvrouteTokenized | Run::Smg);
+    let text = matches!(run, Run::KvrouteTokenized | Run::KvrouteEngineTokenized | Run::Smg);
     let bodies: Vec<Bytes> = (0..total).map(|i| body(args, i, text)).collect();
     let outcome = Arc::new(Mutex::new(Outcome { sent: total, ..Outcome::default() }));
     let start = tokio::time::Instant::now();
@@ -380,7 +280,7 @@ async fn send_all(
                 request = request.header("x-data-parallel-rank", rank);
             }
             if auth {
-                request = request.header("authorization", "Bearer x");
+                request = request.header("authorization", format!("Bearer {PEER_API_KEY}"));
             }
             let started = Instant::now();
             let result = match request.body(Full::new(body)) {

@@ -91,6 +91,11 @@ impl SimFleet {
             .collect()
     }
 
+    /// Requests each rank has served, worker-major (the engines' own counts).
+    pub fn requests_per_rank(&self) -> Vec<u64> {
+        self.engines.iter().flat_map(|engine| engine.stats().into_iter().map(|rank| rank.requests)).collect()
+    }
+
     /// Transit times every engine recorded since the last call (see `/sim/transits`).
     pub fn take_transits(&self) -> Vec<u64> {
         self.engines.iter().flat_map(EngineSim::take_transits).collect()

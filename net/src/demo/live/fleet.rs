@@ -93,6 +93,11 @@ impl LiveFleet {
         self.daemon.as_ref().map(|daemon| format!("http://{}", daemon.http_address))
     }
 
+    /// Requests each rank served, worker-major.
+    pub fn requests_per_rank(&self) -> Vec<u64> {
+        self.engines.requests_per_rank()
+    }
+
     /// Every engine's base URL, by worker id.
     pub fn engine_urls(&self) -> Vec<String> {
         self.engines.urls()

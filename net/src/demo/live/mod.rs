@@ -8,7 +8,7 @@
 //!    proxy in front of them; the load generator sends to the proxy. `round-robin`: the
 //!    load generator sends request `i` straight to rank `i mod ranks` (the engine's DP-rank
 //!    header), as a round-robin router would, with no router hop at all.
-//! 3. The load generator ([`load_generator`]) replays the first `--requests` requests of
+//! 3. The load generator ([`kvroute_net::trace_load`]) replays the first `--requests` requests of
 //!    the built-in trace open loop at their timestamps divided by `--speedup`: each
 //!    prompt's token ids are derived from its hash ids (512 tokens an id, equal ids equal
 //!    tokens), sent as `POST /v1/completions` with `stream: true`, output capped at
@@ -20,7 +20,6 @@
 //! 200 with its usage, and after kvroute's run every rank's load in the router is zero.
 
 mod fleet;
-mod load_generator;
 
 use std::time::Instant;
 
@@ -29,7 +28,7 @@ use kvroute_core::trace::TraceRequest;
 use super::outcome::{min_mean_max, ms, percentile, row};
 use super::{progress, DemoArgs, DemoError};
 use fleet::{LiveFleet, LiveSettings};
-use load_generator::{trace_prompts, LiveOutcome, Target};
+use kvroute_net::trace_load::{replay, trace_prompts, LiveOutcome, PromptForm, Target};
 
 /// What `--live` runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,7 +49,7 @@ impl LivePolicy {
 pub(super) fn run(args: &DemoArgs, requests: &[TraceRequest]) -> Result<(), DemoError> {
     let settings = LiveSettings::from_args(args)?;
     let requests = &requests[..requests.len().min(settings.requests)];
-    let prompts = trace_prompts(requests, settings.max_output_tokens);
+    let prompts = trace_prompts(requests, settings.max_output_tokens, PromptForm::TokenIds);
     let span_s = requests.last().map_or(0.0, |r| r.timestamp_ms as f64 / 1000.0);
     println!(
         "kvroute demo --live: {} engines x {} DP ranks (simulated: {} us per uncached prefill token, {} ms per output \
@@ -72,18 +71,20 @@ pub(super) fn run(args: &DemoArgs, requests: &[TraceRequest]) -> Result<(), Demo
     let started = Instant::now();
     let policies = [LivePolicy::Kvroute, LivePolicy::RoundRobin];
     let mut outcomes: Vec<LiveOutcome> = Vec::new();
+    let mut per_rank: Vec<Vec<u64>> = Vec::new();
     for policy in policies {
         let outcome = runtime.block_on(async {
             let fleet = LiveFleet::start(&settings, policy == LivePolicy::Kvroute).await?;
             let target = match policy {
-                LivePolicy::Kvroute => Target::Proxy(fleet.proxy_url().expect("the kvroute fleet has a proxy")),
+                LivePolicy::Kvroute => {
+                    Target::Router { url: fleet.proxy_url().expect("the kvroute fleet has a proxy"), bearer: None }
+                }
                 LivePolicy::RoundRobin => Target::RoundRobin(fleet.engine_urls()),
             };
             let bar = progress(args, prompts.len(), policy.label());
-            let outcome =
-                load_generator::replay(&prompts, &target, (settings.workers, settings.dp_size), settings.speedup, &bar)
-                    .await;
+            let outcome = replay(&prompts, &target, settings.dp_size, settings.speedup, &bar).await;
             bar.finish_and_clear();
+            per_rank.push(fleet.requests_per_rank());
             if policy == LivePolicy::Kvroute {
                 fleet.check_router_idle().await?;
             }
@@ -102,7 +103,7 @@ pub(super) fn run(args: &DemoArgs, requests: &[TraceRequest]) -> Result<(), Demo
     row("end-to-end p50", us(|o| &o.e2e_us, 0.50));
     row("end-to-end p99", us(|o| &o.e2e_us, 0.99));
     row("cached prompt tokens", outcomes.iter().map(|o| format!("{:.1}%", o.cached_ratio() * 100.0)));
-    row("requests per rank", outcomes.iter().map(|o| min_mean_max(&o.per_rank)));
+    row("requests per rank", per_rank.iter().map(|counts| min_mean_max(counts)));
     row("errors", outcomes.iter().map(|o| o.errors.len().to_string()));
     println!("(both runs took {:.1} s)", started.elapsed().as_secs_f64());
     for (policy, outcome) in policies.iter().zip(&outcomes) {
