@@ -7,7 +7,9 @@
 //! cached; streaming and whole answers, completions and chat (tokenized by the engine, or
 //! by the router with the engine's own tokenizer.json and chat template);
 //! a client that goes away mid-stream cancels the upstream request; a dead upstream is
-//! retried on the next-best rank, taken out of decisions, probed and brought back; bad
+//! retried on the next-best rank, taken out of decisions, probed and brought back; an
+//! upstream killed under load breaks only its own streams, is routed around, and serves
+//! again once it is back; bad
 //! requests get OpenAI-style errors; and after all of it every rank's load is zero again.
 
 use std::net::SocketAddr;
@@ -486,4 +488,77 @@ async fn the_router_tokenizes_text_and_chat_itself_as_the_engine_does() {
     eventually("every rank idle", async || active_requests(&client, &base).await.iter().all(|&n| n == 0)).await;
     stop_daemon(daemon).await;
     sim.shutdown().await;
+}
+
+/// A streamed completion of `prompt`: `Ok(worker)` when it ran to `[DONE]`, `Err(worker)`
+/// when its stream broke or ended short.
+async fn stream_to_end(client: &HttpClient, base: &str, prompt: Vec<u32>) -> Result<u64, u64> {
+    let body = json!({"model": "kvroute-sim", "prompt": prompt, "max_tokens": 40, "stream": true});
+    let response = client.send("POST", &format!("{base}/v1/completions"), &[], body.to_string().into()).await;
+    assert_eq!(response.status(), 200);
+    let worker = response.headers()["x-kvroute-worker-id"].to_str().unwrap().parse::<u64>().unwrap();
+    match http_body_util::BodyExt::collect(response.into_body()).await.map(|body| body.to_bytes()) {
+        Ok(body) if String::from_utf8_lossy(&body).contains("data: [DONE]") => Ok(worker),
+        _ => Err(worker),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_killed_under_load_breaks_only_its_streams_and_is_routed_around_until_it_is_back() {
+    let shape = SimShape { events: false, decode: Duration::from_millis(25), ..SimShape::vllm(2) };
+    let (doomed, survivor) = (start_sim(shape).await, start_sim(shape).await);
+    let doomed_addr = doomed.http_address();
+    let workers = worker_toml(1, &doomed, 2) + &worker_toml(2, &survivor, 2);
+    let daemon = start_daemon("", "probe_backoff = \"100ms\"\nprobe_max_backoff = \"200ms\"", &workers).await;
+    let base = format!("http://{}", daemon.0);
+    let client = HttpClient::default();
+    // Eight streams of 40 tokens (1 s each), spread over the four idle ranks by load.
+    let streams: Vec<_> = (0..8u32)
+        .map(|i| {
+            let (client, base) = (client.clone(), base.clone());
+            tokio::spawn(async move { stream_to_end(&client, &base, (0..32).map(|t| t + i * 1000).collect()).await })
+        })
+        .collect();
+    eventually("eight streams running", async || active_requests(&client, &base).await.iter().sum::<u64>() == 8).await;
+    doomed.kill().await;
+    let mut outcomes = Vec::new();
+    for stream in streams {
+        outcomes.push(stream.await.unwrap());
+    }
+    assert!(outcomes.iter().all(|o| matches!(o, Ok(2) | Err(1))), "only worker 1's streams broke: {outcomes:?}");
+    assert!(outcomes.iter().any(|o| o.is_err()) && outcomes.iter().any(|o| o.is_ok()), "{outcomes:?}");
+    let broken = outcomes.iter().filter(|o| o.is_err()).count() as f64;
+    assert_eq!(metric(&client, &base, "kvroute_proxy_requests_total{outcome=\"upstream_broken\"}").await, broken);
+    // New requests: refused by the dead worker, retried on the other, until it is taken out.
+    for i in 0..12u32 {
+        let reply = client
+            .post_json(
+                &format!("{base}/v1/completions"),
+                &json!({"model": "kvroute-sim", "prompt": (0..32).map(|t| t + 90_000 + i * 1000).collect::<Vec<u32>>(), "max_tokens": 1}),
+                &[],
+            )
+            .await;
+        assert_eq!(reply.status, 200, "request {i}: {}", String::from_utf8_lossy(&reply.body));
+        assert_eq!(routed(&reply).0, 2);
+    }
+    assert_eq!(metric(&client, &base, "kvroute_proxy_upstreams{state=\"down\"}").await, 1.0);
+    eventually("every rank idle", async || active_requests(&client, &base).await.iter().all(|&n| n == 0)).await;
+    // The engine comes back on its address: probed, back in decisions, serving again.
+    let revived = start_sim_on(shape, doomed_addr).await;
+    eventually("worker 1 back", async || {
+        metric(&client, &base, "kvroute_proxy_upstreams{state=\"down\"}").await == 0.0
+    })
+    .await;
+    let back: Vec<u64> = {
+        let mut back = Vec::new();
+        for i in 0..4u32 {
+            back.push(stream_to_end(&client, &base, (0..32).map(|t| t + 200_000 + i * 1000).collect()).await.unwrap());
+        }
+        back
+    };
+    assert!(back.contains(&1), "worker 1 serves again: {back:?}");
+    eventually("every rank idle", async || active_requests(&client, &base).await.iter().all(|&n| n == 0)).await;
+    stop_daemon(daemon).await;
+    survivor.shutdown().await;
+    revived.shutdown().await;
 }

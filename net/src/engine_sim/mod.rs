@@ -149,6 +149,16 @@ impl EngineSim {
         self.state.shutdown().await;
     }
 
+    /// Stops at once, as a crashed server would: the listener and every connection are
+    /// dropped where they are, responses mid-stream included (for failure tests).
+    pub async fn kill(self) {
+        // Aborting the server task drops its connection set, which aborts every
+        // connection's task.
+        self.server.abort();
+        let _ = self.server.await;
+        self.state.shutdown().await;
+    }
+
     /// Serves until ctrl-c (the `kvroute engine-sim` command).
     pub async fn run_until_ctrl_c(self) -> Result<(), EngineSimError> {
         let _ = tokio::signal::ctrl_c().await;
