@@ -23,6 +23,8 @@
 //!   TOML configuration, graceful shutdown.
 //! - [`snapshot_file`]: router snapshot files: atomic, fsynced writes with io_uring
 //!   (`std::fs` where it is unavailable), verified read-only maps on start.
+//! - [`token_id_list`]: a JSON list of token ids read fast (the proxy's and the
+//!   simulator's prompt bodies).
 //! - [`tokenization`]: prompts to token ids as the engine tokenizes them (a model's
 //!   `tokenizer.json` and chat template, or the simulator's byte tokenizer), for the proxy
 //!   and the simulator.
@@ -42,6 +44,7 @@ pub mod proxy;
 pub mod serve;
 pub mod snapshot_file;
 pub mod tls;
+pub mod token_id_list;
 pub mod tokenization;
 pub mod trace_load;
 pub mod transport;

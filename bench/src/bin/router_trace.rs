@@ -73,20 +73,20 @@ struct Args {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Router {
+enum Contender {
     RoundRobin,
     Kvroute,
     VllmRouter,
     Smg,
 }
 
-impl Router {
+impl Contender {
     fn label(self) -> &'static str {
         match self {
-            Router::RoundRobin => "round-robin (direct)",
-            Router::Kvroute => "kvroute",
-            Router::VllmRouter => "vllm-router kv_aware",
-            Router::Smg => "smg cache_aware dp-aware",
+            Contender::RoundRobin => "round-robin (direct)",
+            Contender::Kvroute => "kvroute",
+            Contender::VllmRouter => "vllm-router kv_aware",
+            Contender::Smg => "smg cache_aware dp-aware",
         }
     }
 }
@@ -123,15 +123,15 @@ fn main() {
         args.speedup,
         args.max_output_tokens
     );
-    let mut routers = vec![Router::RoundRobin, Router::Kvroute];
+    let mut routers = vec![Contender::RoundRobin, Contender::Kvroute];
     if args.vllm_router.is_some() {
-        routers.push(Router::VllmRouter);
+        routers.push(Contender::VllmRouter);
     }
     if args.smg.is_some() {
-        routers.push(Router::Smg);
+        routers.push(Contender::Smg);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    let mut results: Vec<(Router, RunResult)> = Vec::new();
+    let mut results: Vec<(Contender, RunResult)> = Vec::new();
     for router in routers {
         let started = std::time::Instant::now();
         match runtime.block_on(run(&args, router, &prompts)) {
@@ -147,10 +147,10 @@ fn main() {
 
 async fn run(
     args: &Args,
-    router: Router,
+    router: Contender,
     prompts: &[kvroute_net::trace_load::LivePrompt],
 ) -> Result<RunResult, String> {
-    let kind = if router == Router::Smg { EngineKind::Sglang } else { EngineKind::Vllm };
+    let kind = if router == Contender::Smg { EngineKind::Sglang } else { EngineKind::Vllm };
     let mut template = EngineSimConfig::new(kind, "127.0.0.1:0".parse().expect("address"));
     template.model = EngineModelConfig {
         dp_size: args.dp_size,
@@ -167,16 +167,16 @@ async fn run(
     let mut daemon = None;
     let mut peer = None;
     let target = match router {
-        Router::RoundRobin => Target::RoundRobin(fleet.urls()),
-        Router::Kvroute => {
+        Contender::RoundRobin => Target::RoundRobin(fleet.urls()),
+        Contender::Kvroute => {
             let running = start_kvroute(&fleet, "[proxy]\ntokenizer = \"bytes\"").await?;
             let url = format!("http://{}", running.http_address);
             daemon = Some(running);
             Target::Router { url, bearer: None }
         }
-        Router::VllmRouter | Router::Smg => {
+        Contender::VllmRouter | Contender::Smg => {
             let (kind, exe) = match router {
-                Router::Smg => (PeerKind::Smg, args.smg.as_deref()),
+                Contender::Smg => (PeerKind::Smg, args.smg.as_deref()),
                 _ => (PeerKind::VllmRouter, args.vllm_router.as_deref()),
             };
             let started = start_peer(kind, exe.expect("checked"), &fleet, args.dp_size).await?;
@@ -213,8 +213,8 @@ fn quantile(values: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn print_table(results: &[(Router, RunResult)]) {
-    let direct = results.iter().find(|(router, _)| *router == Router::RoundRobin).map(|(_, r)| &r.transit_us);
+fn print_table(results: &[(Contender, RunResult)]) {
+    let direct = results.iter().find(|(router, _)| *router == Contender::RoundRobin).map(|(_, r)| &r.transit_us);
     let cell = |label: &str, cells: Vec<String>| {
         let mut line = format!("{label:<24}");
         for cell in cells {

@@ -30,6 +30,7 @@ use super::wire_json::{
     json_response, named_rank, output_tokens, parse_json, sse_done, sse_json, sse_response, token_ids,
 };
 use crate::openai_error::OpenAiError;
+use crate::token_id_list::parse_token_id_list;
 use crate::tokenization::PromptTokenizer;
 
 /// OpenAI's default `max_tokens` for completions.
@@ -90,9 +91,9 @@ fn lora_of(state: &SimState, model: Option<&str>) -> Result<Option<String>, Open
 
 /// [`prompt_tokens`] of a raw prompt, plain token ids read without a `Value` per id.
 fn raw_prompt_tokens(tokenizer: &PromptTokenizer, raw: &serde_json::value::RawValue) -> Result<Vec<u32>, OpenAiError> {
-    match serde_json::from_str::<Vec<u32>>(raw.get()) {
-        Ok(ids) if !ids.is_empty() => Ok(ids),
-        _ => prompt_tokens(
+    match parse_token_id_list(raw.get()) {
+        Some(ids) => Ok(ids),
+        None => prompt_tokens(
             tokenizer,
             &serde_json::from_str(raw.get()).map_err(|e| OpenAiError::bad_request(e.to_string()))?,
         ),

@@ -15,6 +15,7 @@
 use serde_json::{json, Value};
 
 use crate::openai_error::OpenAiError;
+use crate::token_id_list::parse_token_id_list;
 
 /// A request body as the proxy reads it: every field a `Value`, except a `prompt` of plain
 /// token ids, which is read straight into `ids` (a 2,048-token prompt would otherwise be
@@ -29,6 +30,9 @@ pub struct RequestBody {
 impl RequestBody {
     /// Parses a JSON object body; a 400 for anything else.
     pub fn parse(bytes: &[u8]) -> Result<RequestBody, OpenAiError> {
+        if let Some(body) = RequestBody::parse_with_plain_ids(bytes) {
+            return Ok(body);
+        }
         let parsed: Result<RequestBody, _> = serde_json::from_slice(bytes);
         parsed.map_err(|error| {
             if error.is_data() && !error.to_string().contains("token ids") {
@@ -38,6 +42,71 @@ impl RequestBody {
             }
         })
     }
+}
+
+impl RequestBody {
+    /// The common body, `prompt` a plain list of ids, without serde_json reading the ids:
+    /// the top-level `"prompt"` key is found by a scan that tracks strings and nesting,
+    /// its list is read by [`parse_token_id_list`], and the rest of the body, the list
+    /// replaced by `null`, by serde_json (which checks all of it). `None` for any other
+    /// body (the general parse then reads it, errors included).
+    fn parse_with_plain_ids(bytes: &[u8]) -> Option<RequestBody> {
+        let key_end = top_level_key_end(bytes, b"\"prompt\"")?;
+        let colon = skip_json_whitespace(bytes, key_end);
+        if bytes.get(colon) != Some(&b':') {
+            return None;
+        }
+        let start = skip_json_whitespace(bytes, colon + 1);
+        if bytes.get(start) != Some(&b'[') {
+            return None;
+        }
+        let end = start + bytes[start..].iter().position(|&b| b == b']')? + 1;
+        let ids = parse_token_id_list(std::str::from_utf8(&bytes[start..end]).ok()?)?;
+        let mut rest = Vec::with_capacity(bytes.len() - (end - start) + 4);
+        rest.extend_from_slice(&bytes[..start]);
+        rest.extend_from_slice(b"null");
+        rest.extend_from_slice(&bytes[end..]);
+        let mut body: RequestBody = serde_json::from_slice(&rest).ok()?;
+        match body.json.as_object_mut()?.remove("prompt") {
+            Some(Value::Null) if body.ids.is_none() => Some(RequestBody { json: body.json, ids: Some(ids) }),
+            _ => None,
+        }
+    }
+}
+
+/// Where the first key `key` (quotes included) of the top-level object ends, found by a
+/// scan that skips strings (escapes included) and nested values.
+fn top_level_key_end(bytes: &[u8], key: &[u8]) -> Option<usize> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let mut at = 0;
+    while at < bytes.len() {
+        let byte = bytes[at];
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else {
+            match byte {
+                b'"' if depth == 1 && bytes[at..].starts_with(key) => return Some(at + key.len()),
+                b'"' => in_string = true,
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' => depth = depth.checked_sub(1)?,
+                _ => {}
+            }
+        }
+        at += 1;
+    }
+    None
+}
+
+fn skip_json_whitespace(bytes: &[u8], mut at: usize) -> usize {
+    while bytes.get(at).is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
+        at += 1;
+    }
+    at
 }
 
 impl<'de> serde::Deserialize<'de> for RequestBody {
@@ -54,9 +123,9 @@ impl<'de> serde::Deserialize<'de> for RequestBody {
                 while let Some(key) = map.next_key::<String>()? {
                     if key == "prompt" {
                         let raw: Box<serde_json::value::RawValue> = map.next_value()?;
-                        match serde_json::from_str::<Vec<u32>>(raw.get()) {
-                            Ok(plain) if !plain.is_empty() => ids = Some(plain),
-                            _ => {
+                        match parse_token_id_list(raw.get()) {
+                            Some(plain) => ids = Some(plain),
+                            None => {
                                 let value = serde_json::from_str(raw.get()).map_err(serde::de::Error::custom)?;
                                 fields.insert(key, value);
                             }
@@ -203,6 +272,56 @@ mod tests {
         assert_eq!(negative.json, json!({"prompt": [1, -2]}), "left for prompt_input to refuse with its message");
         for bad in [&b"[1, 2]"[..], b"{nope", b"3", b"{\"prompt\": [1,}"] {
             assert!(RequestBody::parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    /// The general parse alone, for the fast path to agree with.
+    fn general(bytes: &[u8]) -> Option<RequestBody> {
+        serde_json::from_slice(bytes).ok()
+    }
+
+    #[test]
+    fn the_fast_path_reads_only_a_real_top_level_prompt() {
+        for body in [
+            r#"{"model": "m", "prompt": [1, 2, 3], "max_tokens": 4}"#,
+            r#"{"prompt":[7]}"#,
+            r#"{"x": {"prompt": [9]}, "prompt": [1, 2]}"#,
+            r#"{"x": "\"prompt\": [9]", "prompt": [3]}"#,
+            r#"{"\"prompt": [9], "prompt": [4]}"#,
+            r#"{"a": ["]", "prompt"], "prompt" : [ 5 , 6 ] }"#,
+        ] {
+            let fast = RequestBody::parse_with_plain_ids(body.as_bytes());
+            assert!(fast.is_some(), "{body}");
+            assert_eq!(fast, general(body.as_bytes()), "{body}");
+        }
+        for body in
+            [r#"{"prompt": [[1]]}"#, r#"{"prompt": "hi"}"#, r#"{"x": {"prompt": [9]}}"#, r#"{"prompt": [1], }"#, "[1]"]
+        {
+            assert_eq!(RequestBody::parse_with_plain_ids(body.as_bytes()), None, "{body}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_fast_path_agrees_with_the_general_parse(
+            ids in proptest::collection::vec(proptest::prelude::any::<u32>(), 1..16),
+            before in "[a-z\"\\\\\\[\\]{}:, ]{0,12}",
+            after in "[a-z\"\\\\\\[\\]{}:, ]{0,12}",
+        ) {
+            let value = |text: &str| serde_json::Value::String(text.to_owned()).to_string();
+            let body = format!(
+                "{{\"a\": {}, \"prompt\": {}, \"b\": {}}}",
+                value(&before),
+                serde_json::to_string(&ids).unwrap(),
+                value(&after)
+            );
+            let fast = RequestBody::parse_with_plain_ids(body.as_bytes());
+            proptest::prop_assert_eq!(fast.as_ref().and_then(|b| b.ids.clone()), Some(ids));
+            proptest::prop_assert_eq!(fast, general(body.as_bytes()));
+            let broken = format!("{}{}", &body[..body.len() - 1], before);
+            if let Some(fast) = RequestBody::parse_with_plain_ids(broken.as_bytes()) {
+                proptest::prop_assert_eq!(Some(fast), general(broken.as_bytes()));
+            }
         }
     }
 
