@@ -127,33 +127,6 @@ pub async fn start_kvroute(fleet: &SimFleet, extra: &str) -> Result<RunningDaemo
     let ranks: u32 = fleet.engines().iter().map(|engine| engine.dp_size()).sum();
     let config = ServeConfig::resolve(options).map_err(|e| e.to_string())?;
     let daemon = RunningDaemon::start(config).await.map_err(|e| e.to_string())?;
-    wait_metric_sum(&format!("http://{}", daemon.http_address), "kvroute_engine_rank_connected", f64::from(ranks))
-        .await?;
+    daemon.wait_subscribed(ranks, Duration::from_secs(20)).await?;
     Ok(daemon)
-}
-
-/// Waits until the sum of a metric family's samples reaches `want`, then a moment (the
-/// subscription follows the connection).
-async fn wait_metric_sum(base: &str, family: &str, want: f64) -> Result<(), String> {
-    let client = HttpClient::new(Duration::from_secs(2));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let labelled = format!("{family}{{");
-    loop {
-        if let Ok((_, body)) = client.get(&format!("{base}/metrics"), Duration::from_secs(2)).await {
-            let text = String::from_utf8_lossy(&body);
-            let sum: f64 = text
-                .lines()
-                .filter(|l| l.starts_with(&labelled))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum();
-            if sum >= want {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(format!("the router's {family} did not reach {want}"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

@@ -208,6 +208,34 @@ impl RunningDaemon {
         Ok(RunningDaemon { http_address, stop, task })
     }
 
+    /// Waits until the daemon's subscriptions to `ranks` engine ranks are connected (its
+    /// `kvroute_engine_rank_connected` gauges), then a moment for their subscription
+    /// messages to follow; an error after `limit`.
+    pub async fn wait_subscribed(&self, ranks: u32, limit: std::time::Duration) -> Result<(), String> {
+        let client = crate::http_client::HttpClient::new(std::time::Duration::from_secs(2));
+        let url = format!("http://{}/metrics", self.http_address);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let metrics = client
+                .get(&url, std::time::Duration::from_secs(2))
+                .await
+                .map_or_else(|_| String::new(), |(_, body)| String::from_utf8_lossy(&body).into_owned());
+            let connected: f64 = metrics
+                .lines()
+                .filter(|line| line.starts_with("kvroute_engine_rank_connected{"))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            if connected >= f64::from(ranks) {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("the router subscribed to {connected} of {ranks} engine ranks"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Shuts it down as a signal would, waiting at most `limit`.
     pub async fn shutdown(self, limit: std::time::Duration) -> Result<(), ServeError> {
         let _ = self.stop.send(());

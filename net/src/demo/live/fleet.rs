@@ -103,30 +103,11 @@ impl LiveFleet {
         self.engines.urls()
     }
     async fn wait_subscribed(&self, settings: &LiveSettings) -> Result<(), DemoError> {
-        let Some(url) = self.proxy_url() else { return Ok(()) };
-        let client = HttpClient::new(Duration::from_secs(2));
-        let want = f64::from(settings.workers * settings.dp_size);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let metrics = client
-                .get(&format!("{url}/metrics"), Duration::from_secs(2))
-                .await
-                .map_or_else(|_| String::new(), |(_, body)| String::from_utf8_lossy(&body).into_owned());
-            let connected: f64 = metrics
-                .lines()
-                .filter(|line| line.starts_with("kvroute_engine_rank_connected{"))
-                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum();
-            if connected >= want {
-                // The subscription follows the connection.
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(DemoError::Check(format!("the router subscribed to {connected} of {want} engine ranks")));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let Some(daemon) = &self.daemon else { return Ok(()) };
+        daemon
+            .wait_subscribed(settings.workers * settings.dp_size, Duration::from_secs(15))
+            .await
+            .map_err(DemoError::Check)
     }
 
     /// After kvroute's run: every rank's load in the router is back to zero.
