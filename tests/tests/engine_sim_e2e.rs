@@ -6,7 +6,8 @@
 //! the simulator's cache holds (the reference here is the simulator's own cache, which
 //! core's property test ties to the engine-event mapping); the rank that served is the
 //! one the request named; a repeated prompt is reported cached; a client that goes away
-//! frees its rank; bad requests get OpenAI-style errors and change nothing.
+//! frees its rank; bad requests get OpenAI-style errors and change nothing; a P/D prefill
+//! request that names no rank is served on the rank its room names, where decode looks.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -302,4 +303,36 @@ async fn bad_requests_get_openai_errors_and_change_nothing() {
     // And the server still serves.
     assert_eq!(client.post_json(&completions, &json!({"prompt": "fine"}), &[]).await.status, 200);
     sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefill_request_naming_no_rank_follows_its_room_so_the_decode_side_finds_its_kv() {
+    use kvroute_net::engine_sim::DisaggregationMode;
+    let shape = |disaggregation, dp_size| SimShape {
+        kind: EngineKind::Sglang,
+        disaggregation,
+        events: false,
+        ..SimShape::vllm(dp_size)
+    };
+    let prefill = sims::start_sim(shape(DisaggregationMode::Prefill, 3)).await;
+    let decode = sims::start_sim(shape(DisaggregationMode::Decode, 2)).await;
+    let client = HttpClient::default();
+    for room in [0u64, 1, 2, 5, 7, 9_000_000_000] {
+        // As a router that sends no rank (smg's P/D mode does not) sends it: both at once.
+        let body = json!({"text": format!("room {room} prompt"), "sampling_params": {"max_new_tokens": 2},
+            "bootstrap_host": "127.0.0.1", "bootstrap_port": prefill.http_address().port(), "bootstrap_room": room});
+        let (prefill_url, decode_url) = (
+            format!("http://{}/generate", prefill.http_address()),
+            format!("http://{}/generate", decode.http_address()),
+        );
+        let (to_prefill, to_decode) =
+            tokio::join!(client.post_json(&prefill_url, &body, &[]), client.post_json(&decode_url, &body, &[]));
+        assert_eq!(to_prefill.status, 200);
+        assert_eq!(to_prefill.header("x-kvroute-sim-dp-rank"), Some((room % 3).to_string().as_str()), "room {room}");
+        assert_eq!(to_decode.status, 200, "room {room}: {}", String::from_utf8_lossy(&to_decode.body));
+    }
+    let stats = client.get(&format!("http://{}/sim/stats", decode.http_address())).await.json();
+    assert_eq!((stats["kv_transfers"].as_u64(), stats["kv_transfer_failures"].as_u64()), (Some(6), Some(0)));
+    prefill.shutdown().await;
+    decode.shutdown().await;
 }

@@ -1,7 +1,9 @@
 //! The KV hand-off between a simulated prefill server and a simulated decode server, as
 //! SGLang's bootstrap server arranges it, with the room rule checked on every request.
 //!
-//! Prefill side: [`BootstrapRooms`] maps a request's `bootstrap_room` to the rank that
+//! Prefill side: a request that names no DP rank is served on `bootstrap_room % dp_size`
+//! (SGLang's prefill following the room), and [`BootstrapRooms`] maps a request's
+//! `bootstrap_room` to the rank that
 //! prefilled it and the time its KV is complete (the prefill's end). `GET
 //! /sim/bootstrap/{room}` ([`lookup`]) waits until the room is known (a decode request is
 //! sent at the same time as its prefill, so it may ask first) and its KV complete, then
