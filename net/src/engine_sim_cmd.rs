@@ -91,6 +91,12 @@ pub struct EngineSimArgs {
     /// KV from the prefill server the request names, checking the room rule) or `null`.
     #[arg(long, value_enum, default_value = "null")]
     disaggregation_mode: DisaggregationMode,
+    /// Prefill servers: dispatch a request that names no DP rank by load, not by
+    /// `bootstrap_room % dp_size`; decode servers then take the rank the bootstrap lookup
+    /// reports instead of checking the room rule (for routers that send no prefill rank
+    /// matching the room, such as smg's P/D mode).
+    #[arg(long)]
+    no_follow_bootstrap_room: bool,
     /// How text prompts and chat messages become token ids: `bytes` (one token per UTF-8
     /// byte, a built-in chat format) or a model's tokenizer.json / model directory (its
     /// chat template from chat_template.jinja or tokenizer_config.json beside it). Give a
@@ -132,6 +138,7 @@ impl EngineSimArgs {
         config.event_format = self.event_format.unwrap_or(self.engine.default_event_format());
         config.topic.clone_from(&self.topic);
         config.disaggregation = self.disaggregation_mode;
+        config.follow_bootstrap_room = !self.no_follow_bootstrap_room;
         config.tokenizer = Arc::new(tokenizer);
         Ok(config)
     }

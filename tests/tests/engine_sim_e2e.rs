@@ -333,6 +333,31 @@ async fn a_prefill_request_naming_no_rank_follows_its_room_so_the_decode_side_fi
     }
     let stats = client.get(&format!("http://{}/sim/stats", decode.http_address())).await.json();
     assert_eq!((stats["kv_transfers"].as_u64(), stats["kv_transfer_failures"].as_u64()), (Some(6), Some(0)));
+    // A named prefill rank against its room: refused while the prefill follows the room ...
+    let pinned = |room: u64, port: u16| {
+        json!({"text": "pinned", "sampling_params": {"max_new_tokens": 2}, "routed_dp_rank": 0,
+            "bootstrap_host": "127.0.0.1", "bootstrap_port": port, "bootstrap_room": room})
+    };
+    let exchange = async |prefill: &EngineSim, room: u64| {
+        let body = pinned(room, prefill.http_address().port());
+        let (prefill_url, decode_url) = (
+            format!("http://{}/generate", prefill.http_address()),
+            format!("http://{}/generate", decode.http_address()),
+        );
+        let (_, to_decode) =
+            tokio::join!(client.post_json(&prefill_url, &body, &[]), client.post_json(&decode_url, &body, &[]));
+        to_decode.status
+    };
+    assert_eq!(exchange(&prefill, 4).await, 500, "rank 0 named, but 4 % 3 = 1");
+    assert_eq!(exchange(&prefill, 3).await, 200, "3 % 3 = 0: the named rank");
     prefill.shutdown().await;
+    // ... and found through the bootstrap lookup when it does not (smg's P/D sends rank 0).
+    let mut config = sims::sim_config(shape(DisaggregationMode::Prefill, 3), "127.0.0.1:0".parse().unwrap());
+    config.follow_bootstrap_room = false;
+    let by_load = EngineSim::start(config).await.unwrap();
+    for room in [1u64, 2, 4, 5] {
+        assert_eq!(exchange(&by_load, room).await, 200, "room {room}");
+    }
+    by_load.shutdown().await;
     decode.shutdown().await;
 }

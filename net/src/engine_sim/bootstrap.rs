@@ -2,7 +2,7 @@
 //! SGLang's bootstrap server arranges it, with the room rule checked on every request.
 //!
 //! Prefill side: a request that names no DP rank is served on `bootstrap_room % dp_size`
-//! (SGLang's prefill following the room), and [`BootstrapRooms`] maps a request's
+//! (SGLang's prefill following the room; by load with `--no-follow-bootstrap-room`), and [`BootstrapRooms`] maps a request's
 //! `bootstrap_room` to the rank that
 //! prefilled it and the time its KV is complete (the prefill's end). `GET
 //! /sim/bootstrap/{room}` ([`lookup`]) waits until the room is known (a decode request is
@@ -12,8 +12,10 @@
 //!
 //! Decode side ([`fetch`]): asks the prefill server the request names, then checks where
 //! the KV is against where SGLang's decode would look for it: `disagg_prefill_dp_rank`
-//! when the request gives it, else `room % dp_size`. A mismatch, a missing field or an
-//! unreachable prefill server is an error for that request.
+//! when the request gives it, else `room % dp_size` when the prefill server follows the
+//! room (the default; the room rule is then also checked when the rank is named), else
+//! (`--no-follow-bootstrap-room`) the rank the bootstrap server reports. A mismatch, a
+//! missing field or an unreachable prefill server is an error for that request.
 //!
 //! Rooms are kept [`ROOM_TTL`] after they were recorded; older ones are pruned when the
 //! table passes [`MAX_ROOMS`].
@@ -102,7 +104,8 @@ pub async fn lookup(State(state): State<Arc<SimState>>, Path(room): Path<u64>) -
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
     tokio::time::sleep_until(state.due_instant(found.ready_at)).await;
-    Ok(Json(json!({"room": room, "rank": found.rank, "dp_size": state.config.model.dp_size})))
+    Ok(Json(json!({"room": room, "rank": found.rank, "dp_size": state.config.model.dp_size,
+        "follows_room": state.config.follow_bootstrap_room})))
 }
 
 /// On a decode server: fetches the KV of the request's room from the prefill server it
@@ -131,7 +134,14 @@ pub async fn fetch(client: &HttpClient, fields: &DisaggFields) -> Result<u32, Op
     let (Some(rank), Some(dp_size)) = (answer["rank"].as_u64(), answer["dp_size"].as_u64().filter(|&n| n > 0)) else {
         return Err(failed(format!("{url} answered without rank and dp_size: {answer}")));
     };
-    let expected = fields.disagg_prefill_dp_rank.map_or(room % dp_size, u64::from);
+    // Where SGLang's decode looks: the named rank, else the room's when the prefill server
+    // follows the room, else wherever the bootstrap server says (here: where it is).
+    let follows_room = answer["follows_room"].as_bool().unwrap_or(true);
+    let expected = match fields.disagg_prefill_dp_rank {
+        Some(named) => u64::from(named),
+        None if follows_room => room % dp_size,
+        None => rank,
+    };
     if expected != rank {
         return Err(failed(format!(
             "the decode side looks for the KV on prefill rank {expected} (disagg_prefill_dp_rank {:?}, room % {dp_size} = {}) but \
@@ -140,7 +150,7 @@ pub async fn fetch(client: &HttpClient, fields: &DisaggFields) -> Result<u32, Op
             room % dp_size
         )));
     }
-    if room % dp_size != rank {
+    if follows_room && room % dp_size != rank {
         return Err(failed(format!("room {room} % {dp_size} = {} is not the prefill rank {rank}", room % dp_size)));
     }
     Ok(rank as u32)

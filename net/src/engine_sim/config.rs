@@ -82,6 +82,10 @@ pub struct EngineSimConfig {
     /// The ZeroMQ topic of every message (the engines' default is empty).
     pub topic: String,
     pub disaggregation: DisaggregationMode,
+    /// A prefill server dispatches a request that names no rank by `bootstrap_room %
+    /// dp_size` and tells decode servers so (SGLang's `follow_bootstrap_room`); `false`: by
+    /// load, decode servers asking where the KV went.
+    pub follow_bootstrap_room: bool,
     /// How text prompts and chat messages become token ids (default: the byte tokenizer
     /// and its chat format; a model's `tokenizer.json` to match a router tokenizing with it).
     pub tokenizer: Arc<PromptTokenizer>,
@@ -103,6 +107,7 @@ impl EngineSimConfig {
             event_format: kind.default_event_format(),
             topic: String::new(),
             disaggregation: DisaggregationMode::Null,
+            follow_bootstrap_room: true,
             tokenizer: Arc::new(PromptTokenizer::bytes()),
         }
     }
