@@ -29,6 +29,29 @@ pub enum PeerKind {
     Smg,
 }
 
+/// Where the peers' executables are (`--vllm-router PATH`, `--smg PATH`): each peer is
+/// measured when given.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct PeerExecutables {
+    /// The vllm-router executable (measured when given).
+    #[arg(long)]
+    pub vllm_router: Option<std::path::PathBuf>,
+    /// The smg executable (measured when given).
+    #[arg(long)]
+    pub smg: Option<std::path::PathBuf>,
+}
+
+impl PeerExecutables {
+    /// Starts peer `kind` in front of `fleet`; an error when its executable was not given.
+    pub async fn start(&self, kind: PeerKind, fleet: &SimFleet, dp_size: u32) -> Result<PeerRouter, String> {
+        let exe = match kind {
+            PeerKind::VllmRouter => self.vllm_router.as_deref().ok_or("no --vllm-router given")?,
+            PeerKind::Smg => self.smg.as_deref().ok_or("no --smg given")?,
+        };
+        start_peer(kind, exe, fleet, dp_size).await
+    }
+}
+
 /// A peer router running as a child process, killed when dropped.
 pub struct PeerRouter {
     child: Child,
@@ -129,4 +152,15 @@ pub async fn start_kvroute(fleet: &SimFleet, extra: &str) -> Result<RunningDaemo
     let daemon = RunningDaemon::start(config).await.map_err(|e| e.to_string())?;
     daemon.wait_subscribed(ranks, Duration::from_secs(20)).await?;
     Ok(daemon)
+}
+
+/// The `p` quantile of `values` (nearest rank; 0 for none), as the router benches report
+/// their latencies.
+pub fn quantile(values: &[u64], p: f64) -> u64 {
+    if values.is_empty() {
+        return 0;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }

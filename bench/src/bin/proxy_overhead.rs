@@ -23,7 +23,6 @@
 //! transit quantile minus the direct run's), client round trip p50 / p99. Everything runs on
 //! this machine's cores, load generator included.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,7 +30,7 @@ use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use kvroute_bench::machine::Machine;
-use kvroute_bench::router_fleet::{start_kvroute, start_peer, PeerKind, PEER_API_KEY};
+use kvroute_bench::router_fleet::{quantile, start_kvroute, PeerExecutables, PeerKind, PEER_API_KEY};
 use kvroute_core::sim::{EngineModelConfig, EngineTiming};
 use kvroute_net::engine_sim::{EngineKind, EngineSimConfig, SimFleet, SENT_AT_HEADER};
 use kvroute_net::http_client::HttpClient;
@@ -53,12 +52,8 @@ struct Args {
     rate: f64,
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
-    /// The vllm-router executable (measured when given).
-    #[arg(long)]
-    vllm_router: Option<PathBuf>,
-    /// The smg executable (measured when given).
-    #[arg(long)]
-    smg: Option<PathBuf>,
+    #[command(flatten)]
+    peers: PeerExecutables,
     /// Skip the text-prompt kvroute runs.
     #[arg(long)]
     no_tokenize_run: bool,
@@ -109,10 +104,10 @@ fn main() {
     if !args.no_tokenize_run {
         runs.extend([Run::KvrouteTokenized, Run::KvrouteEngineTokenized]);
     }
-    if args.vllm_router.is_some() {
+    if args.peers.vllm_router.is_some() {
         runs.push(Run::VllmRouter);
     }
-    if args.smg.is_some() {
+    if args.peers.smg.is_some() {
         runs.push(Run::Smg);
     }
     let mut direct: Option<(u64, u64)> = None;
@@ -167,15 +162,6 @@ fn main() {
     }
 }
 
-fn quantile(values: &[u64], p: f64) -> u64 {
-    if values.is_empty() {
-        return 0;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_unstable();
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 async fn measure(args: &Args, run: Run) -> Result<Outcome, String> {
     let kind = if run == Run::Smg { EngineKind::Sglang } else { EngineKind::Vllm };
     let mut template = EngineSimConfig::new(kind, "127.0.0.1:0".parse().expect("address"));
@@ -205,11 +191,8 @@ async fn measure(args: &Args, run: Run) -> Result<Outcome, String> {
             Some(url)
         }
         Run::VllmRouter | Run::Smg => {
-            let (kind, exe) = match run {
-                Run::Smg => (PeerKind::Smg, args.smg.as_deref()),
-                _ => (PeerKind::VllmRouter, args.vllm_router.as_deref()),
-            };
-            let peer = start_peer(kind, exe.expect("checked"), &fleet, args.dp_size).await?;
+            let kind = if run == Run::Smg { PeerKind::Smg } else { PeerKind::VllmRouter };
+            let peer = args.peers.start(kind, &fleet, args.dp_size).await?;
             let url = peer.url.clone();
             _peer = Some(peer);
             auth = true;

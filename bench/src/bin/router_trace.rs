@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use kvroute_bench::machine::Machine;
-use kvroute_bench::router_fleet::{start_kvroute, start_peer, PeerKind, PEER_API_KEY};
+use kvroute_bench::router_fleet::{quantile, start_kvroute, PeerExecutables, PeerKind, PEER_API_KEY};
 use kvroute_core::sim::{EngineModelConfig, EngineTiming};
 use kvroute_core::trace::parse_trace;
 use kvroute_net::engine_sim::{EngineKind, EngineSimConfig, SimFleet};
@@ -61,12 +61,8 @@ struct Args {
     /// KV cache of each rank, in tokens.
     #[arg(long, default_value_t = 262_144)]
     capacity_tokens: usize,
-    /// The vllm-router executable (measured when given).
-    #[arg(long)]
-    vllm_router: Option<PathBuf>,
-    /// The smg executable (measured when given).
-    #[arg(long)]
-    smg: Option<PathBuf>,
+    #[command(flatten)]
+    peers: PeerExecutables,
     /// The Mooncake-format trace [default: data/conversation_trace.jsonl].
     #[arg(long)]
     trace: Option<PathBuf>,
@@ -124,10 +120,10 @@ fn main() {
         args.max_output_tokens
     );
     let mut routers = vec![Contender::RoundRobin, Contender::Kvroute];
-    if args.vllm_router.is_some() {
+    if args.peers.vllm_router.is_some() {
         routers.push(Contender::VllmRouter);
     }
-    if args.smg.is_some() {
+    if args.peers.smg.is_some() {
         routers.push(Contender::Smg);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
@@ -175,11 +171,8 @@ async fn run(
             Target::Router { url, bearer: None }
         }
         Contender::VllmRouter | Contender::Smg => {
-            let (kind, exe) = match router {
-                Contender::Smg => (PeerKind::Smg, args.smg.as_deref()),
-                _ => (PeerKind::VllmRouter, args.vllm_router.as_deref()),
-            };
-            let started = start_peer(kind, exe.expect("checked"), &fleet, args.dp_size).await?;
+            let kind = if router == Contender::Smg { PeerKind::Smg } else { PeerKind::VllmRouter };
+            let started = args.peers.start(kind, &fleet, args.dp_size).await?;
             let url = started.url.clone();
             peer = Some(started);
             Target::Router { url, bearer: Some(PEER_API_KEY.to_owned()) }
@@ -202,15 +195,6 @@ async fn run(
     }
     fleet.shutdown().await;
     Ok(result)
-}
-
-fn quantile(values: &[u64], p: f64) -> u64 {
-    if values.is_empty() {
-        return 0;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_unstable();
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 fn print_table(results: &[(Contender, RunResult)]) {
