@@ -529,8 +529,14 @@ async fn an_upstream_killed_under_load_breaks_only_its_streams_and_is_routed_aro
     assert!(outcomes.iter().any(|o| o.is_err()) && outcomes.iter().any(|o| o.is_ok()), "{outcomes:?}");
     let broken = outcomes.iter().filter(|o| o.is_err()).count() as f64;
     assert_eq!(metric(&client, &base, "kvroute_proxy_requests_total{outcome=\"upstream_broken\"}").await, broken);
-    // New requests: refused by the dead worker, retried on the other, until it is taken out.
-    for i in 0..12u32 {
+    // The broken streams' load is released, so the dead worker's ranks look idle again.
+    eventually("every rank idle", async || active_requests(&client, &base).await.iter().all(|&n| n == 0)).await;
+    // New requests: refused by the dead worker, retried on the other, until it is taken out
+    // (ties between idle ranks are broken at random, so how many requests that takes varies).
+    for i in 0..40u32 {
+        if metric(&client, &base, "kvroute_proxy_upstreams{state=\"down\"}").await == 1.0 {
+            break;
+        }
         let reply = client
             .post_json(
                 &format!("{base}/v1/completions"),
@@ -542,6 +548,7 @@ async fn an_upstream_killed_under_load_breaks_only_its_streams_and_is_routed_aro
         assert_eq!(routed(&reply).0, 2);
     }
     assert_eq!(metric(&client, &base, "kvroute_proxy_upstreams{state=\"down\"}").await, 1.0);
+    assert!(metric(&client, &base, "kvroute_proxy_attempts_failed_total{cause=\"connect\"}").await >= 3.0);
     eventually("every rank idle", async || active_requests(&client, &base).await.iter().all(|&n| n == 0)).await;
     // The engine comes back on its address: probed, back in decisions, serving again.
     let revived = start_sim_on(shape, doomed_addr).await;
@@ -549,13 +556,19 @@ async fn an_upstream_killed_under_load_breaks_only_its_streams_and_is_routed_aro
         metric(&client, &base, "kvroute_proxy_upstreams{state=\"down\"}").await == 0.0
     })
     .await;
-    let back: Vec<u64> = {
-        let mut back = Vec::new();
-        for i in 0..4u32 {
-            back.push(stream_to_end(&client, &base, (0..32).map(|t| t + 200_000 + i * 1000).collect()).await.unwrap());
-        }
-        back
-    };
+    // Four streams at once, spread by load over the four ranks again.
+    let streams: Vec<_> = (0..4u32)
+        .map(|i| {
+            let (client, base) = (client.clone(), base.clone());
+            tokio::spawn(async move {
+                stream_to_end(&client, &base, (0..32).map(|t| t + 200_000 + i * 1000).collect()).await
+            })
+        })
+        .collect();
+    let mut back = Vec::new();
+    for stream in streams {
+        back.push(stream.await.unwrap().expect("a whole stream"));
+    }
     assert!(back.contains(&1), "worker 1 serves again: {back:?}");
     eventually("every rank idle", async || active_requests(&client, &base).await.iter().all(|&n| n == 0)).await;
     stop_daemon(daemon).await;
