@@ -95,7 +95,7 @@ fn digits_value(chunk: u64, digits: usize) -> u32 {
 }
 
 /// The index of the first byte at or after `at` that is not JSON whitespace.
-fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {
+pub fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {
     while bytes.get(at).is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
         at += 1;
     }

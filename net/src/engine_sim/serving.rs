@@ -160,9 +160,10 @@ impl SimState {
                 // prefill dispatches by `bootstrap_room % dp_size` (`follow_bootstrap_room`),
                 // so the decode side finds its KV by the room rule.
                 let dp_size = u64::from(self.config.model.dp_size.max(1));
-                let by_room = (self.config.follow_bootstrap_room)
-                    .then_some(request.disagg.bootstrap_room)
-                    .flatten()
+                let by_room = request
+                    .disagg
+                    .bootstrap_room
+                    .filter(|_| self.config.follow_bootstrap_room)
                     .map(|room| (room % dp_size) as u32);
                 let served = self.admit(request.tokens, request.rank.or(by_room), request.lora_name)?;
                 if let Some(room) = request.disagg.bootstrap_room {

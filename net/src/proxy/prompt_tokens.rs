@@ -15,7 +15,7 @@
 use serde_json::{json, Value};
 
 use crate::openai_error::OpenAiError;
-use crate::token_id_list::parse_token_id_list;
+use crate::token_id_list::{parse_token_id_list, skip_whitespace};
 
 /// A request body as the proxy reads it: every field a `Value`, except a `prompt` of plain
 /// token ids, which is read straight into `ids` (a 2,048-token prompt would otherwise be
@@ -52,11 +52,11 @@ impl RequestBody {
     /// body (the general parse then reads it, errors included).
     fn parse_with_plain_ids(bytes: &[u8]) -> Option<RequestBody> {
         let key_end = top_level_key_end(bytes, b"\"prompt\"")?;
-        let colon = skip_json_whitespace(bytes, key_end);
+        let colon = skip_whitespace(bytes, key_end);
         if bytes.get(colon) != Some(&b':') {
             return None;
         }
-        let start = skip_json_whitespace(bytes, colon + 1);
+        let start = skip_whitespace(bytes, colon + 1);
         if bytes.get(start) != Some(&b'[') {
             return None;
         }
@@ -100,13 +100,6 @@ fn top_level_key_end(bytes: &[u8], key: &[u8]) -> Option<usize> {
         at += 1;
     }
     None
-}
-
-fn skip_json_whitespace(bytes: &[u8], mut at: usize) -> usize {
-    while bytes.get(at).is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
-        at += 1;
-    }
-    at
 }
 
 impl<'de> serde::Deserialize<'de> for RequestBody {

@@ -56,7 +56,7 @@ impl ChatTemplate {
     /// The prompt text for `messages` (each one's `content` already a string).
     pub fn render(
         &self,
-        messages: &serde_json::Value,
+        messages: serde_json::Value,
         add_generation_prompt: bool,
         tools: Option<&serde_json::Value>,
         kwargs: Option<&serde_json::Map<String, serde_json::Value>>,
@@ -65,7 +65,7 @@ impl ChatTemplate {
         if let Some(kwargs) = kwargs {
             context.extend(kwargs.iter().map(|(key, value)| (key.clone(), value.clone())));
         }
-        context.insert("messages".into(), messages.clone());
+        context.insert("messages".into(), messages);
         context.insert("add_generation_prompt".into(), add_generation_prompt.into());
         context.insert("bos_token".into(), self.bos_token.clone().into());
         context.insert("eos_token".into(), self.eos_token.clone().into());
@@ -139,12 +139,12 @@ mod tests {
         let template = ChatTemplate::new(source.into(), "<s>".into(), "</s>".into()).unwrap();
         let messages = json!([{"role": "user", "content": " hi "}, {"role": "assistant", "content": "yo"}]);
         assert_eq!(
-            template.render(&messages, true, None, None).unwrap(),
+            template.render(messages.clone(), true, None, None).unwrap(),
             "<s>\n[no system]<user>hi</s>\n<assistant>yo</s>\n<assistant>"
         );
         let kwargs = json!({"extra": "!"}).as_object().cloned();
         assert_eq!(
-            template.render(&messages, false, None, kwargs.as_ref()).unwrap(),
+            template.render(messages.clone(), false, None, kwargs.as_ref()).unwrap(),
             "<s>\n[no system]<user>hi</s>\n<assistant>yo</s>\n!"
         );
     }
@@ -157,8 +157,8 @@ mod tests {
             String::new(),
         )
         .unwrap();
-        assert_eq!(strict.render(&json!([{"role": "user", "content": ""}]), true, None, None).unwrap(), "ok");
-        let refused = strict.render(&json!([{"role": "bot", "content": ""}]), true, None, None).unwrap_err();
+        assert_eq!(strict.render(json!([{"role": "user", "content": ""}]), true, None, None).unwrap(), "ok");
+        let refused = strict.render(json!([{"role": "bot", "content": ""}]), true, None, None).unwrap_err();
         assert!(refused.contains("first must be user"), "{refused}");
         assert!(ChatTemplate::new("{% for %}".into(), String::new(), String::new()).is_err());
     }

@@ -136,7 +136,7 @@ impl PromptTokenizer {
             Some(_) => return Err("chat_template_kwargs must be an object".to_owned()),
         };
         let tools = body.get("tools").filter(|tools| !tools.is_null());
-        let text = template.render(&messages, add_generation_prompt, tools, kwargs)?;
+        let text = template.render(messages, add_generation_prompt, tools, kwargs)?;
         self.text.encode(&text, false)
     }
 }
