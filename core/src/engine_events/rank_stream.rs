@@ -26,7 +26,7 @@
 use std::ops::Range;
 
 use super::block_mapper::{BlockMapper, MapperConfig, SkipCounts};
-use super::decode::{decode_message, decode_replay_reply, DecodeLimits, ReplayReply};
+use super::decode::{decode_batch, decode_message, decode_replay_reply, DecodeError, DecodeLimits, ReplayReply};
 use super::message::{EngineEvent, EventBatch};
 use super::sequence::{ClearReason, SeqAction, SeqStats, SeqTracker, TrackerConfig};
 use crate::event::{KvEvent, KvEventData};
@@ -75,6 +75,33 @@ impl DropReason {
         }
     }
 }
+
+/// Why [`EngineRankStream::apply_payload`] refused a batch (it was counted as dropped).
+#[derive(Clone, Debug, PartialEq)]
+pub enum PayloadError {
+    Decode(DecodeError),
+    /// The batch names a rank other than the stream's (`reason` says how).
+    Rank {
+        reason: DropReason,
+        dp_rank: u32,
+    },
+}
+
+impl std::fmt::Display for PayloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PayloadError::Decode(error) => write!(f, "event batch does not decode: {error}"),
+            PayloadError::Rank { reason: DropReason::RankOutOfRange, dp_rank } => {
+                write!(f, "event batch names dp rank {dp_rank}, outside the worker's ranks")
+            }
+            PayloadError::Rank { dp_rank, .. } => {
+                write!(f, "event batch names dp rank {dp_rank}, not the rank it was applied to")
+            }
+        }
+    }
+}
+
+impl std::error::Error for PayloadError {}
 
 /// What a stream did so far (the tracker's own counters are [`SeqStats`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -205,6 +232,27 @@ impl EngineRankStream {
         }
         self.tracker.on_live(message.seq, message.batch, &mut self.actions);
         self.run_actions(sink)
+    }
+
+    /// A batch payload handed over outside a numbered stream (a Python frontend passing
+    /// the engine's events itself): decoded, rank-checked and mapped as a live message,
+    /// applied before this returns, with no sequence tracking (the caller orders them).
+    pub fn apply_payload(&mut self, payload: &[u8], sink: &dyn IngestSink) -> Result<(), PayloadError> {
+        self.counters.messages += 1;
+        let batch = match decode_batch(payload, &self.config.limits) {
+            Ok(batch) => batch,
+            Err(error) => {
+                self.drop_message(DropReason::Decode(error.reason()));
+                return Err(PayloadError::Decode(error));
+            }
+        };
+        if let Err(reason) = self.check_rank(&batch) {
+            self.drop_message(reason);
+            return Err(PayloadError::Rank { reason, dp_rank: batch.dp_rank.unwrap_or_default() });
+        }
+        self.map_batch(&batch);
+        self.flush(sink);
+        Ok(())
     }
 
     /// A reply of the replay socket (leading empty delimiter removed) to request `id`.
