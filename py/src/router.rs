@@ -639,6 +639,36 @@ impl PyRouter {
         Ok(out)
     }
 
+    /// Benchmark aid (bench/python/best_worker_latency.py): times `iterations` of the
+    /// same decision as `best_worker(token_ids, dry_run=dry_run)` in Rust, with no Python
+    /// in the loop, and returns each one's nanoseconds. Charged decisions are finished
+    /// after their timing, so every one starts from the same loads.
+    #[pyo3(signature = (token_ids, iterations, *, dry_run = true))]
+    fn _time_decisions(
+        &self,
+        py: Python<'_>,
+        token_ids: &Bound<'_, PyAny>,
+        iterations: usize,
+        dry_run: bool,
+    ) -> PyResult<Vec<u64>> {
+        let args = DecisionArgs { tokens: TokenIds::extract(token_ids)?, lora_name: None, workers: None };
+        let router = &self.router;
+        let prompt = args.prompt();
+        let options = RouteOptions { dry_run, ..RouteOptions::default() };
+        py.detach(|| {
+            let mut times = Vec::with_capacity(iterations);
+            for _ in 0..iterations {
+                let start = Instant::now();
+                let decision = router.best_worker(prompt, &options);
+                times.push(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                if let Some(id) = decision.map_err(refused)?.request {
+                    router.finish(id);
+                }
+            }
+            Ok(times)
+        })
+    }
+
     fn __repr__(&self) -> String {
         let config = self.router.config();
         format!("Router(block_size={}, workers={})", config.block_size, self.router.workers().len())
