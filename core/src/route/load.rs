@@ -42,6 +42,10 @@ pub struct RankLoad {
     prefill_tokens: AtomicU64,
     decode_blocks: AtomicU64,
     requests: AtomicU64,
+    /// Blocks the rank's device cache holds as its events tell (stored minus removed,
+    /// zero at a clear; a removal of a block never stored can undercount it): the
+    /// "smallest cache" that `Policy::CacheAware` spreads new prefixes to.
+    held_blocks: AtomicU64,
 }
 
 /// A reading of a [`RankLoad`].
@@ -56,6 +60,24 @@ pub struct LoadSnapshot {
 }
 
 impl RankLoad {
+    /// Blocks the rank's device cache holds, as its events tell.
+    pub fn held_blocks(&self) -> u64 {
+        self.held_blocks.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add_held(&self, blocks: u64) {
+        self.held_blocks.fetch_add(blocks, Ordering::Relaxed);
+    }
+
+    pub(crate) fn remove_held(&self, blocks: u64) {
+        // Saturating: one writer per rank at a time, so the update never retries long.
+        let _ = self.held_blocks.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| Some(h.saturating_sub(blocks)));
+    }
+
+    pub(crate) fn set_held(&self, blocks: u64) {
+        self.held_blocks.store(blocks, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> LoadSnapshot {
         LoadSnapshot {
             prefill_tokens: self.prefill_tokens.load(Ordering::Relaxed),

@@ -9,10 +9,11 @@ use arc_swap::ArcSwap;
 use super::approx::{ApproxBook, ApproxStats};
 use super::cost::{choose, CostBreakdown, CostRange, CostWeights, Rng};
 use super::load::{ActiveRequest, Charge, LoadBook, LoadSnapshot, RequestId};
+use super::policy::{Candidate, PickContext, Policy, RequestShape};
 use super::registry::{Fleet, RankSlot, Role, WorkerEntry, WorkerSpec};
 use super::room::RoomAllocator;
 use super::RouteError;
-use crate::event::{KvEvent, StoredBlock};
+use crate::event::{KvEvent, KvEventData, StoredBlock};
 use crate::hashing::{BlockHasher, BlockIdentity, HashScheme};
 use crate::ids::{BlockHash, DpRank, EngineHash, RankId, RankKey, WorkerId};
 use crate::index::KvIndex;
@@ -54,6 +55,10 @@ pub struct RouterConfig {
     pub room_seed: u64,
     /// Seed of the tie-break / sampling generator.
     pub rng_seed: u64,
+    /// How a rank is picked among the scored candidates (aggregated and prefill
+    /// decisions; decode ranks always go by `weights`' decode cost). Default
+    /// [`Policy::Cost`].
+    pub policy: Policy,
 }
 
 impl Default for RouterConfig {
@@ -68,6 +73,7 @@ impl Default for RouterConfig {
             index_shards: 1,
             room_seed: 0x005e_ed0f_b007_5700,
             rng_seed: 0x0ddc_0ffe,
+            policy: Policy::Cost,
         }
     }
 }
@@ -158,13 +164,6 @@ pub(crate) struct Scratch {
     candidates: Vec<Candidate>,
 }
 
-/// What scoring keeps per candidate; the winner's breakdown is rebuilt from it.
-#[derive(Clone, Copy)]
-struct Candidate {
-    slot: usize,
-    load: LoadSnapshot,
-}
-
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
@@ -191,6 +190,8 @@ pub struct Router {
     pub(crate) rng: Rng,
     clock: Arc<dyn Clock>,
     next_sweep_ms: AtomicU64,
+    /// Decisions picked by the policy so far (round-robin's turn).
+    turns: AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -203,6 +204,7 @@ impl Router {
     /// A router with no workers. Errors if the configuration is out of range.
     pub fn new(config: RouterConfig, clock: Arc<dyn Clock>) -> Result<Router, RouteError> {
         config.weights.validate()?;
+        config.policy.validate().map_err(RouteError::InvalidConfig)?;
         if config.request_ttl_ms == 0 || config.approx_ttl_ms == 0 {
             return Err(RouteError::InvalidConfig("request_ttl_ms and approx_ttl_ms must be above 0".into()));
         }
@@ -227,6 +229,7 @@ impl Router {
             rooms: RoomAllocator::new(config.room_seed),
             rng: Rng::new(config.rng_seed),
             next_sweep_ms: AtomicU64::new(0),
+            turns: AtomicU64::new(0),
             clock,
             config,
         })
@@ -395,6 +398,31 @@ impl Router {
         } else {
             self.indexes[tier.index()].apply_batch(events);
         }
+        if tier == StorageTier::Device {
+            self.count_held(events);
+        }
+    }
+
+    /// Keeps each rank's `held_blocks` (see [`RankLoad::held_blocks`]) with its events.
+    fn count_held(&self, events: &[KvEvent]) {
+        let fleet = self.fleet.load();
+        let mut current: Option<(RankKey, Option<usize>)> = None;
+        for event in events {
+            let slot = match current {
+                Some((rank, slot)) if rank == event.rank => slot,
+                _ => {
+                    let slot = fleet.ranks.binary_search_by_key(&event.rank, |s| s.key).ok();
+                    current = Some((event.rank, slot));
+                    slot
+                }
+            };
+            let Some(load) = slot.map(|i| &fleet.ranks[i].load) else { continue };
+            match &event.data {
+                KvEventData::Stored { blocks, .. } => load.add_held(blocks.len() as u64),
+                KvEventData::Removed { blocks } => load.remove_held(blocks.len() as u64),
+                KvEventData::Cleared => load.set_held(0),
+            }
+        }
     }
 
     pub(crate) fn switch_to_exact(&self, worker: WorkerId) {
@@ -499,6 +527,9 @@ impl Router {
         let id = index.promote_staged(staged);
         for slot in ranks.iter_mut().filter(|s| s.key == rank) {
             slot.ids[tier.index()] = id;
+            if tier == StorageTier::Device {
+                slot.load.set_held(block_hint.saturating_sub(placeholders.len()) as u64);
+            }
         }
         drain(self.fleet.swap(Arc::new(Fleet::build(workers, ranks))));
         Ok(())
@@ -753,6 +784,7 @@ impl Router {
         candidates.reserve(fleet.ranks.len());
         let request_weight = weights.request_weight;
         let mut range = CostRange::default();
+        let by_cost = side == Side::Decode || self.config.policy == Policy::Cost;
         let role = side.role();
         for (i, slot) in fleet.ranks.iter().enumerate() {
             if slot.role != role || !accepts(slot) {
@@ -775,12 +807,22 @@ impl Router {
                 + fixed;
             range.include(cost);
             costs.push(cost);
-            candidates.push(Candidate { slot: i, load });
+            let device_overlap = if tier_looked_up[0] { depth[0][i] } else { 0 };
+            let held_blocks = if by_cost { 0 } else { slot.load.held_blocks() };
+            candidates.push(Candidate { slot: i, load, device_overlap, credit, held_blocks });
         }
         if candidates.is_empty() {
             return Err(RouteError::NoCandidates);
         }
-        let picked = choose(costs, range, weights.temperature, &self.rng);
+        let picked = if by_cost {
+            choose(costs, range, weights.temperature, &self.rng)
+        } else {
+            // Relaxed by design: round-robin needs distinct turns, not an ordering.
+            let turn = self.turns.fetch_add(1, Ordering::Relaxed);
+            let request = RequestShape { tokens: tokens_f, request_blocks, block_size: bs };
+            let cx = PickContext { rng: &self.rng, turn, temperature: weights.temperature };
+            self.config.policy.pick(candidates, costs, range, request, &cx)
+        };
         let chosen = candidates[picked];
         let depths = depths_of(chosen.slot);
         let credit = weights.overlap_credit(depths);

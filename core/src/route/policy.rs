@@ -1,0 +1,264 @@
+//! Picking a rank: the policy seam. Scoring (the index lookups, each candidate's overlap,
+//! tier credit and load) happens once, in `Router::score`; a [`Policy`] then picks one
+//! candidate from what scoring gathered, so every policy sees the same lookups and the
+//! decision's breakdown is always the same cost terms (`cost.rs`), whatever picked it.
+//!
+//! | policy | picks | source |
+//! |---|---|---|
+//! | [`Policy::Cost`] (default) | lowest `cost.rs` cost (Dynamo's), softmax at a temperature | REFERENCE.md section 5 |
+//! | [`Policy::CacheAware`] | SGLang gateway / vllm-router `cache_aware` (below) | smg docs, `concepts/routing/cache-aware` |
+//! | [`Policy::Weighted`] | llm-d's scorer sum: prefix 3, queue 2, KV use 2 | llm-d inference scheduler's default profile |
+//! | [`Policy::LargestOverlap`] | most cached blocks, ties to fewest active requests | the demo's former baseline |
+//! | [`Policy::LeastLoaded`] | fewest active requests | |
+//! | [`Policy::RoundRobin`] / [`Policy::Random`] | in turn / uniformly | |
+//! | [`Policy::PredictedTtft`] | smallest predicted time to first token (below) | ours |
+//!
+//! `CacheAware`, in the order the gateway applies it: if the busiest candidate has more
+//! than `balance_abs` requests over the idlest *and* more than `balance_rel` times as many,
+//! the least loaded wins; otherwise the candidate with the longest cached prefix wins if
+//! that prefix covers more than `cache_threshold` of the prompt; otherwise the one whose
+//! cache holds the fewest blocks ("the smallest tree", which spreads new prefixes).
+//! Defaults 0.3, 64, 1.5, the gateway's. Loads are the router's own active requests.
+//!
+//! `Weighted` sums llm-d's three default scorers, each in `[0, 1]`, higher better: prefix
+//! match (cached blocks / prompt blocks), queue (min-max normalised active requests,
+//! inverted) and KV-cache utilisation (here min-max normalised decode blocks, inverted: the
+//! router's own count stands in for the engine's reported utilisation).
+//!
+//! `PredictedTtft`: a rank's prefill queue is served in order, so this request's first
+//! token comes after the rank's queued prefill tokens plus its own uncached ones (overlap
+//! credit folded in, lower tiers at their weight), at one prefill speed for every rank:
+//! the smallest such sum wins, ties to the fewest decode blocks. Unlike `Cost` it does not
+//! add the rank's decode blocks, which do not delay a prefill queue.
+//!
+//! Every policy breaks remaining ties uniformly at random with the router's generator.
+
+use super::cost::{choose, CostRange, Rng};
+use super::load::LoadSnapshot;
+
+/// SGLang's `cache_aware` thresholds; see the module docs.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheAwareThresholds {
+    /// Fraction of the prompt the best prefix must cover to win. Default 0.3.
+    pub cache_threshold: f64,
+    /// Requests the busiest may have over the idlest before load decides. Default 64.
+    pub balance_abs: u64,
+    /// Ratio busiest / idlest past which load decides (with `balance_abs`). Default 1.5.
+    pub balance_rel: f64,
+}
+
+impl Default for CacheAwareThresholds {
+    fn default() -> Self {
+        CacheAwareThresholds { cache_threshold: 0.3, balance_abs: 64, balance_rel: 1.5 }
+    }
+}
+
+/// llm-d's scorer weights; see the module docs.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScorerWeights {
+    /// Default 3.
+    pub prefix: f64,
+    /// Default 2.
+    pub queue: f64,
+    /// Default 2.
+    pub kv_cache: f64,
+}
+
+impl Default for ScorerWeights {
+    fn default() -> Self {
+        ScorerWeights { prefix: 3.0, queue: 2.0, kv_cache: 2.0 }
+    }
+}
+
+/// How a decision picks among its scored candidates; see the module docs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "name", deny_unknown_fields)]
+pub enum Policy {
+    #[default]
+    Cost,
+    CacheAware(CacheAwareThresholds),
+    Weighted(ScorerWeights),
+    LargestOverlap,
+    LeastLoaded,
+    RoundRobin,
+    Random,
+    PredictedTtft,
+}
+
+impl Policy {
+    /// Every policy with its defaults, in the order reports list them.
+    pub const ALL: [Policy; 8] = [
+        Policy::Cost,
+        Policy::PredictedTtft,
+        Policy::CacheAware(CacheAwareThresholds { cache_threshold: 0.3, balance_abs: 64, balance_rel: 1.5 }),
+        Policy::Weighted(ScorerWeights { prefix: 3.0, queue: 2.0, kv_cache: 2.0 }),
+        Policy::LargestOverlap,
+        Policy::LeastLoaded,
+        Policy::RoundRobin,
+        Policy::Random,
+    ];
+
+    /// A short stable name (configuration, metrics, reports).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Policy::Cost => "cost",
+            Policy::CacheAware(_) => "cache_aware",
+            Policy::Weighted(_) => "weighted",
+            Policy::LargestOverlap => "largest_overlap",
+            Policy::LeastLoaded => "least_loaded",
+            Policy::RoundRobin => "round_robin",
+            Policy::Random => "random",
+            Policy::PredictedTtft => "predicted_ttft",
+        }
+    }
+
+    /// The policy a name names, with its defaults.
+    pub fn from_name(name: &str) -> Option<Policy> {
+        Policy::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// Checks the parameters.
+    pub fn validate(&self) -> Result<(), String> {
+        let finite = |name: &str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(format!("policy {}: {name} must be a finite number >= 0, got {v}", self.name()))
+            }
+        };
+        match self {
+            Policy::CacheAware(t) => {
+                finite("cache_threshold", t.cache_threshold)?;
+                finite("balance_rel", t.balance_rel)
+            }
+            Policy::Weighted(w) => {
+                finite("prefix", w.prefix)?;
+                finite("queue", w.queue)?;
+                finite("kv_cache", w.kv_cache)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What scoring gathered about one candidate.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Candidate {
+    /// Position in the fleet snapshot's `ranks`.
+    pub(crate) slot: usize,
+    pub(crate) load: LoadSnapshot,
+    /// Leading prompt blocks held on device.
+    pub(crate) device_overlap: u32,
+    /// Overlap credit in blocks, lower tiers at their weight.
+    pub(crate) credit: f64,
+    /// Blocks the rank's cache holds (device), as its events said.
+    pub(crate) held_blocks: u64,
+}
+
+/// The request being placed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RequestShape {
+    pub(crate) tokens: f64,
+    pub(crate) request_blocks: u32,
+    pub(crate) block_size: f64,
+}
+
+/// What a pick may use besides the candidates.
+pub(crate) struct PickContext<'a> {
+    pub(crate) rng: &'a Rng,
+    /// Decisions so far (round-robin's turn).
+    pub(crate) turn: u64,
+    pub(crate) temperature: f64,
+}
+
+impl Policy {
+    /// Index into `candidates` (non-empty) of the pick. `costs[i]` is candidate `i`'s
+    /// `cost.rs` cost and `range` their extent.
+    pub(crate) fn pick(
+        &self,
+        candidates: &[Candidate],
+        costs: &[f64],
+        range: CostRange,
+        request: RequestShape,
+        cx: &PickContext<'_>,
+    ) -> usize {
+        debug_assert!(!candidates.is_empty());
+        let lowest = |key: &dyn Fn(&Candidate) -> (f64, f64)| lowest_by(candidates, key, cx.rng);
+        match *self {
+            Policy::Cost => choose(costs, range, cx.temperature, cx.rng),
+            Policy::LargestOverlap => lowest(&|c| (-f64::from(c.device_overlap), c.load.requests as f64)),
+            Policy::LeastLoaded => lowest(&|c| (c.load.requests as f64, 0.0)),
+            Policy::Random => lowest(&|_| (0.0, 0.0)),
+            Policy::RoundRobin => (cx.turn % candidates.len() as u64) as usize,
+            Policy::PredictedTtft => lowest(&|c| {
+                let uncached = (request.tokens - c.credit * request.block_size).max(0.0);
+                (c.load.prefill_tokens as f64 + uncached, c.load.decode_blocks as f64)
+            }),
+            Policy::CacheAware(t) => {
+                let (min, max) = candidates
+                    .iter()
+                    .fold((u64::MAX, 0), |(lo, hi), c| (lo.min(c.load.requests), hi.max(c.load.requests)));
+                let imbalanced = max - min > t.balance_abs && max as f64 > t.balance_rel * min as f64;
+                if imbalanced {
+                    return lowest(&|c| (c.load.requests as f64, 0.0));
+                }
+                let best = candidates.iter().map(|c| c.device_overlap).max().unwrap_or(0);
+                let match_rate =
+                    if request.tokens > 0.0 { f64::from(best) * request.block_size / request.tokens } else { 0.0 };
+                if best > 0 && match_rate > t.cache_threshold {
+                    lowest(&|c| (-f64::from(c.device_overlap), 0.0))
+                } else {
+                    lowest(&|c| (c.held_blocks as f64, 0.0))
+                }
+            }
+            Policy::Weighted(w) => {
+                let (rmin, rmax, dmin, dmax) = candidates.iter().fold((u64::MAX, 0, u64::MAX, 0), |acc, c| {
+                    (
+                        acc.0.min(c.load.requests),
+                        acc.1.max(c.load.requests),
+                        acc.2.min(c.load.decode_blocks),
+                        acc.3.max(c.load.decode_blocks),
+                    )
+                });
+                let inverted =
+                    |v: u64, lo: u64, hi: u64| if hi > lo { (hi - v) as f64 / (hi - lo) as f64 } else { 1.0 };
+                let blocks = f64::from(request.request_blocks.max(1));
+                // Highest score wins: the lowest negated score.
+                lowest(&|c| {
+                    let score = w.prefix * f64::from(c.device_overlap) / blocks
+                        + w.queue * inverted(c.load.requests, rmin, rmax)
+                        + w.kv_cache * inverted(c.load.decode_blocks, dmin, dmax);
+                    (-score, 0.0)
+                })
+            }
+        }
+    }
+}
+
+/// The candidate with the lowest `(primary, secondary)` key, exact ties broken uniformly
+/// (reservoir sampling: the `n`-th tie replaces the pick with probability `1/n`).
+fn lowest_by(candidates: &[Candidate], key: &dyn Fn(&Candidate) -> (f64, f64), rng: &Rng) -> usize {
+    let mut best = 0;
+    let mut best_key = key(&candidates[0]);
+    let mut ties = 1usize;
+    for (i, c) in candidates.iter().enumerate().skip(1) {
+        let k = key(c);
+        match k.partial_cmp(&best_key) {
+            Some(std::cmp::Ordering::Less) => {
+                best = i;
+                best_key = k;
+                ties = 1;
+            }
+            Some(std::cmp::Ordering::Equal) => {
+                ties += 1;
+                if rng.below(ties) == 0 {
+                    best = i;
+                }
+            }
+            _ => {}
+        }
+    }
+    best
+}

@@ -1,0 +1,202 @@
+//! Each policy picks what its rule says, checked on fleets where the rule's answer is
+//! known: overlaps set by events, loads by pinned routes.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::*;
+use crate::event::{KvEvent, KvEventData, StoredBlock};
+use crate::ids::{BlockHash, DpRank, EngineHash, RankKey, WorkerId};
+
+const BS: u32 = 16;
+
+fn key(w: u64, r: u32) -> RankKey {
+    RankKey { worker: WorkerId(w), dp_rank: DpRank(r) }
+}
+
+/// Two workers x 2 ranks under `policy`.
+fn fleet(policy: Policy) -> Router {
+    let config = RouterConfig { policy, ..RouterConfig::default() };
+    let router = Router::new(config, Arc::new(|| 1_000u64)).expect("router");
+    for w in 0..2 {
+        router.add_worker(WorkerSpec::new(WorkerId(w), 2, BS)).expect("worker");
+    }
+    router
+}
+
+fn blocks(seed: u64, n: usize) -> Vec<BlockHash> {
+    (0..n as u64).map(|i| BlockHash((seed << 32) ^ (i + 1).wrapping_mul(0x9E37_79B9))).collect()
+}
+
+/// `rank` stores the first `depth` of `prompt`, plus `extra` unrelated blocks.
+fn hold(router: &Router, rank: RankKey, prompt: &[BlockHash], depth: usize, extra: usize) {
+    let mut chain: Vec<BlockHash> = prompt[..depth].to_vec();
+    let stored = |chain: &[BlockHash], salt: u64| {
+        chain.iter().map(|&h| StoredBlock { engine_hash: EngineHash(h.0 ^ salt), content_hash: h }).collect()
+    };
+    if !chain.is_empty() {
+        let event =
+            KvEvent { rank, event_id: 0, data: KvEventData::Stored { parent: None, blocks: stored(&chain, 7) } };
+        router.apply_events_in(
+            StorageTier::Device,
+            &[KvEvent { event_id: crate::ingest::allocate_event_ids(1), ..event }],
+        );
+    }
+    if extra > 0 {
+        chain = blocks(0xEE00 + u64::from(rank.dp_rank.0) + rank.worker.0 * 10, extra);
+        let event =
+            KvEvent { rank, event_id: 0, data: KvEventData::Stored { parent: None, blocks: stored(&chain, 9) } };
+        router.apply_events_in(
+            StorageTier::Device,
+            &[KvEvent { event_id: crate::ingest::allocate_event_ids(1), ..event }],
+        );
+    }
+}
+
+/// Charges `n` requests of `blocks` to `rank`.
+fn charge(router: &Router, rank: RankKey, n: usize, prompt: &[BlockHash]) {
+    for _ in 0..n {
+        let options = RouteOptions { rank: Some(rank), ..RouteOptions::default() };
+        router.best_worker(Prompt::Blocks(prompt), &options).expect("pinned route");
+    }
+}
+
+fn dry(router: &Router, prompt: &[BlockHash]) -> RankKey {
+    let d = router.best_worker(Prompt::Blocks(prompt), &RouteOptions { dry_run: true, ..RouteOptions::default() });
+    let d = d.expect("decision");
+    RankKey { worker: d.worker, dp_rank: d.dp_rank }
+}
+
+fn cache_aware() -> Policy {
+    Policy::CacheAware(CacheAwareThresholds::default())
+}
+
+#[test]
+fn cache_aware_follows_the_longest_prefix_above_the_threshold_despite_load() {
+    let router = fleet(cache_aware());
+    let prompt = blocks(1, 8);
+    hold(&router, key(1, 1), &prompt, 4, 0); // half the prompt: above 0.3
+    charge(&router, key(1, 1), 30, &blocks(2, 2)); // busier, but not imbalanced past 64
+    for _ in 0..20 {
+        assert_eq!(dry(&router, &prompt), key(1, 1));
+    }
+}
+
+#[test]
+fn cache_aware_below_the_threshold_picks_the_smallest_cache() {
+    let router = fleet(cache_aware());
+    let prompt = blocks(1, 8);
+    hold(&router, key(0, 0), &prompt, 2, 50); // 2 of 8 blocks = 0.25: below 0.3
+    hold(&router, key(0, 1), &[], 0, 30);
+    hold(&router, key(1, 0), &[], 0, 10); // the smallest
+    hold(&router, key(1, 1), &[], 0, 20);
+    for _ in 0..20 {
+        assert_eq!(dry(&router, &prompt), key(1, 0));
+    }
+}
+
+#[test]
+fn cache_aware_goes_by_load_when_imbalanced_past_both_thresholds() {
+    let router = fleet(cache_aware());
+    let prompt = blocks(1, 8);
+    hold(&router, key(0, 0), &prompt, 8, 0);
+    // 65 requests on the holder, 64 on two others, none on one: 65 - 0 > 64 and 65 > 1.5 * 0.
+    charge(&router, key(0, 0), 65, &blocks(3, 1));
+    charge(&router, key(0, 1), 64, &blocks(3, 1));
+    charge(&router, key(1, 1), 64, &blocks(3, 1));
+    assert_eq!(dry(&router, &prompt), key(1, 0));
+    // One request on the idlest: 65 - 1 = 64 is not past the threshold; the prefix wins.
+    charge(&router, key(1, 0), 1, &blocks(3, 1));
+    assert_eq!(dry(&router, &prompt), key(0, 0));
+}
+
+#[test]
+fn weighted_sums_prefix_queue_and_kv_scores() {
+    let router = fleet(Policy::Weighted(ScorerWeights::default()));
+    let prompt = blocks(1, 8);
+    hold(&router, key(0, 1), &prompt, 8, 0);
+    // Full prefix (3) + busiest queue (0) + most KV (0) = 3 against an idle rank's 0 + 2 + 2 = 4.
+    charge(&router, key(0, 1), 2, &blocks(4, 4));
+    charge(&router, key(1, 0), 1, &blocks(4, 1));
+    charge(&router, key(1, 1), 1, &blocks(4, 1));
+    assert_eq!(dry(&router, &prompt), key(0, 0));
+    // Equal loads: the prefix decides.
+    let router = fleet(Policy::Weighted(ScorerWeights::default()));
+    hold(&router, key(0, 1), &prompt, 8, 0);
+    assert_eq!(dry(&router, &prompt), key(0, 1));
+}
+
+#[test]
+fn predicted_ttft_weighs_queued_prefill_against_the_cached_prefix() {
+    let router = fleet(Policy::PredictedTtft);
+    let prompt = blocks(1, 8); // 128 tokens
+    hold(&router, key(0, 0), &prompt, 8, 0); // all cached: 0 uncached tokens
+    charge(&router, key(0, 0), 1, &blocks(5, 10)); // but 160 tokens queued there
+    charge(&router, key(0, 1), 1, &blocks(5, 2)); // 32 queued + 128 = 160: a tie with (0, 0)
+    charge(&router, key(1, 0), 1, &blocks(5, 3));
+    charge(&router, key(1, 1), 1, &blocks(5, 3));
+    // 160 tokens either way; (0, 1) holds 2 decode blocks against (0, 0)'s 10.
+    let picks: HashSet<RankKey> = (0..64).map(|_| dry(&router, &prompt)).collect();
+    assert_eq!(picks, HashSet::from([key(0, 1)]), "ties by tokens, then fewer decode blocks win");
+    let router = fleet(Policy::PredictedTtft);
+    hold(&router, key(0, 0), &prompt, 8, 0);
+    charge(&router, key(0, 0), 1, &blocks(5, 4)); // 64 queued + 0 beats 0 + 128 elsewhere
+    assert_eq!(dry(&router, &prompt), key(0, 0));
+}
+
+#[test]
+fn largest_overlap_least_loaded_round_robin_and_random() {
+    let prompt = blocks(1, 8);
+    let router = fleet(Policy::LargestOverlap);
+    hold(&router, key(1, 0), &prompt, 3, 0);
+    hold(&router, key(1, 1), &prompt, 5, 0);
+    charge(&router, key(1, 1), 100, &blocks(6, 1));
+    assert_eq!(dry(&router, &prompt), key(1, 1), "overlap first, load only among equals");
+
+    let router = fleet(Policy::LeastLoaded);
+    hold(&router, key(1, 1), &prompt, 8, 0);
+    for (rank, n) in [(key(0, 0), 2), (key(0, 1), 1), (key(1, 1), 3)] {
+        charge(&router, rank, n, &blocks(6, 1));
+    }
+    assert_eq!(dry(&router, &prompt), key(1, 0));
+
+    let router = fleet(Policy::RoundRobin);
+    let picks: Vec<RankKey> = (0..8).map(|_| dry(&router, &prompt)).collect();
+    assert_eq!(&picks[..4], &[key(0, 0), key(0, 1), key(1, 0), key(1, 1)]);
+    assert_eq!(picks[..4], picks[4..]);
+
+    let router = fleet(Policy::Random);
+    hold(&router, key(0, 0), &prompt, 8, 0);
+    let picks: HashSet<RankKey> = (0..200).map(|_| dry(&router, &prompt)).collect();
+    assert_eq!(picks.len(), 4, "random ignores the prefix");
+}
+
+#[test]
+fn held_blocks_follow_stores_removals_and_clears() {
+    let router = fleet(Policy::Cost);
+    let prompt = blocks(1, 6);
+    hold(&router, key(0, 1), &prompt, 6, 4);
+    let held = |router: &Router| {
+        let fleet = router.fleet.load();
+        fleet.ranks.iter().find(|s| s.key == key(0, 1)).map(|s| s.load.held_blocks()).unwrap()
+    };
+    assert_eq!(held(&router), 10);
+    let removed = KvEventData::Removed { blocks: vec![EngineHash(prompt[5].0 ^ 7), EngineHash(prompt[4].0 ^ 7)] };
+    let event = KvEvent { rank: key(0, 1), event_id: crate::ingest::allocate_event_ids(1), data: removed };
+    router.apply_event(&event);
+    assert_eq!(held(&router), 8);
+    let clear = KvEvent { rank: key(0, 1), event_id: crate::ingest::allocate_event_ids(1), data: KvEventData::Cleared };
+    router.apply_event(&clear);
+    assert_eq!(held(&router), 0);
+}
+
+#[test]
+fn policies_have_names_and_bad_parameters_are_refused() {
+    for policy in Policy::ALL {
+        assert_eq!(Policy::from_name(policy.name()), Some(policy));
+    }
+    assert_eq!(Policy::from_name("nope"), None);
+    let bad = Policy::CacheAware(CacheAwareThresholds { cache_threshold: f64::NAN, ..Default::default() });
+    let config = RouterConfig { policy: bad, ..RouterConfig::default() };
+    assert!(matches!(Router::new(config, Arc::new(|| 0u64)), Err(RouteError::InvalidConfig(_))));
+}
