@@ -1,82 +1,86 @@
-//! Aggregated serving: every rank prefills and decodes. Three policies on one trace.
+//! Aggregated serving: every rank prefills and decodes. Every routing policy
+//! (`kvroute_core::route::Policy`) on one trace, each on a fresh simulated fleet, beside the
+//! ceiling: the reuse of one cache of unlimited size that every request reads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use kvroute_core::route::{Prompt, RouteOptions, Router, RouterConfig, WorkerSpec};
+use kvroute_core::route::{Policy, Prompt, RouteOptions, Router, RouterConfig, StorageTier, WorkerSpec};
 use kvroute_core::sim::{Fleet, FleetConfig};
 use kvroute_core::trace::{request_blocks_into, TraceRequest};
-use kvroute_core::{KvIndex, RankKey, WorkerId};
+use kvroute_core::{BlockHash, RankKey, WorkerId};
 
-use super::outcome::{max_over_mean, min_mean_max, ms, percentile, row, PolicyOutcome, PoolLoad};
+use super::outcome::{duration, max_over_mean, percentile, PolicyOutcome, PoolLoad};
 use super::timeline::{Completion, Timeline};
 use super::{progress, DemoArgs, DemoError};
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Policy {
-    /// `Router::best_worker` with the default, load-aware cost.
-    Kvroute,
-    /// The rank with the longest cached prefix; ties to the fewest active requests.
-    LargestOverlap,
-    RoundRobin,
+/// One column of the comparison: a router policy, or the ceiling.
+#[derive(Clone, Copy, PartialEq)]
+enum Contender {
+    Policy(Policy),
+    /// One cache of unlimited size that every request reads: the reuse no router can beat.
+    Ceiling,
 }
 
-impl Policy {
+impl Contender {
     fn label(self) -> &'static str {
         match self {
-            Policy::Kvroute => "kvroute",
-            Policy::LargestOverlap => "largest overlap",
-            Policy::RoundRobin => "round-robin",
+            Contender::Ceiling => "ceiling (one unlimited cache)",
+            Contender::Policy(Policy::Cost) => "kvroute cost (Dynamo's, default)",
+            Contender::Policy(Policy::PredictedTtft) => "kvroute predicted TTFT",
+            Contender::Policy(Policy::CacheAware(_)) => "SGLang cache_aware",
+            Contender::Policy(Policy::Weighted(_)) => "llm-d weighted scorers",
+            Contender::Policy(Policy::LargestOverlap) => "largest overlap",
+            Contender::Policy(Policy::LeastLoaded) => "least loaded",
+            Contender::Policy(Policy::RoundRobin) => "round-robin",
+            Contender::Policy(Policy::Random) => "random",
         }
     }
 }
 
-/// How a policy picks a rank: returns the rank's slot, the overlap it predicted (if it
-/// looks at the index) and the router's request id (if the router tracks it).
-enum Picker {
-    Kvroute { router: Box<Router>, now_ms: Arc<AtomicU64>, slots: HashMap<RankKey, usize> },
-    LargestOverlap { index: Box<KvIndex> },
-    RoundRobin,
+fn router_for(policy: Policy, args: &DemoArgs, now_ms: &Arc<AtomicU64>) -> Result<Router, DemoError> {
+    let clock = now_ms.clone();
+    // Relaxed by design: the replay thread is the only writer and reader.
+    let router = Router::new(
+        RouterConfig { block_size: args.block_size, policy, ..RouterConfig::default() },
+        Arc::new(move || clock.load(Ordering::Relaxed)),
+    )?;
+    for worker in 0..args.workers() {
+        router.add_worker(WorkerSpec::new(WorkerId(u64::from(worker)), args.dp_size(), args.block_size))?;
+    }
+    Ok(router)
 }
 
-fn picker(policy: Policy, args: &DemoArgs, ranks: &[RankKey]) -> Result<Picker, DemoError> {
-    Ok(match policy {
-        Policy::Kvroute => {
-            let now_ms = Arc::new(AtomicU64::new(0));
-            let clock = now_ms.clone();
-            // Relaxed by design: the replay thread is the only writer and reader.
-            let router = Router::new(
-                RouterConfig { block_size: args.block_size, ..RouterConfig::default() },
-                Arc::new(move || clock.load(Ordering::Relaxed)),
-            )?;
-            for worker in 0..args.workers() {
-                router.add_worker(WorkerSpec::new(WorkerId(u64::from(worker)), args.dp_size(), args.block_size))?;
-            }
-            let slots = ranks.iter().enumerate().map(|(slot, rank)| (*rank, slot)).collect();
-            Picker::Kvroute { router: Box::new(router), now_ms, slots }
-        }
-        Policy::LargestOverlap => {
-            let index = KvIndex::new();
-            for rank in ranks {
-                index.register_rank(*rank).map_err(|e| DemoError::Config(e.to_string()))?;
-            }
-            Picker::LargestOverlap { index: Box::new(index) }
-        }
-        Policy::RoundRobin => Picker::RoundRobin,
-    })
+/// The ceiling's reuse: leading blocks of each request seen in any earlier request (block
+/// hashes are chained, so a block seen means its whole prefix was).
+fn ceiling(args: &DemoArgs, requests: &[TraceRequest]) -> Result<PolicyOutcome, DemoError> {
+    let mut seen: HashSet<BlockHash> = HashSet::new();
+    let mut outcome = PolicyOutcome::default();
+    let mut chain = Vec::new();
+    for request in requests {
+        request_blocks_into(request, args.block_size, &mut chain).map_err(|e| DemoError::Config(e.to_string()))?;
+        let reused = chain.iter().take_while(|h| seen.contains(h)).count();
+        outcome.requested_blocks += chain.len() as u64;
+        outcome.reused_blocks += reused as u64;
+        seen.extend(chain.iter().copied());
+    }
+    Ok(outcome)
 }
 
 fn replay(args: &DemoArgs, requests: &[TraceRequest], policy: Policy) -> Result<(PolicyOutcome, PoolLoad), DemoError> {
     let capacity_blocks = (args.capacity_tokens / u64::from(args.block_size)) as usize;
     let mut fleet = Fleet::new(FleetConfig { workers: args.workers(), dp_size: args.dp_size(), capacity_blocks });
     let ranks: Vec<RankKey> = fleet.ranks().to_vec();
-    let mut picker = picker(policy, args, &ranks)?;
+    let slots: HashMap<RankKey, usize> = ranks.iter().enumerate().map(|(slot, rank)| (*rank, slot)).collect();
+    let now_ms = Arc::new(AtomicU64::new(0));
+    let router = router_for(policy, args, &now_ms)?;
+    let label = Contender::Policy(policy).label();
     let mut outcome = PolicyOutcome::default();
     let mut pool = PoolLoad::new(ranks.len());
     let mut timeline = Timeline::new(ranks.len());
-    let bar = progress(args, requests.len(), policy.label());
+    let bar = progress(args, requests.len(), label);
     let block_size = u64::from(args.block_size);
     let mut chain = Vec::new();
     for (i, request) in requests.iter().enumerate() {
@@ -84,51 +88,27 @@ fn replay(args: &DemoArgs, requests: &[TraceRequest], policy: Policy) -> Result<
         let now_us = request.timestamp_ms * 1000;
         timeline.advance_to(now_us, |completion| match completion {
             Completion::PrefillDone { request, .. } => {
-                if let (Picker::Kvroute { router, .. }, Some(id)) = (&picker, request) {
+                if let Some(id) = request {
                     router.prefill_done(id);
                 }
             }
             Completion::Finished { request, decode_slot, .. } => {
-                if let (Picker::Kvroute { router, .. }, Some(id)) = (&picker, request) {
+                if let Some(id) = request {
                     router.finish(id);
                 }
                 pool.end(decode_slot, 1);
             }
         });
-        let (slot, predicted, request_id) = match &mut picker {
-            Picker::Kvroute { router, now_ms, slots } => {
-                now_ms.store(request.timestamp_ms, Ordering::Relaxed);
-                let options = RouteOptions { output_tokens: request.output_length, ..RouteOptions::default() };
-                let started = Instant::now();
-                let decision = router.best_worker(Prompt::Blocks(&chain), &options)?;
-                outcome.decision_ns.push(started.elapsed().as_nanos() as u64);
-                let rank = RankKey { worker: decision.worker, dp_rank: decision.dp_rank };
-                let slot = *slots.get(&rank).ok_or_else(|| DemoError::Check(format!("unknown rank {rank:?}")))?;
-                (slot, Some(decision.overlap_blocks), decision.request)
-            }
-            Picker::LargestOverlap { index } => {
-                let started = Instant::now();
-                let scores = index.find_matches(&chain);
-                let mut best = (0u32, u64::MAX, usize::MAX);
-                for (slot, rank) in ranks.iter().enumerate() {
-                    let overlap = scores.get(*rank);
-                    let active = pool.active[slot];
-                    // Largest overlap; ties to the fewest active requests, then the lowest rank.
-                    if overlap > best.0 || (overlap == best.0 && active < best.1) {
-                        best = (overlap, active, slot);
-                    }
-                }
-                outcome.decision_ns.push(started.elapsed().as_nanos() as u64);
-                (best.2, Some(best.0), None)
-            }
-            Picker::RoundRobin => (i % ranks.len(), None, None),
-        };
+        now_ms.store(request.timestamp_ms, Ordering::Relaxed);
+        let options = RouteOptions { output_tokens: request.output_length, ..RouteOptions::default() };
+        let started = Instant::now();
+        let decision = router.best_worker(Prompt::Blocks(&chain), &options)?;
+        outcome.decision_ns.push(started.elapsed().as_nanos() as u64);
+        let rank = RankKey { worker: decision.worker, dp_rank: decision.dp_rank };
+        let slot = *slots.get(&rank).ok_or_else(|| DemoError::Check(format!("unknown rank {rank:?}")))?;
+        let (predicted, request_id) = (Some(decision.overlap_blocks), decision.request);
         let prefill = fleet.prefill(ranks[slot], &chain);
-        match &picker {
-            Picker::Kvroute { router, .. } => prefill.events.iter().for_each(|event| router.apply_event(event)),
-            Picker::LargestOverlap { index } => index.apply_batch(&prefill.events),
-            Picker::RoundRobin => {}
-        }
+        router.apply_events_in(StorageTier::Device, &prefill.events);
         if let Some(predicted) = predicted {
             outcome.predicted(predicted, prefill.cached_blocks);
         }
@@ -162,46 +142,69 @@ pub(super) fn run(args: &DemoArgs, requests: &[TraceRequest]) -> Result<(), Demo
         args.prefill_tokens_per_ms
     );
     let started = Instant::now();
-    let policies = [Policy::Kvroute, Policy::LargestOverlap, Policy::RoundRobin];
+    let ceiling = ceiling(args, requests)?;
     let mut results = Vec::new();
-    for policy in policies {
-        results.push(replay(args, requests, policy)?);
+    for policy in Policy::ALL {
+        results.push((policy, replay(args, requests, policy)?));
     }
     println!();
-    row("", policies.iter().map(|p| p.label().to_string()));
-    row("prefix-cache hit rate", results.iter().map(|(o, _)| format!("{:.1}%", o.hit_rate() * 100.0)));
-    row("simulated TTFT p50", results.iter().map(|(o, _)| ms(percentile(&o.ttft_us, 0.50))));
-    row("simulated TTFT p99", results.iter().map(|(o, _)| ms(percentile(&o.ttft_us, 0.99))));
-    println!("per-rank load (min/mean/max):");
-    row("  requests", results.iter().map(|(_, p)| min_mean_max(&p.requests)));
-    row("  requests max/mean", results.iter().map(|(_, p)| format!("{:.2}", max_over_mean(&p.requests))));
-    row("  blocks computed", results.iter().map(|(_, p)| min_mean_max(&p.work_blocks)));
-    row("  blocks computed max/mean", results.iter().map(|(_, p)| format!("{:.2}", max_over_mean(&p.work_blocks))));
-    row("  peak active requests", results.iter().map(|(_, p)| min_mean_max(&p.peak_active)));
-    println!();
-    for (policy, (outcome, _)) in policies.iter().zip(&results) {
-        if outcome.decision_ns.is_empty() {
-            continue;
-        }
-        println!(
-            "{:<16} decision latency p50 {} ns, p99 {} ns, p99.9 {} ns; predicted overlap equal to the engine's \
-             reuse: {}/{}",
-            policy.label(),
-            percentile(&outcome.decision_ns, 0.50),
-            percentile(&outcome.decision_ns, 0.99),
-            percentile(&outcome.decision_ns, 0.999),
-            outcome.exact_predictions,
-            outcome.predictions
+    let ceiling_rate = ceiling.hit_rate();
+    let header = ["hit rate", "/ ceiling", "TTFT p50", "TTFT p99", "req max/mean", "work max/mean", "decision p50"];
+    table_row(&format!("policy ({} replays, simulated time)", results.len()), header.map(String::from));
+    table_row(
+        Contender::Ceiling.label(),
+        [percent(ceiling_rate), "1.00".into(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into()],
+    );
+    for (policy, (outcome, pool)) in &results {
+        table_row(
+            Contender::Policy(*policy).label(),
+            [
+                percent(outcome.hit_rate()),
+                format!("{:.2}", outcome.hit_rate() / ceiling_rate.max(f64::MIN_POSITIVE)),
+                duration(percentile(&outcome.ttft_us, 0.50)),
+                duration(percentile(&outcome.ttft_us, 0.99)),
+                format!("{:.2}", max_over_mean(&pool.requests)),
+                format!("{:.2}", max_over_mean(&pool.work_blocks)),
+                format!("{:.1} us", percentile(&outcome.decision_ns, 0.50) as f64 / 1000.0),
+            ],
         );
     }
-    println!("(the three replays took {:.1} s)", started.elapsed().as_secs_f64());
-    for (policy, (outcome, _)) in policies.iter().zip(&results) {
+    println!(
+        "\nhit rate: prompt blocks the engines reused; ceiling: what one cache of unlimited size would reuse; \
+         TTFT: simulated time to first token; req, work max/mean: requests and blocks computed per rank, the \
+         busiest over the mean (1.00 = even); decision: wall-clock time of the router's call."
+    );
+    let (policy, (outcome, _)) = &results[0];
+    println!(
+        "{}: decision latency p50 {} ns, p99 {} ns, p99.9 {} ns; predicted overlap equal to the engine's reuse: {}/{}",
+        Contender::Policy(*policy).label(),
+        percentile(&outcome.decision_ns, 0.50),
+        percentile(&outcome.decision_ns, 0.99),
+        percentile(&outcome.decision_ns, 0.999),
+        outcome.exact_predictions,
+        outcome.predictions
+    );
+    println!("(the {} replays took {:.1} s)", results.len(), started.elapsed().as_secs_f64());
+    for (policy, (outcome, _)) in &results {
         if outcome.exact_predictions != outcome.predictions {
             return Err(DemoError::Check(format!(
                 "{}: the index disagreed with the simulated engines",
-                policy.label()
+                Contender::Policy(*policy).label()
             )));
         }
     }
     Ok(())
+}
+
+/// A row of the policy table: a label, then fixed-width cells.
+fn table_row<const N: usize>(label: &str, cells: [String; N]) {
+    let mut line = format!("{label:<36}");
+    for cell in cells {
+        line.push_str(&format!(" {cell:>13}"));
+    }
+    println!("{line}");
+}
+
+fn percent(rate: f64) -> String {
+    format!("{:.1}%", rate * 100.0)
 }

@@ -93,7 +93,20 @@ pub(super) fn row(label: &str, cells: impl IntoIterator<Item = String>) {
 }
 
 pub(super) fn ms(us: u64) -> String {
-    format!("{:.1} ms", us as f64 / 1000.0)
+    duration(us)
+}
+
+/// A duration in microseconds in the unit that reads best: `850 us`, `12.3 ms`, `4.52 s`,
+/// `9 min 42 s`, `3.4 h`.
+pub(super) fn duration(us: u64) -> String {
+    let s = us as f64 / 1e6;
+    match us {
+        0..1_000 => format!("{us} us"),
+        1_000..1_000_000 => format!("{:.1} ms", us as f64 / 1000.0),
+        1_000_000..60_000_000 => format!("{s:.2} s"),
+        60_000_000..3_600_000_000 => format!("{} min {:02} s", us / 60_000_000, (us / 1_000_000) % 60),
+        _ => format!("{:.1} h", s / 3600.0),
+    }
 }
 
 #[cfg(test)]
@@ -111,6 +124,15 @@ mod tests {
         assert_eq!(pool.requests, vec![3, 1]);
         assert_eq!(pool.work_blocks, vec![16, 7]);
         assert_eq!(pool.peak_active, vec![5, 4]);
+    }
+
+    #[test]
+    fn durations_read_in_their_unit() {
+        assert_eq!(duration(850), "850 us");
+        assert_eq!(duration(12_340), "12.3 ms");
+        assert_eq!(duration(4_520_000), "4.52 s");
+        assert_eq!(duration(582_000_000), "9 min 42 s");
+        assert_eq!(duration(34_964_296_000), "9.7 h");
     }
 
     #[test]

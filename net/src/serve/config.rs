@@ -24,7 +24,7 @@ use kvroute_core::route::{CostWeights, Router, RouterConfig, WorkerSpec};
 use super::auth::BearerToken;
 use super::duration::HumanDuration;
 use super::options::{
-    HashSchemeName, LogFormat, ServeArgs, ServeOptions, DEFAULT_MAX_PUBLISHER_CONNECTIONS,
+    HashSchemeName, LogFormat, PolicyName, ServeArgs, ServeOptions, DEFAULT_MAX_PUBLISHER_CONNECTIONS,
     DEFAULT_MAX_PUBLISHER_HANDSHAKES,
 };
 use crate::engine_ingest::EngineSource;
@@ -402,6 +402,7 @@ fn resolve_router(o: &ServeOptions) -> Result<RouterConfig, ConfigError> {
         index_shards,
         room_seed,
         rng_seed: random_u64(),
+        policy: r.policy.map_or(defaults.policy, PolicyName::policy),
     })
 }
 

@@ -72,6 +72,43 @@ pub enum HashSchemeName {
     Xxh3,
 }
 
+/// How a rank is picked among the scored candidates (`kvroute_core::route::Policy`, each
+/// with its source's defaults).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyName {
+    /// Lowest cost: prefill work not covered by the cached prefix, plus decode load (Dynamo's).
+    Cost,
+    /// Smallest predicted time to first token: queued prefill plus this prompt's uncached part.
+    PredictedTtft,
+    /// The SGLang gateway's cache_aware (cache threshold 0.3, balance 64 / 1.5).
+    CacheAware,
+    /// llm-d's weighted scorers (prefix 3, queue 2, KV use 2).
+    Weighted,
+    /// The longest cached prefix, ties to the fewest active requests.
+    LargestOverlap,
+    /// The fewest active requests.
+    LeastLoaded,
+    RoundRobin,
+    Random,
+}
+
+impl PolicyName {
+    pub fn policy(self) -> kvroute_core::route::Policy {
+        use kvroute_core::route::{CacheAwareThresholds, Policy, ScorerWeights};
+        match self {
+            PolicyName::Cost => Policy::Cost,
+            PolicyName::PredictedTtft => Policy::PredictedTtft,
+            PolicyName::CacheAware => Policy::CacheAware(CacheAwareThresholds::default()),
+            PolicyName::Weighted => Policy::Weighted(ScorerWeights::default()),
+            PolicyName::LargestOverlap => Policy::LargestOverlap,
+            PolicyName::LeastLoaded => Policy::LeastLoaded,
+            PolicyName::RoundRobin => Policy::RoundRobin,
+            PolicyName::Random => Policy::Random,
+        }
+    }
+}
+
 /// Every daemon option (file schema and flags). `None` means "not given here".
 #[derive(clap::Args, Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -308,6 +345,10 @@ pub struct RouterOptions {
     #[arg(long, value_enum, value_name = "SCHEME")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_scheme: Option<HashSchemeName>,
+    /// How a rank is picked among the scored candidates [default: cost].
+    #[arg(long, value_enum, value_name = "POLICY")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyName>,
     /// Cost weight of prefill blocks (queued plus uncached prompt) [default: 1.0].
     #[arg(long, value_name = "WEIGHT", allow_negative_numbers = true)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -465,6 +506,7 @@ impl RouterOptions {
         RouterOptions {
             block_size: self.block_size.or(file.block_size),
             hash_scheme: self.hash_scheme.or(file.hash_scheme),
+            policy: self.policy.or(file.policy),
             prefill_scale: self.prefill_scale.or(file.prefill_scale),
             decode_weight: self.decode_weight.or(file.decode_weight),
             request_weight: self.request_weight.or(file.request_weight),
@@ -485,6 +527,7 @@ impl RouterOptions {
         RouterOptions {
             block_size: self.block_size.or(Some(core.block_size)),
             hash_scheme: self.hash_scheme.or(Some(HashSchemeName::Kv64)),
+            policy: self.policy.or(Some(PolicyName::Cost)),
             prefill_scale: self.prefill_scale.or(Some(weights.prefill_scale)),
             decode_weight: self.decode_weight.or(Some(weights.decode_weight)),
             request_weight: self.request_weight.or(Some(weights.request_weight)),
