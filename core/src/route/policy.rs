@@ -27,9 +27,14 @@
 //!
 //! `PredictedTtft`: a rank's prefill queue is served in order, so this request's first
 //! token comes after the rank's queued prefill tokens plus its own uncached ones (overlap
-//! credit folded in, lower tiers at their weight), at one prefill speed for every rank:
-//! the smallest such sum wins, ties to the fewest decode blocks. Unlike `Cost` it does not
-//! add the rank's decode blocks, which do not delay a prefill queue.
+//! credit folded in, lower tiers at their weight), at one prefill speed for every rank.
+//! Two terms make the prediction look past this request: each uncached token also delays
+//! every request queued behind it on that rank and is work a cache hit would have saved
+//! for good, so it counts `recompute` times (default 3); and the rank's running requests
+//! share its batches (chunked prefill), each of their KV tokens counting `decode` tokens
+//! of queue (default 1). The smallest sum wins, ties to the fewest decode blocks. With
+//! `recompute = decode = 1` it is `Cost` at its default weights. The defaults were the
+//! best of a grid on the shipped trace (README, "Routing policies").
 //!
 //! Every policy breaks remaining ties uniformly at random with the router's generator.
 
@@ -72,6 +77,22 @@ impl Default for ScorerWeights {
     }
 }
 
+/// `PredictedTtft`'s weights; see the module docs.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TtftWeights {
+    /// Weight of this request's uncached tokens against queued ones. Default 3.
+    pub recompute: f64,
+    /// Tokens of queue each KV token of a running request counts as. Default 1.
+    pub decode: f64,
+}
+
+impl Default for TtftWeights {
+    fn default() -> Self {
+        TtftWeights { recompute: 3.0, decode: 1.0 }
+    }
+}
+
 /// How a decision picks among its scored candidates; see the module docs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case", tag = "name", deny_unknown_fields)]
@@ -84,14 +105,14 @@ pub enum Policy {
     LeastLoaded,
     RoundRobin,
     Random,
-    PredictedTtft,
+    PredictedTtft(TtftWeights),
 }
 
 impl Policy {
     /// Every policy with its defaults, in the order reports list them.
     pub const ALL: [Policy; 8] = [
         Policy::Cost,
-        Policy::PredictedTtft,
+        Policy::PredictedTtft(TtftWeights { recompute: 3.0, decode: 1.0 }),
         Policy::CacheAware(CacheAwareThresholds { cache_threshold: 0.3, balance_abs: 64, balance_rel: 1.5 }),
         Policy::Weighted(ScorerWeights { prefix: 3.0, queue: 2.0, kv_cache: 2.0 }),
         Policy::LargestOverlap,
@@ -110,7 +131,7 @@ impl Policy {
             Policy::LeastLoaded => "least_loaded",
             Policy::RoundRobin => "round_robin",
             Policy::Random => "random",
-            Policy::PredictedTtft => "predicted_ttft",
+            Policy::PredictedTtft(_) => "predicted_ttft",
         }
     }
 
@@ -137,6 +158,10 @@ impl Policy {
                 finite("prefix", w.prefix)?;
                 finite("queue", w.queue)?;
                 finite("kv_cache", w.kv_cache)
+            }
+            Policy::PredictedTtft(w) => {
+                finite("recompute", w.recompute)?;
+                finite("decode", w.decode)
             }
             _ => Ok(()),
         }
@@ -192,9 +217,13 @@ impl Policy {
             Policy::LeastLoaded => lowest(&|c| (c.load.requests as f64, 0.0)),
             Policy::Random => lowest(&|_| (0.0, 0.0)),
             Policy::RoundRobin => (cx.turn % candidates.len() as u64) as usize,
-            Policy::PredictedTtft => lowest(&|c| {
+            Policy::PredictedTtft(w) => lowest(&|c| {
                 let uncached = (request.tokens - c.credit * request.block_size).max(0.0);
-                (c.load.prefill_tokens as f64 + uncached, c.load.decode_blocks as f64)
+                let decode_tokens = c.load.decode_blocks as f64 * request.block_size;
+                (
+                    c.load.prefill_tokens as f64 + w.recompute * uncached + w.decode * decode_tokens,
+                    c.load.decode_blocks as f64,
+                )
             }),
             Policy::CacheAware(t) => {
                 let (min, max) = candidates

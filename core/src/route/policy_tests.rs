@@ -128,7 +128,8 @@ fn weighted_sums_prefix_queue_and_kv_scores() {
 
 #[test]
 fn predicted_ttft_weighs_queued_prefill_against_the_cached_prefix() {
-    let router = fleet(Policy::PredictedTtft);
+    // Queue and own tokens alone first.
+    let router = fleet(Policy::PredictedTtft(TtftWeights { recompute: 1.0, decode: 0.0 }));
     let prompt = blocks(1, 8); // 128 tokens
     hold(&router, key(0, 0), &prompt, 8, 0); // all cached: 0 uncached tokens
     charge(&router, key(0, 0), 1, &blocks(5, 10)); // but 160 tokens queued there
@@ -138,10 +139,18 @@ fn predicted_ttft_weighs_queued_prefill_against_the_cached_prefix() {
     // 160 tokens either way; (0, 1) holds 2 decode blocks against (0, 0)'s 10.
     let picks: HashSet<RankKey> = (0..64).map(|_| dry(&router, &prompt)).collect();
     assert_eq!(picks, HashSet::from([key(0, 1)]), "ties by tokens, then fewer decode blocks win");
-    let router = fleet(Policy::PredictedTtft);
+    // The defaults: 64 queued + 0 uncached + 64 decode tokens = 128 beat 3 * 128 elsewhere.
+    let router = fleet(Policy::PredictedTtft(TtftWeights::default()));
     hold(&router, key(0, 0), &prompt, 8, 0);
-    charge(&router, key(0, 0), 1, &blocks(5, 4)); // 64 queued + 0 beats 0 + 128 elsewhere
+    charge(&router, key(0, 0), 1, &blocks(5, 4));
     assert_eq!(dry(&router, &prompt), key(0, 0));
+    // Half cached behind 160 queued tokens: 160 + 3 * 64 + 160 = 512 against 3 * 128 = 384.
+    let router = fleet(Policy::PredictedTtft(TtftWeights::default()));
+    hold(&router, key(0, 0), &prompt, 4, 0);
+    charge(&router, key(0, 0), 1, &blocks(5, 10));
+    for _ in 0..20 {
+        assert_ne!(dry(&router, &prompt), key(0, 0));
+    }
 }
 
 #[test]

@@ -29,7 +29,7 @@ impl Contender {
         match self {
             Contender::Ceiling => "ceiling (one unlimited cache)",
             Contender::Policy(Policy::Cost) => "kvroute cost (Dynamo's, default)",
-            Contender::Policy(Policy::PredictedTtft) => "kvroute predicted TTFT",
+            Contender::Policy(Policy::PredictedTtft(_)) => "kvroute predicted TTFT",
             Contender::Policy(Policy::CacheAware(_)) => "SGLang cache_aware",
             Contender::Policy(Policy::Weighted(_)) => "llm-d weighted scorers",
             Contender::Policy(Policy::LargestOverlap) => "largest overlap",

@@ -79,7 +79,8 @@ pub enum HashSchemeName {
 pub enum PolicyName {
     /// Lowest cost: prefill work not covered by the cached prefix, plus decode load (Dynamo's).
     Cost,
-    /// Smallest predicted time to first token: queued prefill plus this prompt's uncached part.
+    /// Smallest predicted time to first token: queued prefill, this prompt's uncached part
+    /// (counted 3 times: it delays everyone behind it) and running requests' KV.
     PredictedTtft,
     /// The SGLang gateway's cache_aware (cache threshold 0.3, balance 64 / 1.5).
     CacheAware,
@@ -95,10 +96,10 @@ pub enum PolicyName {
 
 impl PolicyName {
     pub fn policy(self) -> kvroute_core::route::Policy {
-        use kvroute_core::route::{CacheAwareThresholds, Policy, ScorerWeights};
+        use kvroute_core::route::{CacheAwareThresholds, Policy, ScorerWeights, TtftWeights};
         match self {
             PolicyName::Cost => Policy::Cost,
-            PolicyName::PredictedTtft => Policy::PredictedTtft,
+            PolicyName::PredictedTtft => Policy::PredictedTtft(TtftWeights::default()),
             PolicyName::CacheAware => Policy::CacheAware(CacheAwareThresholds::default()),
             PolicyName::Weighted => Policy::Weighted(ScorerWeights::default()),
             PolicyName::LargestOverlap => Policy::LargestOverlap,
