@@ -38,9 +38,29 @@ fn percent(cell: &str) -> f64 {
 fn aggregated_demo_is_exact_and_beats_round_robin() {
     let out = demo(&[]);
     assert!(out.contains("predicted overlap equal to the engine's reuse: 1500/1500"), "{out}");
-    let hits = cells(&out, "prefix-cache hit rate");
-    assert_eq!(hits.len(), 3, "{out}");
-    assert!(percent(hits[0]) > percent(hits[2]), "kvroute should reuse more than round-robin:\n{out}");
+    let ceiling = percent(cells(&out, "ceiling (one unlimited cache)")[0]);
+    let policies = [
+        "kvroute predicted TTFT (default)",
+        "kvroute cost (Dynamo's)",
+        "SGLang cache_aware",
+        "llm-d weighted scorers",
+        "largest overlap",
+        "least loaded",
+        "round-robin",
+        "random",
+    ];
+    for label in policies {
+        let row = cells(&out, label);
+        // Hit rate, its share of the ceiling, TTFT p50 and p99 in readable units ("2.63 s",
+        // "1 min 02 s"), two spreads, the decision's latency in microseconds.
+        assert!(row.len() >= 10 && row[row.len() - 1] == "us", "{label}: {row:?}\n{out}");
+        assert!(percent(row[0]) <= ceiling, "{label} reused more than the ceiling:\n{out}");
+        let share: f64 = row[1].parse().unwrap_or_else(|_| panic!("{label}: share {:?}", row[1]));
+        // Both percentages and the share are rounded.
+        assert!((share - percent(row[0]) / ceiling).abs() < 0.01, "{label}: share {share}\n{out}");
+    }
+    let ours = percent(cells(&out, policies[0])[0]);
+    assert!(ours > percent(cells(&out, "round-robin")[0]), "kvroute should reuse more than round-robin:\n{out}");
 }
 
 #[test]

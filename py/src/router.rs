@@ -22,8 +22,8 @@ use kvroute_core::engine_events::sequence::TrackerConfig;
 use kvroute_core::hashing::{BlockHasher, BlockIdentity, HashScheme};
 use kvroute_core::ingest::IngestSink;
 use kvroute_core::route::{
-    BootstrapEndpoint, Clock, CostWeights, PdOptions, Prompt, RequestId, Role, RouteOptions, Router, RouterConfig,
-    StorageTier, WorkerSpec,
+    BootstrapEndpoint, Clock, CostWeights, PdOptions, Policy, Prompt, RequestId, Role, RouteOptions, Router,
+    RouterConfig, StorageTier, WorkerSpec,
 };
 use kvroute_core::{DpRank, RankKey, WorkerId};
 use kvroute_net::engine_ingest::{EngineKind, EngineSource};
@@ -99,6 +99,14 @@ fn parse_hashing(name: &str) -> PyResult<HashScheme> {
             "hashing must be 'kv64' (kvroute's) or 'xxh3' (Dynamo's and the SGLang gateway's), not {other:?}"
         ))),
     }
+}
+
+/// A policy by its short name, with its source's defaults (`Policy::ALL`).
+fn parse_policy(name: &str) -> PyResult<Policy> {
+    Policy::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = Policy::ALL.iter().map(Policy::name).collect();
+        PyValueError::new_err(format!("policy must be one of {}, not {name:?}", names.join(", ")))
+    })
 }
 
 fn seconds_to_ms(name: &str, seconds: f64) -> PyResult<u64> {
@@ -210,7 +218,7 @@ impl PyRouter {
 impl PyRouter {
     #[new]
     #[pyo3(signature = (
-        block_size = 16, *, hashing = "kv64", temperature = 0.0, prefill_scale = 1.0,
+        block_size = 16, *, hashing = "kv64", policy = "predicted_ttft", temperature = 0.0, prefill_scale = 1.0,
         decode_weight = 1.0, request_weight = 0.0, host_tier_weight = 0.75,
         disk_tier_weight = 0.25, request_ttl_s = 300.0, approx_ttl_s = 120.0,
         index_shards = 1, seed = None,
@@ -219,6 +227,7 @@ impl PyRouter {
     fn new(
         block_size: u32,
         hashing: &str,
+        policy: &str,
         temperature: f64,
         prefill_scale: f64,
         decode_weight: f64,
@@ -247,6 +256,7 @@ impl PyRouter {
             index_shards,
             room_seed: seed,
             rng_seed: seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15,
+            policy: parse_policy(policy)?,
             ..RouterConfig::default()
         };
         let hasher = BlockHasher::with_scheme(block_size as usize, config.hash_scheme).map_err(refused)?;

@@ -114,6 +114,8 @@ def test_bad_input_raises_with_the_routers_message():
         router.add_worker(3, dp_size=2, role="leader")
     with pytest.raises(ValueError, match="hashing"):
         kvroute.Router(hashing="md5")
+    with pytest.raises(ValueError, match="policy must be one of predicted_ttft, cost"):
+        kvroute.Router(policy="fastest")
     with pytest.raises(kvroute.KvrouteError, match="block"):
         kvroute.Router(block_size=0)
     with pytest.raises(kvroute.KvrouteError, match="temperature"):
@@ -173,3 +175,18 @@ def test_eight_threads_route_and_finish_with_exact_load_bookkeeping():
     assert router.active_requests() == 0
     assert all(l["requests"] == 0 and l["decode_blocks"] == 0 and l["prefill_tokens"] == 0
                for l in router.loads().values())
+
+
+def test_policies_pick_by_their_own_rule():
+    def fleet(policy):
+        router = kvroute.Router(policy=policy, seed=7)
+        router.add_worker(1, dp_size=2)
+        prompt = list(range(64))
+        router.route(prompt, workers=[1], dp_rank=0)  # one request charged to rank 0
+        return router, prompt
+
+    router, prompt = fleet("round_robin")
+    picks = [router.best_worker(prompt, dry_run=True)[1] for _ in range(4)]
+    assert picks[0] != picks[1] and picks[:2] == picks[2:], picks
+    router, prompt = fleet("least_loaded")
+    assert all(router.best_worker(prompt, dry_run=True)[1] == 1 for _ in range(8))

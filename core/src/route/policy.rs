@@ -5,13 +5,13 @@
 //!
 //! | policy | picks | source |
 //! |---|---|---|
-//! | [`Policy::Cost`] (default) | lowest `cost.rs` cost (Dynamo's), softmax at a temperature | REFERENCE.md section 5 |
+//! | [`Policy::Cost`] | lowest `cost.rs` cost (Dynamo's), softmax at a temperature | REFERENCE.md section 5 |
 //! | [`Policy::CacheAware`] | SGLang gateway / vllm-router `cache_aware` (below) | smg docs, `concepts/routing/cache-aware` |
 //! | [`Policy::Weighted`] | llm-d's scorer sum: prefix 3, queue 2, KV use 2 | llm-d inference scheduler's default profile |
 //! | [`Policy::LargestOverlap`] | most cached blocks, ties to fewest active requests | the demo's former baseline |
 //! | [`Policy::LeastLoaded`] | fewest active requests | |
 //! | [`Policy::RoundRobin`] / [`Policy::Random`] | in turn / uniformly | |
-//! | [`Policy::PredictedTtft`] | smallest predicted time to first token (below) | ours |
+//! | [`Policy::PredictedTtft`] (default) | smallest predicted time to first token (below) | ours |
 //!
 //! `CacheAware`, in the order the gateway applies it: if the busiest candidate has more
 //! than `balance_abs` requests over the idlest *and* more than `balance_rel` times as many,
@@ -28,13 +28,18 @@
 //! `PredictedTtft`: a rank's prefill queue is served in order, so this request's first
 //! token comes after the rank's queued prefill tokens plus its own uncached ones (overlap
 //! credit folded in, lower tiers at their weight), at one prefill speed for every rank.
-//! Two terms make the prediction look past this request: each uncached token also delays
-//! every request queued behind it on that rank and is work a cache hit would have saved
-//! for good, so it counts `recompute` times (default 3); and the rank's running requests
-//! share its batches (chunked prefill), each of their KV tokens counting `decode` tokens
-//! of queue (default 1). The smallest sum wins, ties to the fewest decode blocks. With
-//! `recompute = decode = 1` it is `Cost` at its default weights. The defaults were the
-//! best of a grid on the shipped trace (README, "Routing policies").
+//! Three terms make the prediction look past this request: each uncached token also
+//! delays every request queued behind it on that rank and is work a cache hit would have
+//! saved for good, so it counts `recompute` times (default 3); the blocks it stores evict
+//! other prefixes from a full cache, so it counts up to `pressure` times more (default
+//! 15), scaled by how full the rank's cache is, held blocks (from its events) over
+//! `cache_blocks` (new prefixes go to the emptier caches: SGLang's "smallest tree" as a
+//! price instead of a rule; off while the cache size is unknown); and the rank's running
+//! requests share its batches (chunked prefill), each of their KV tokens counting
+//! `decode` tokens of queue (default 0.5). The smallest sum wins, ties to the fewest
+//! decode blocks. With `recompute = decode = 1` and no pressure it is `Cost` at its
+//! default weights. The defaults were the best of a grid on the shipped
+//! trace (README, "Routing policies").
 //!
 //! Every policy breaks remaining ties uniformly at random with the router's generator.
 
@@ -83,21 +88,26 @@ impl Default for ScorerWeights {
 pub struct TtftWeights {
     /// Weight of this request's uncached tokens against queued ones. Default 3.
     pub recompute: f64,
-    /// Tokens of queue each KV token of a running request counts as. Default 1.
+    /// Tokens of queue each KV token of a running request counts as. Default 0.5.
     pub decode: f64,
+    /// Extra weight of an uncached token on a full cache, scaled by how full a rank's
+    /// cache is (held blocks over `cache_blocks`; an empty cache adds nothing). Default 15.
+    pub pressure: f64,
+    /// KV blocks one rank's device cache holds (vLLM's `num_gpu_blocks`). Unknown (the
+    /// default): the pressure term is off, since no eviction can be predicted.
+    pub cache_blocks: Option<u64>,
 }
 
 impl Default for TtftWeights {
     fn default() -> Self {
-        TtftWeights { recompute: 3.0, decode: 1.0 }
+        TtftWeights { recompute: 3.0, decode: 0.5, pressure: 15.0, cache_blocks: None }
     }
 }
 
 /// How a decision picks among its scored candidates; see the module docs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case", tag = "name", deny_unknown_fields)]
 pub enum Policy {
-    #[default]
     Cost,
     CacheAware(CacheAwareThresholds),
     Weighted(ScorerWeights),
@@ -108,11 +118,19 @@ pub enum Policy {
     PredictedTtft(TtftWeights),
 }
 
+/// The default policy: [`Policy::PredictedTtft`] at its default weights (it beat every
+/// other on the shipped trace; README, "Routing policies").
+impl Default for Policy {
+    fn default() -> Self {
+        Policy::PredictedTtft(TtftWeights::default())
+    }
+}
+
 impl Policy {
     /// Every policy with its defaults, in the order reports list them.
     pub const ALL: [Policy; 8] = [
+        Policy::PredictedTtft(TtftWeights { recompute: 3.0, decode: 0.5, pressure: 15.0, cache_blocks: None }),
         Policy::Cost,
-        Policy::PredictedTtft(TtftWeights { recompute: 3.0, decode: 1.0 }),
         Policy::CacheAware(CacheAwareThresholds { cache_threshold: 0.3, balance_abs: 64, balance_rel: 1.5 }),
         Policy::Weighted(ScorerWeights { prefix: 3.0, queue: 2.0, kv_cache: 2.0 }),
         Policy::LargestOverlap,
@@ -161,7 +179,12 @@ impl Policy {
             }
             Policy::PredictedTtft(w) => {
                 finite("recompute", w.recompute)?;
-                finite("decode", w.decode)
+                finite("decode", w.decode)?;
+                finite("pressure", w.pressure)?;
+                if w.cache_blocks == Some(0) {
+                    return Err(format!("policy {}: cache_blocks must be at least 1", self.name()));
+                }
+                Ok(())
             }
             _ => Ok(()),
         }
@@ -217,14 +240,20 @@ impl Policy {
             Policy::LeastLoaded => lowest(&|c| (c.load.requests as f64, 0.0)),
             Policy::Random => lowest(&|_| (0.0, 0.0)),
             Policy::RoundRobin => (cx.turn % candidates.len() as u64) as usize,
-            Policy::PredictedTtft(w) => lowest(&|c| {
-                let uncached = (request.tokens - c.credit * request.block_size).max(0.0);
-                let decode_tokens = c.load.decode_blocks as f64 * request.block_size;
-                (
-                    c.load.prefill_tokens as f64 + w.recompute * uncached + w.decode * decode_tokens,
-                    c.load.decode_blocks as f64,
-                )
-            }),
+            Policy::PredictedTtft(w) => {
+                let cache_blocks = w.cache_blocks.map_or(f64::INFINITY, |n| n as f64);
+                lowest(&|c| {
+                    let uncached = (request.tokens - c.credit * request.block_size).max(0.0);
+                    let decode_tokens = c.load.decode_blocks as f64 * request.block_size;
+                    let fullness = (c.held_blocks as f64 / cache_blocks).min(1.0);
+                    (
+                        c.load.prefill_tokens as f64
+                            + (w.recompute + w.pressure * fullness) * uncached
+                            + w.decode * decode_tokens,
+                        c.load.decode_blocks as f64,
+                    )
+                })
+            }
             Policy::CacheAware(t) => {
                 let (min, max) = candidates
                     .iter()

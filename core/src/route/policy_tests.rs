@@ -129,7 +129,8 @@ fn weighted_sums_prefix_queue_and_kv_scores() {
 #[test]
 fn predicted_ttft_weighs_queued_prefill_against_the_cached_prefix() {
     // Queue and own tokens alone first.
-    let router = fleet(Policy::PredictedTtft(TtftWeights { recompute: 1.0, decode: 0.0 }));
+    let router =
+        fleet(Policy::PredictedTtft(TtftWeights { recompute: 1.0, decode: 0.0, pressure: 0.0, cache_blocks: None }));
     let prompt = blocks(1, 8); // 128 tokens
     hold(&router, key(0, 0), &prompt, 8, 0); // all cached: 0 uncached tokens
     charge(&router, key(0, 0), 1, &blocks(5, 10)); // but 160 tokens queued there
@@ -139,18 +140,47 @@ fn predicted_ttft_weighs_queued_prefill_against_the_cached_prefix() {
     // 160 tokens either way; (0, 1) holds 2 decode blocks against (0, 0)'s 10.
     let picks: HashSet<RankKey> = (0..64).map(|_| dry(&router, &prompt)).collect();
     assert_eq!(picks, HashSet::from([key(0, 1)]), "ties by tokens, then fewer decode blocks win");
-    // The defaults: 64 queued + 0 uncached + 64 decode tokens = 128 beat 3 * 128 elsewhere.
-    let router = fleet(Policy::PredictedTtft(TtftWeights::default()));
+    // Recompute 3, decode 1: 64 queued + 0 uncached + 64 decode tokens = 128 beat 3 * 128 elsewhere.
+    let weights = TtftWeights { recompute: 3.0, decode: 1.0, pressure: 0.0, cache_blocks: None };
+    let router = fleet(Policy::PredictedTtft(weights));
     hold(&router, key(0, 0), &prompt, 8, 0);
     charge(&router, key(0, 0), 1, &blocks(5, 4));
     assert_eq!(dry(&router, &prompt), key(0, 0));
     // Half cached behind 160 queued tokens: 160 + 3 * 64 + 160 = 512 against 3 * 128 = 384.
-    let router = fleet(Policy::PredictedTtft(TtftWeights::default()));
+    let router = fleet(Policy::PredictedTtft(weights));
     hold(&router, key(0, 0), &prompt, 4, 0);
     charge(&router, key(0, 0), 1, &blocks(5, 10));
     for _ in 0..20 {
         assert_ne!(dry(&router, &prompt), key(0, 0));
     }
+}
+
+#[test]
+fn predicted_ttft_prices_new_blocks_by_how_full_the_cache_is() {
+    // Nothing cached anywhere; (0, 0)'s cache is full (20 of 20 blocks), the others empty.
+    let weights = TtftWeights { recompute: 1.0, decode: 0.0, pressure: 1.0, cache_blocks: Some(20) };
+    let prompt = blocks(1, 8); // 128 tokens
+    let setup = |weights: TtftWeights, queued_blocks: usize| {
+        let router = fleet(Policy::PredictedTtft(weights));
+        hold(&router, key(0, 0), &prompt, 0, 20);
+        for rank in [key(0, 1), key(1, 0), key(1, 1)] {
+            charge(&router, rank, 1, &blocks(5, queued_blocks));
+        }
+        router
+    };
+    // Full cache: 0 queued + (1 + 1) * 128 = 256; empty ones: 96 queued + 128 = 224.
+    let router = setup(weights, 6);
+    for _ in 0..20 {
+        assert_ne!(dry(&router, &prompt), key(0, 0), "an empty cache behind a short queue");
+    }
+    // 144 queued + 128 = 272 on the empty ones: the full cache's 256 is sooner.
+    assert_eq!(dry(&setup(weights, 9), &prompt), key(0, 0));
+    // Half full (20 of 40): 0 + 1.5 * 128 = 192 against 224.
+    assert_eq!(dry(&setup(TtftWeights { cache_blocks: Some(40), ..weights }, 6), &prompt), key(0, 0));
+    // The cache size unknown, or no pressure: the idle rank wins.
+    assert_eq!(dry(&setup(TtftWeights { cache_blocks: None, ..weights }, 6), &prompt), key(0, 0));
+    assert_eq!(dry(&setup(TtftWeights { pressure: 0.0, ..weights }, 6), &prompt), key(0, 0));
+    assert!(Policy::PredictedTtft(TtftWeights { cache_blocks: Some(0), ..weights }).validate().is_err());
 }
 
 #[test]

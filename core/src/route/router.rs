@@ -57,7 +57,7 @@ pub struct RouterConfig {
     pub rng_seed: u64,
     /// How a rank is picked among the scored candidates (aggregated and prefill
     /// decisions; decode ranks always go by `weights`' decode cost). Default
-    /// [`Policy::Cost`].
+    /// [`Policy::PredictedTtft`] with its default weights.
     pub policy: Policy,
 }
 
@@ -73,7 +73,7 @@ impl Default for RouterConfig {
             index_shards: 1,
             room_seed: 0x005e_ed0f_b007_5700,
             rng_seed: 0x0ddc_0ffe,
-            policy: Policy::Cost,
+            policy: Policy::default(),
         }
     }
 }

@@ -22,10 +22,11 @@ fn router() -> (Router, Arc<AtomicU64>) {
     sharded_router(1)
 }
 
-/// A router whose indexes have `index_shards` shards.
+/// A router whose indexes have `index_shards` shards, picking by the cost policy: these
+/// tests check decisions against `cost.rs`'s terms (the other policies: `policy_tests.rs`).
 fn sharded_router(index_shards: usize) -> (Router, Arc<AtomicU64>) {
     let (now, clock) = manual_clock();
-    let config = RouterConfig { index_shards, ..RouterConfig::default() };
+    let config = RouterConfig { index_shards, policy: Policy::Cost, ..RouterConfig::default() };
     (Router::new(config, clock).expect("valid config"), now)
 }
 
@@ -428,8 +429,11 @@ fn cheapest_rank_wins_and_ties_break_randomly() {
 fn temperature_samples_by_cost() {
     let (now, clock) = manual_clock();
     let _ = now;
-    let config =
-        RouterConfig { weights: CostWeights { temperature: 0.5, ..CostWeights::default() }, ..RouterConfig::default() };
+    let config = RouterConfig {
+        weights: CostWeights { temperature: 0.5, ..CostWeights::default() },
+        policy: Policy::Cost,
+        ..RouterConfig::default()
+    };
     let router = Router::new(config, clock).unwrap();
     router.add_worker(WorkerSpec::new(WorkerId(1), 2, BS)).unwrap();
     let prompt = prompt_blocks(3, 32);

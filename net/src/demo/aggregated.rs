@@ -28,8 +28,8 @@ impl Contender {
     fn label(self) -> &'static str {
         match self {
             Contender::Ceiling => "ceiling (one unlimited cache)",
-            Contender::Policy(Policy::Cost) => "kvroute cost (Dynamo's, default)",
-            Contender::Policy(Policy::PredictedTtft(_)) => "kvroute predicted TTFT",
+            Contender::Policy(Policy::PredictedTtft(_)) => "kvroute predicted TTFT (default)",
+            Contender::Policy(Policy::Cost) => "kvroute cost (Dynamo's)",
             Contender::Policy(Policy::CacheAware(_)) => "SGLang cache_aware",
             Contender::Policy(Policy::Weighted(_)) => "llm-d weighted scorers",
             Contender::Policy(Policy::LargestOverlap) => "largest overlap",
@@ -145,6 +145,7 @@ pub(super) fn run(args: &DemoArgs, requests: &[TraceRequest]) -> Result<(), Demo
     let ceiling = ceiling(args, requests)?;
     let mut results = Vec::new();
     for policy in Policy::ALL {
+        let policy = args.with_weights(policy);
         results.push((policy, replay(args, requests, policy)?));
     }
     println!();

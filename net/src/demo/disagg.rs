@@ -97,7 +97,7 @@ fn router(args: &DemoArgs, now_ms: &Arc<AtomicU64>) -> Result<Router, DemoError>
     let clock = now_ms.clone();
     // Relaxed by design: the replay thread is the only writer and reader.
     let router = Router::new(
-        RouterConfig { block_size: args.block_size, ..RouterConfig::default() },
+        RouterConfig { block_size: args.block_size, policy: args.default_policy(), ..RouterConfig::default() },
         Arc::new(move || clock.load(Ordering::Relaxed)),
     )?;
     for w in 0..args.prefill_workers {

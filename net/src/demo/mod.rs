@@ -41,7 +41,22 @@ use std::io::BufReader;
 use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use kvroute_core::route::{Policy, TtftWeights};
 use kvroute_core::trace::{parse_trace, parse_trace_str, TraceRequest};
+
+/// `R,D,P` as predicted-TTFT weights, each a finite number >= 0.
+fn parse_ttft_weights(text: &str) -> Result<TtftWeights, String> {
+    let numbers: Vec<f64> = text
+        .split(',')
+        .map(|part| part.trim().parse::<f64>().map_err(|_| format!("{part:?} is not a number")))
+        .collect::<Result<_, _>>()?;
+    let [recompute, decode, pressure] = numbers[..] else {
+        return Err(format!("expected RECOMPUTE,DECODE,PRESSURE (three numbers), got {text:?}"));
+    };
+    let weights = TtftWeights { recompute, decode, pressure, cache_blocks: None };
+    Policy::PredictedTtft(weights).validate()?;
+    Ok(weights)
+}
 
 /// The trace the demo replays when no `--trace` is given (Mooncake, Apache-2.0).
 const BUILT_IN_TRACE: &str = include_str!("../../../data/conversation_trace.jsonl");
@@ -86,6 +101,10 @@ pub struct DemoArgs {
     /// Decode time per output token, in ms of trace time.
     #[arg(long, default_value_t = 20)]
     ms_per_output_token: u64,
+    /// The default policy's weights, RECOMPUTE,DECODE,PRESSURE (see `kvroute serve --help`,
+    /// --policy predicted-ttft) [default: 3,0.5,15].
+    #[arg(long, value_name = "R,D,P", value_parser = parse_ttft_weights)]
+    ttft_weights: Option<TtftWeights>,
     /// Replay only the first N requests [default: all; --live: 600].
     #[arg(long)]
     requests: Option<usize>,
@@ -118,6 +137,20 @@ impl DemoArgs {
 
     fn dp_size(&self) -> u32 {
         self.dp_size.unwrap_or(4)
+    }
+
+    /// The default policy, at `--ttft-weights` if given, told the simulated caches' size.
+    fn default_policy(&self) -> Policy {
+        let cache_blocks = (self.capacity_tokens / u64::from(self.block_size.max(1))).max(1);
+        Policy::PredictedTtft(TtftWeights { cache_blocks: Some(cache_blocks), ..self.ttft_weights.unwrap_or_default() })
+    }
+
+    /// `policy`, the default one at `--ttft-weights`.
+    fn with_weights(&self, policy: Policy) -> Policy {
+        match policy {
+            Policy::PredictedTtft(_) => self.default_policy(),
+            other => other,
+        }
     }
 }
 

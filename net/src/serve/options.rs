@@ -79,8 +79,9 @@ pub enum HashSchemeName {
 pub enum PolicyName {
     /// Lowest cost: prefill work not covered by the cached prefix, plus decode load (Dynamo's).
     Cost,
-    /// Smallest predicted time to first token: queued prefill, this prompt's uncached part
-    /// (counted 3 times: it delays everyone behind it) and running requests' KV.
+    /// Smallest predicted time to first token (the default): queued prefill, this prompt's
+    /// uncached part (counted 3 times, and up to 15 more on the fullest cache, whose
+    /// prefixes it would evict) and running requests' KV.
     PredictedTtft,
     /// The SGLang gateway's cache_aware (cache threshold 0.3, balance 64 / 1.5).
     CacheAware,
@@ -346,7 +347,7 @@ pub struct RouterOptions {
     #[arg(long, value_enum, value_name = "SCHEME")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_scheme: Option<HashSchemeName>,
-    /// How a rank is picked among the scored candidates [default: cost].
+    /// How a rank is picked among the scored candidates [default: predicted-ttft].
     #[arg(long, value_enum, value_name = "POLICY")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyName>,
@@ -371,8 +372,8 @@ pub struct RouterOptions {
     #[arg(long, value_name = "WEIGHT", allow_negative_numbers = true)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_tier_weight: Option<f64>,
-    /// 0: the cheapest rank (random among ties); above 0: softmax sampling over
-    /// normalised costs at this temperature [default: 0.0].
+    /// With `--policy cost`: 0 picks the cheapest rank (random among ties); above 0,
+    /// softmax sampling over normalised costs at this temperature [default: 0.0].
     #[arg(long, value_name = "T", allow_negative_numbers = true)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
@@ -528,7 +529,7 @@ impl RouterOptions {
         RouterOptions {
             block_size: self.block_size.or(Some(core.block_size)),
             hash_scheme: self.hash_scheme.or(Some(HashSchemeName::Kv64)),
-            policy: self.policy.or(Some(PolicyName::Cost)),
+            policy: self.policy.or(Some(PolicyName::PredictedTtft)),
             prefill_scale: self.prefill_scale.or(Some(weights.prefill_scale)),
             decode_weight: self.decode_weight.or(Some(weights.decode_weight)),
             request_weight: self.request_weight.or(Some(weights.request_weight)),

@@ -76,6 +76,10 @@ class Router:
         block_size: int = 16,
         *,
         hashing: Literal["kv64", "xxh3"] = "kv64",
+        policy: Literal[
+            "predicted_ttft", "cost", "cache_aware", "weighted", "largest_overlap",
+            "least_loaded", "round_robin", "random",
+        ] = "predicted_ttft",
         temperature: float = 0.0,
         prefill_scale: float = 1.0,
         decode_weight: float = 1.0,
