@@ -58,9 +58,15 @@ pub struct CacheAwareThresholds {
     pub balance_rel: f64,
 }
 
+impl CacheAwareThresholds {
+    /// The defaults (a constant, for [`Policy::ALL`]).
+    pub const DEFAULT: CacheAwareThresholds =
+        CacheAwareThresholds { cache_threshold: 0.3, balance_abs: 64, balance_rel: 1.5 };
+}
+
 impl Default for CacheAwareThresholds {
     fn default() -> Self {
-        CacheAwareThresholds { cache_threshold: 0.3, balance_abs: 64, balance_rel: 1.5 }
+        CacheAwareThresholds::DEFAULT
     }
 }
 
@@ -76,9 +82,14 @@ pub struct ScorerWeights {
     pub kv_cache: f64,
 }
 
+impl ScorerWeights {
+    /// The defaults (a constant, for [`Policy::ALL`]).
+    pub const DEFAULT: ScorerWeights = ScorerWeights { prefix: 3.0, queue: 2.0, kv_cache: 2.0 };
+}
+
 impl Default for ScorerWeights {
     fn default() -> Self {
-        ScorerWeights { prefix: 3.0, queue: 2.0, kv_cache: 2.0 }
+        ScorerWeights::DEFAULT
     }
 }
 
@@ -98,9 +109,14 @@ pub struct TtftWeights {
     pub cache_blocks: Option<u64>,
 }
 
+impl TtftWeights {
+    /// The defaults (a constant, for [`Policy::ALL`]).
+    pub const DEFAULT: TtftWeights = TtftWeights { recompute: 3.0, decode: 0.5, pressure: 15.0, cache_blocks: None };
+}
+
 impl Default for TtftWeights {
     fn default() -> Self {
-        TtftWeights { recompute: 3.0, decode: 0.5, pressure: 15.0, cache_blocks: None }
+        TtftWeights::DEFAULT
     }
 }
 
@@ -129,10 +145,10 @@ impl Default for Policy {
 impl Policy {
     /// Every policy with its defaults, in the order reports list them.
     pub const ALL: [Policy; 8] = [
-        Policy::PredictedTtft(TtftWeights { recompute: 3.0, decode: 0.5, pressure: 15.0, cache_blocks: None }),
+        Policy::PredictedTtft(TtftWeights::DEFAULT),
         Policy::Cost,
-        Policy::CacheAware(CacheAwareThresholds { cache_threshold: 0.3, balance_abs: 64, balance_rel: 1.5 }),
-        Policy::Weighted(ScorerWeights { prefix: 3.0, queue: 2.0, kv_cache: 2.0 }),
+        Policy::CacheAware(CacheAwareThresholds::DEFAULT),
+        Policy::Weighted(ScorerWeights::DEFAULT),
         Policy::LargestOverlap,
         Policy::LeastLoaded,
         Policy::RoundRobin,
@@ -241,11 +257,12 @@ impl Policy {
             Policy::Random => lowest(&|_| (0.0, 0.0)),
             Policy::RoundRobin => (cx.turn % candidates.len() as u64) as usize,
             Policy::PredictedTtft(w) => {
-                let cache_blocks = w.cache_blocks.map_or(f64::INFINITY, |n| n as f64);
+                // Unknown cache size: every cache counts as empty.
+                let per_held_block = w.cache_blocks.map_or(0.0, |n| 1.0 / n as f64);
                 lowest(&|c| {
                     let uncached = (request.tokens - c.credit * request.block_size).max(0.0);
                     let decode_tokens = c.load.decode_blocks as f64 * request.block_size;
-                    let fullness = (c.held_blocks as f64 / cache_blocks).min(1.0);
+                    let fullness = (c.held_blocks as f64 * per_held_block).min(1.0);
                     (
                         c.load.prefill_tokens as f64
                             + (w.recompute + w.pressure * fullness) * uncached

@@ -80,8 +80,9 @@ pub enum PolicyName {
     /// Lowest cost: prefill work not covered by the cached prefix, plus decode load (Dynamo's).
     Cost,
     /// Smallest predicted time to first token (the default): queued prefill, this prompt's
-    /// uncached part (counted 3 times, and up to 15 more on the fullest cache, whose
-    /// prefixes it would evict) and running requests' KV.
+    /// uncached part (counted 3 times: it delays everyone behind it) and half of running
+    /// requests' KV. Its cache-pressure term stays off here: serve does not know the
+    /// engines' cache size.
     PredictedTtft,
     /// The SGLang gateway's cache_aware (cache threshold 0.3, balance 64 / 1.5).
     CacheAware,
