@@ -32,6 +32,19 @@ impl Decision {
         self.inner.overlap_blocks
     }
 
+    /// The most leading prompt blocks any candidate held in device memory.
+    #[getter]
+    fn best_overlap_blocks(&self) -> u32 {
+        self.inner.best_overlap_blocks
+    }
+
+    /// Why `overlap_blocks` is below `best_overlap_blocks` (`"load"`, `"tier"`,
+    /// `"temperature"` or `"policy"`); `None` when it is not.
+    #[getter]
+    fn shortfall(&self) -> Option<&'static str> {
+        self.inner.shortfall.map(|s| s.name())
+    }
+
     /// The id to pass to `prefill_done` and `finish`; `None` for a dry run.
     #[getter]
     fn request_id(&self, py: Python<'_>) -> Py<PyAny> {

@@ -73,6 +73,7 @@ mod policy_tests;
 mod registry;
 mod room;
 mod router;
+mod shortfall;
 mod sink;
 mod snapshot;
 #[cfg(test)]
@@ -87,4 +88,5 @@ pub use policy::{CacheAwareThresholds, Policy, ScorerWeights, TtftWeights};
 pub use registry::{BootstrapEndpoint, Role, WorkerSpec};
 pub use room::{BootstrapRoom, RoomAllocator};
 pub use router::{Clock, Decision, ExpiryStep, Prompt, RouteOptions, Router, RouterConfig, StorageTier, TierOverlap};
+pub use shortfall::Shortfall;
 pub use snapshot::{RestoreError, RestoreReport, SkipReason};

@@ -239,3 +239,59 @@ fn policies_have_names_and_bad_parameters_are_refused() {
     let config = RouterConfig { policy: bad, ..RouterConfig::default() };
     assert!(matches!(Router::new(config, Arc::new(|| 0u64)), Err(RouteError::InvalidConfig(_))));
 }
+
+fn decide(router: &Router, prompt: &[BlockHash]) -> Decision {
+    router
+        .best_worker(Prompt::Blocks(prompt), &RouteOptions { dry_run: true, ..RouteOptions::default() })
+        .expect("decision")
+}
+
+#[test]
+fn decisions_report_the_best_overlap_and_why_they_took_less() {
+    let prompt = blocks(2, 8);
+    let holder = key(1, 1);
+
+    // Nothing in the way: the holder, at the best overlap, no shortfall.
+    let router = fleet(Policy::Cost);
+    hold(&router, holder, &prompt, 8, 0);
+    let d = decide(&router, &prompt);
+    assert_eq!((d.dp_rank, d.overlap_blocks, d.best_overlap_blocks, d.shortfall), (DpRank(1), 8, 8, None));
+
+    // The holder is busy: the cost trades its 8 blocks for an idle rank.
+    charge(&router, holder, 100, &blocks(6, 1));
+    let d = decide(&router, &prompt);
+    assert_ne!(RankKey { worker: d.worker, dp_rank: d.dp_rank }, holder);
+    assert_eq!((d.overlap_blocks, d.best_overlap_blocks, d.shortfall), (0, 8, Some(Shortfall::Load)));
+
+    // A policy that never looks at overlap.
+    let router = fleet(Policy::LeastLoaded);
+    hold(&router, holder, &prompt, 8, 0);
+    charge(&router, holder, 1, &blocks(6, 1));
+    let d = decide(&router, &prompt);
+    assert_eq!((d.overlap_blocks, d.best_overlap_blocks, d.shortfall), (0, 8, Some(Shortfall::Policy)));
+
+    // Host blocks (weight 0.75) on (0, 1) outweigh 4 device blocks on (0, 0).
+    let router = fleet(Policy::Cost);
+    hold(&router, key(0, 0), &prompt, 4, 0);
+    let stored = prompt.iter().map(|&h| StoredBlock { engine_hash: EngineHash(h.0 ^ 3), content_hash: h }).collect();
+    let data = KvEventData::Stored { parent: None, blocks: stored };
+    let event = KvEvent { rank: key(0, 1), event_id: crate::ingest::allocate_event_ids(1), data };
+    router.apply_events_in(StorageTier::Host, &[event]);
+    let d = decide(&router, &prompt);
+    assert_eq!((d.worker, d.dp_rank), (WorkerId(0), DpRank(1)));
+    assert_eq!((d.overlap_blocks, d.best_overlap_blocks, d.shortfall), (0, 4, Some(Shortfall::Tier)));
+
+    // Sampling at a high temperature: every pick but the (idle) holder is a dearer one.
+    let weights = CostWeights { temperature: 50.0, ..CostWeights::default() };
+    let config = RouterConfig { policy: Policy::Cost, weights, ..RouterConfig::default() };
+    let router = Router::new(config, Arc::new(|| 1_000u64)).expect("router");
+    for w in 0..2 {
+        router.add_worker(WorkerSpec::new(WorkerId(w), 2, BS)).expect("worker");
+    }
+    hold(&router, holder, &prompt, 8, 0);
+    let decisions: Vec<Decision> = (0..200).map(|_| decide(&router, &prompt)).collect();
+    let others: Vec<&Decision> = decisions.iter().filter(|d| d.overlap_blocks < 8).collect();
+    assert!(!others.is_empty() && others.len() < decisions.len(), "{} of 200 elsewhere", others.len());
+    assert!(others.iter().all(|d| d.shortfall == Some(Shortfall::Temperature) && d.best_overlap_blocks == 8));
+    assert!(decisions.iter().filter(|d| d.overlap_blocks == 8).all(|d| d.shortfall.is_none()));
+}

@@ -12,6 +12,7 @@ use super::load::{ActiveRequest, Charge, LoadBook, LoadSnapshot, RequestId};
 use super::policy::{Candidate, PickContext, Policy, RequestShape};
 use super::registry::{Fleet, RankSlot, Role, WorkerEntry, WorkerSpec};
 use super::room::RoomAllocator;
+use super::shortfall::{self, Pick, Shortfall};
 use super::RouteError;
 use crate::event::{KvEvent, KvEventData, StoredBlock};
 use crate::hashing::{BlockHasher, BlockIdentity, HashScheme};
@@ -122,6 +123,11 @@ pub struct Decision {
     pub dp_rank: DpRank,
     /// Leading prompt blocks the rank holds in device memory.
     pub overlap_blocks: u32,
+    /// The most leading prompt blocks any candidate held in device memory: what a
+    /// decision that ignored load would have taken.
+    pub best_overlap_blocks: u32,
+    /// Why `overlap_blocks` is below `best_overlap_blocks`; `None` when it is not.
+    pub shortfall: Option<Shortfall>,
     pub cost: CostBreakdown,
     /// The id to report prefill-done and finish under; `None` for a dry run.
     pub request: Option<RequestId>,
@@ -149,6 +155,8 @@ impl Side {
 pub(crate) struct Scored {
     pub(crate) slot: usize,
     pub(crate) overlap_blocks: u32,
+    pub(crate) best_overlap_blocks: u32,
+    pub(crate) shortfall: Option<Shortfall>,
     pub(crate) cost: CostBreakdown,
     pub(crate) prefill_tokens: u64,
     pub(crate) decode_blocks: u64,
@@ -561,6 +569,8 @@ impl Router {
                 worker: slot.key.worker,
                 dp_rank: slot.key.dp_rank,
                 overlap_blocks: scored.overlap_blocks,
+                best_overlap_blocks: scored.best_overlap_blocks,
+                shortfall: scored.shortfall,
                 cost: scored.cost,
                 request,
             })
@@ -784,6 +794,7 @@ impl Router {
         candidates.reserve(fleet.ranks.len());
         let request_weight = weights.request_weight;
         let mut range = CostRange::default();
+        let mut best_overlap = 0;
         let by_cost = side == Side::Decode || self.config.policy == Policy::Cost;
         let role = side.role();
         for (i, slot) in fleet.ranks.iter().enumerate() {
@@ -808,6 +819,7 @@ impl Router {
             range.include(cost);
             costs.push(cost);
             let device_overlap = if tier_looked_up[0] { depth[0][i] } else { 0 };
+            best_overlap = best_overlap.max(device_overlap);
             let held_blocks = if by_cost { 0 } else { slot.load.held_blocks() };
             candidates.push(Candidate { slot: i, load, device_overlap, credit, held_blocks });
         }
@@ -824,6 +836,16 @@ impl Router {
             self.config.policy.pick(candidates, costs, range, request, &cx)
         };
         let chosen = candidates[picked];
+        let shortfall = shortfall::classify(&Pick {
+            candidates,
+            picked,
+            best_overlap,
+            by_cost,
+            policy: self.config.policy,
+            temperature: weights.temperature,
+            picked_cost: costs[picked],
+            lowest_cost: range.min,
+        });
         let depths = depths_of(chosen.slot);
         let credit = weights.overlap_credit(depths);
         let new_prefill_tokens = (tokens_f - credit * bs).max(0.0);
@@ -848,7 +870,15 @@ impl Router {
             Side::Prefill => (new_prefill_tokens, 0),
             Side::Decode => (0, charged_blocks),
         };
-        Ok(Scored { slot: chosen.slot, overlap_blocks: depths[0], cost, prefill_tokens, decode_blocks })
+        Ok(Scored {
+            slot: chosen.slot,
+            overlap_blocks: depths[0],
+            best_overlap_blocks: best_overlap,
+            shortfall,
+            cost,
+            prefill_tokens,
+            decode_blocks,
+        })
     }
 }
 

@@ -32,6 +32,13 @@ class Decision:
     def overlap_blocks(self) -> int:
         """Leading prompt blocks the rank holds in device memory."""
     @property
+    def best_overlap_blocks(self) -> int:
+        """The most leading prompt blocks any candidate held in device memory."""
+    @property
+    def shortfall(self) -> str | None:
+        """Why ``overlap_blocks`` is below ``best_overlap_blocks``: ``"load"``, ``"tier"``,
+        ``"temperature"`` or ``"policy"``; ``None`` when it is not."""
+    @property
     def request_id(self) -> str | int | None:
         """The id for ``prefill_done`` / ``finish``: the caller's ``request_id``, else the
         router's own (an int); ``None`` for a dry run."""
