@@ -1,7 +1,10 @@
 //! kvroute-net: kvroute's I/O layer (the `kvroute` binary is built on it).
 //!
+//! - [`atomic_histogram`]: lock-free fixed-bucket histograms (`/metrics`).
 //! - [`bridge`]: `kvroute bridge`, next to an engine: its ZeroMQ KV events in, the QUIC
 //!   transport out (mutual TLS, resume, dumps for routers that join late).
+//! - [`decision_quality`]: overlap taken against overlap available, per routing path, and
+//!   why decisions took less (`/metrics`).
 //! - [`engine_sim`]: `kvroute engine-sim`, a simulated vLLM / SGLang server (OpenAI and
 //!   SGLang HTTP APIs, DP ranks, prefix caches, GPU-like timing) publishing its KV events
 //!   over ZeroMQ in the engines' wire format.
@@ -33,7 +36,9 @@
 //! - [`transport`]: the QUIC KV event transport: the publisher library (next to an
 //!   engine) and the router's ingest server feeding the index.
 
+pub mod atomic_histogram;
 pub mod bridge;
+pub mod decision_quality;
 pub mod engine_ingest;
 pub mod engine_sim;
 pub mod engine_zmq;

@@ -386,7 +386,8 @@ async fn metrics_expose_counters_and_parse_as_prometheus_text() {
     let count = find(&samples, &format!("{histogram}_count"), &[("endpoint", "route")]);
     assert_eq!(find(&samples, &format!("{histogram}_bucket"), &[("endpoint", "route"), ("le", "+Inf")]), count);
     assert!(count >= 1.0);
-    find(&samples, &format!("{histogram}_bucket"), &[("endpoint", "route"), ("le", "0.000001")]);
+    // Bounds as Go's client writes them (prometheus-client follows it): 1 us is "1e-06".
+    find(&samples, &format!("{histogram}_bucket"), &[("endpoint", "route"), ("le", "1e-06")]);
     find(&samples, &format!("{histogram}_bucket"), &[("endpoint", "route"), ("le", "0.01")]);
     assert_eq!(find(&samples, "kvroute_request_lifecycle_total", &[("event", "finish"), ("outcome", "unknown")]), 1.0);
     assert_eq!(find(&samples, "kvroute_active_requests", &[]), 1.0);
@@ -399,6 +400,56 @@ async fn metrics_expose_counters_and_parse_as_prometheus_text() {
     assert_eq!(find(&samples, "kvroute_ingest_events_applied_total", &[]), 42.0);
     assert_eq!(find(&samples, "kvroute_shutting_down", &[]), 0.0);
     assert!(text.contains("# TYPE kvroute_decision_duration_seconds histogram"));
+}
+
+#[tokio::test]
+async fn metrics_show_the_overlap_decisions_left_on_the_table_and_why() {
+    let app = http::app(state());
+    register(&app, json!({"worker_id": 7, "dp_size": 2})).await;
+    let pinned = |tokens: Vec<u32>| json!({"tokens": tokens, "worker_id": 7, "dp_rank": 0});
+    // Rank 0 takes the prompt (remembered: approximate mode) and then ten others, so it
+    // holds the prompt's 4 blocks but has a long prefill queue.
+    let (status, first) = post(&app, "/v1/route", pinned(prompt(1, 64))).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!((first["overlap_blocks"].as_u64(), first["best_overlap_blocks"].as_u64()), (Some(0), Some(0)));
+    for seed in 2..12 {
+        post(&app, "/v1/route", pinned(prompt(seed, 64))).await;
+    }
+    // The prompt again: the predicted-TTFT policy sends it to idle rank 1, leaving 4 blocks.
+    let (_, decision) = post(&app, "/v1/route", json!({"tokens": prompt(1, 64)})).await;
+    assert_eq!(decision["dp_rank"], 1, "{decision}");
+    assert_eq!((decision["overlap_blocks"].as_u64(), decision["best_overlap_blocks"].as_u64()), (Some(0), Some(4)));
+    assert_eq!(decision["shortfall"], "load");
+    // A dry run reports the same but is not counted; a decision at the best has no shortfall.
+    let (_, dry) = post(&app, "/v1/route", json!({"tokens": prompt(1, 64), "dry_run": true})).await;
+    assert_eq!(dry["best_overlap_blocks"], 4);
+    let (_, at_best) = post(&app, "/v1/route", pinned(prompt(1, 64))).await;
+    assert_eq!((at_best["overlap_blocks"].as_u64(), at_best["shortfall"].is_null()), (Some(4), true));
+
+    let (_, text) = call(&app, Method::GET, "/metrics", None).await;
+    let samples = parse_exposition(&text);
+    let route = ("endpoint", "route");
+    assert_eq!(find(&samples, "kvroute_decision_quality_decisions_total", &[route]), 13.0);
+    let blocks = "kvroute_decision_blocks_total";
+    assert_eq!(find(&samples, blocks, &[route, ("of", "prompt")]), 13.0 * 4.0);
+    assert_eq!(find(&samples, blocks, &[route, ("of", "chosen")]), 4.0);
+    assert_eq!(find(&samples, blocks, &[route, ("of", "best")]), 8.0);
+    let below = "kvroute_decisions_below_best_total";
+    assert_eq!(find(&samples, below, &[route, ("reason", "load")]), 1.0);
+    for reason in ["tier", "temperature", "policy"] {
+        assert_eq!(find(&samples, below, &[route, ("reason", reason)]), 0.0, "{reason}");
+    }
+    let missed = "kvroute_decision_missed_blocks";
+    assert_eq!(find(&samples, &format!("{missed}_count"), &[route]), 13.0);
+    assert_eq!(find(&samples, &format!("{missed}_sum"), &[route]), 4.0);
+    assert_eq!(find(&samples, &format!("{missed}_bucket"), &[route, ("le", "2")]), 12.0);
+    assert_eq!(find(&samples, &format!("{missed}_bucket"), &[route, ("le", "4")]), 13.0);
+    let overlap = "kvroute_decision_overlap_blocks";
+    assert_eq!(find(&samples, &format!("{overlap}_sum"), &[route, ("of", "best")]), 8.0);
+    assert_eq!(find(&samples, &format!("{overlap}_bucket"), &[route, ("of", "chosen"), ("le", "0")]), 12.0);
+    assert_eq!(find(&samples, &format!("{overlap}_count"), &[("endpoint", "proxy"), ("of", "chosen")]), 0.0);
+    assert!(text.contains("# TYPE kvroute_decision_missed_blocks histogram"));
+    assert!(text.contains("# TYPE kvroute_decisions_below_best_total counter"));
 }
 
 #[tokio::test]

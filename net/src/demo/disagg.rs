@@ -284,6 +284,8 @@ mod tests {
             worker: WorkerId(worker),
             dp_rank: DpRank(rank),
             overlap_blocks: 0,
+            best_overlap_blocks: 0,
+            shortfall: None,
             cost: CostBreakdown::default(),
             request: None,
         };

@@ -161,6 +161,7 @@ impl Proxy {
                 Err(RouteError::NoCandidates) => break,
                 Err(error) => return Err(OpenAiError::bad_request(error.to_string())),
             };
+            self.metrics.quality.record(&decision);
             let rank = RankKey { worker: decision.worker, dp_rank: decision.dp_rank };
             let load = RequestLoad::new(Arc::clone(router), Arc::clone(&self.metrics), decision.request);
             let Some(upstream) = self.upstreams.get(decision.worker) else {
@@ -244,6 +245,7 @@ impl Proxy {
                 Err(RouteError::NoCandidates) => break,
                 Err(error) => return Err(OpenAiError::bad_request(error.to_string())),
             };
+            self.metrics.quality.record(&decision.prefill);
             let load = RequestLoad::new(Arc::clone(router), Arc::clone(&self.metrics), decision.request());
             let prefill_rank = RankKey { worker: decision.prefill.worker, dp_rank: decision.prefill.dp_rank };
             let decode_rank = RankKey { worker: decision.decode.worker, dp_rank: decision.decode.dp_rank };

@@ -38,6 +38,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::decision_quality::DecisionQuality;
 use crate::http_client::HttpClient;
 use crate::tokenization::PromptTokenizer;
 
@@ -97,6 +98,8 @@ pub struct ProxyMetrics {
     /// Health probes sent, and workers brought back by one.
     pub probes: AtomicU64,
     pub recovered: AtomicU64,
+    /// Every decision made for an attempt (retries included; disaggregated: the prefill side).
+    pub quality: DecisionQuality,
 }
 
 /// The routing proxy's state: upstreams, HTTP client, settings, counters.

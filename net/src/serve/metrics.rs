@@ -1,5 +1,5 @@
 //! What the daemon counts about itself: [`ServeMetrics`] (routing calls by endpoint and
-//! outcome, decision latency histograms, request lifecycle calls, requests refused for
+//! outcome, decision latency histograms, decision quality, request lifecycle calls, requests refused for
 //! their bearer token), all lock-free atomic counters bumped on the request path, plus
 //! the [`IngestCounterSource`] seam through which
 //! the QUIC ingest's counters reach `/metrics` without this module depending on the
@@ -8,8 +8,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use kvroute_core::route::Decision;
+
 use super::api_error::ErrorKind;
 use super::auth::AuthFailure;
+use crate::atomic_histogram::{AtomicHistogram, HistogramSnapshot};
+use crate::decision_quality::{DecisionQuality, QualitySnapshot};
 
 /// A routing endpoint, as the `endpoint` label names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,61 +58,6 @@ pub const LATENCY_BUCKETS_NS: [u64; 13] = [
     1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
 ];
 
-/// A latency histogram with fixed buckets ([`LATENCY_BUCKETS_NS`]). Counters are Relaxed
-/// by design: each is an independent sum, and a scrape wants recent values, not a
-/// consistent cut.
-#[derive(Debug)]
-pub struct LatencyHistogram {
-    /// Per bucket (not cumulative), plus one past the last bound.
-    buckets: [AtomicU64; LATENCY_BUCKETS_NS.len() + 1],
-    sum_ns: AtomicU64,
-    count: AtomicU64,
-}
-
-/// A histogram read: cumulative counts per bound (`+Inf` last), the sum and the count.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HistogramSnapshot {
-    pub cumulative: Vec<(f64, u64)>,
-    pub sum_seconds: f64,
-    pub count: u64,
-}
-
-impl Default for LatencyHistogram {
-    fn default() -> Self {
-        LatencyHistogram {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            sum_ns: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-}
-
-impl LatencyHistogram {
-    pub fn observe(&self, elapsed: Duration) {
-        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        let bucket = LATENCY_BUCKETS_NS.partition_point(|&bound| bound < ns);
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn snapshot(&self) -> HistogramSnapshot {
-        let mut running = 0;
-        let mut cumulative = Vec::with_capacity(self.buckets.len());
-        for (i, bucket) in self.buckets.iter().enumerate() {
-            running += bucket.load(Ordering::Relaxed);
-            let bound = LATENCY_BUCKETS_NS.get(i).map_or(f64::INFINITY, |&ns| ns as f64 / 1e9);
-            cumulative.push((bound, running));
-        }
-        HistogramSnapshot {
-            cumulative,
-            sum_seconds: self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
-            // The count is the +Inf bucket, so that the two always agree in one scrape.
-            count: running,
-        }
-    }
-}
-
 /// Outcome slots per endpoint: `ok`, then one per [`ErrorKind`].
 const OUTCOMES: usize = ErrorKind::ALL.len() + 1;
 
@@ -116,7 +65,9 @@ const OUTCOMES: usize = ErrorKind::ALL.len() + 1;
 #[derive(Debug)]
 pub struct ServeMetrics {
     decisions: [[AtomicU64; OUTCOMES]; 2],
-    latency: [LatencyHistogram; 2],
+    /// Router decision time per endpoint, in nanoseconds ([`LATENCY_BUCKETS_NS`]).
+    latency: [AtomicHistogram; 2],
+    quality: [DecisionQuality; 2],
     /// Per lifecycle event: [known request, unknown request].
     lifecycle: [[AtomicU64; 2]; 2],
     /// Requests refused for their bearer token, per [`AuthFailure`].
@@ -127,7 +78,8 @@ impl Default for ServeMetrics {
     fn default() -> Self {
         ServeMetrics {
             decisions: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
-            latency: std::array::from_fn(|_| LatencyHistogram::default()),
+            latency: std::array::from_fn(|_| AtomicHistogram::new(&LATENCY_BUCKETS_NS, 1e9)),
+            quality: std::array::from_fn(|_| DecisionQuality::default()),
             lifecycle: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             unauthorized: std::array::from_fn(|_| AtomicU64::new(0)),
         }
@@ -149,7 +101,16 @@ impl ServeMetrics {
 
     /// Times one router decision (the router call alone, not JSON handling).
     pub fn observe_latency(&self, endpoint: Endpoint, elapsed: Duration) {
-        self.latency[endpoint as usize].observe(elapsed);
+        self.latency[endpoint as usize].observe(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// Adds a decision's overlap chosen against the best available ([`DecisionQuality`]).
+    pub fn record_quality(&self, endpoint: Endpoint, decision: &Decision) {
+        self.quality[endpoint as usize].record(decision);
+    }
+
+    pub fn quality(&self, endpoint: Endpoint) -> QualitySnapshot {
+        self.quality[endpoint as usize].snapshot()
     }
 
     pub fn record_lifecycle(&self, event: LifecycleEvent, known: bool) {

@@ -15,6 +15,7 @@ use axum::Json;
 use kvroute_core::hashing::{BlockIdentity, KeyValue};
 use kvroute_core::route::{
     Bootstrap, CostBreakdown, Decision, PdOptions, Prompt, RouteOptions, SglangDecodeFields, SglangPrefillFields,
+    Shortfall,
 };
 use kvroute_core::{BlockHash, DpRank, RankKey, WorkerId};
 
@@ -99,6 +100,11 @@ pub struct DecisionJson {
     pub dp_rank: u32,
     /// Leading prompt blocks the rank holds in device memory.
     pub overlap_blocks: u32,
+    /// The most leading prompt blocks any candidate held in device memory.
+    pub best_overlap_blocks: u32,
+    /// Why `overlap_blocks` is below `best_overlap_blocks` (`load`, `tier`, `temperature`,
+    /// `policy`); null when it is not.
+    pub shortfall: Option<Shortfall>,
     pub cost: CostBreakdown,
     /// The id for `/v1/requests/{id}/prefill_done` and `/finish`; null for a dry run.
     pub request_id: Option<u64>,
@@ -110,6 +116,8 @@ impl From<Decision> for DecisionJson {
             worker_id: d.worker.0,
             dp_rank: d.dp_rank.0,
             overlap_blocks: d.overlap_blocks,
+            best_overlap_blocks: d.best_overlap_blocks,
+            shortfall: d.shortfall,
             cost: d.cost,
             request_id: d.request.map(|r| r.0),
         }
@@ -254,7 +262,11 @@ fn decide(state: &AppState, body: &RouteBody) -> Result<DecisionJson, ApiError> 
     let started = Instant::now();
     let decision = state.router.best_worker(prompt, &options);
     state.metrics.observe_latency(Endpoint::Route, started.elapsed());
-    let decision = DecisionJson::from(decision?);
+    let decision = decision?;
+    if !options.dry_run {
+        state.metrics.record_quality(Endpoint::Route, &decision);
+    }
+    let decision = DecisionJson::from(decision);
     tracing::debug!(
         worker = decision.worker_id,
         dp_rank = decision.dp_rank,
@@ -291,6 +303,9 @@ fn decide_disaggregated(state: &AppState, body: &PdRouteBody) -> Result<PdRouteR
     let decision = state.router.route_disaggregated(prompt, &options);
     state.metrics.observe_latency(Endpoint::Disaggregated, started.elapsed());
     let decision = decision?;
+    if !options.dry_run {
+        state.metrics.record_quality(Endpoint::Disaggregated, &decision.prefill);
+    }
     let response = PdRouteResponse {
         prefill_request: decision.prefill_fields(),
         decode_request: decision.decode_fields(),
