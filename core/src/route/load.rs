@@ -14,6 +14,15 @@
 //! A rank's `RankLoad` is shared (`Arc`) by the registry and by the requests charged to
 //! it, so a request finishing after its worker left releases harmlessly.
 //!
+//! Engine reports: a router replica sees only its own share of the traffic. When the
+//! rank's engine reports its whole load ([`LoadReport`], e.g. scraped from its metrics),
+//! the part this router did not send, `reported - own` per counter (never below zero), is
+//! kept as the rank's *external* load until the report's TTL passes; decisions read own +
+//! external ([`RankLoad::snapshot`]). Own requests keep moving the own part between
+//! reports, so a replica reacts to its own decisions at once and to the others' at the
+//! report interval. A stale report is dropped by the expiry sweep, and the replica falls
+//! back to its own bookkeeping.
+//!
 //! Expiry: every opened request also goes to a lock-free FIFO of `(deadline, id)`, in
 //! deadline order (the TTL is fixed and the clock monotonic, up to the few microseconds
 //! between reading the clock and appending, which at worst expire a request that late).
@@ -46,6 +55,31 @@ pub struct RankLoad {
     /// zero at a clear; a removal of a block never stored can undercount it): the
     /// "smallest cache" that `Policy::CacheAware` spreads new prefixes to.
     held_blocks: AtomicU64,
+    /// Load the engine last reported beyond this router's own; see the module docs.
+    external: ExternalLoad,
+}
+
+/// The external part of a rank's load and when its report goes stale.
+#[derive(Debug, Default)]
+struct ExternalLoad {
+    prefill_tokens: AtomicU64,
+    decode_blocks: AtomicU64,
+    requests: AtomicU64,
+    /// Router clock time past which the report no longer counts (0: none).
+    expires_ms: AtomicU64,
+}
+
+/// A rank's load as its engine reports it, in the router's units; a counter the engine
+/// does not report is `None` (only the router's own bookkeeping counts for it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoadReport {
+    /// Prompt tokens queued or being prefilled (not yet computed).
+    pub prefill_tokens: Option<u64>,
+    /// KV blocks of the requests running or waiting on the rank.
+    pub decode_blocks: Option<u64>,
+    /// Requests running or waiting on the rank.
+    pub requests: Option<u64>,
 }
 
 /// A reading of a [`RankLoad`].
@@ -78,11 +112,47 @@ impl RankLoad {
         self.held_blocks.store(blocks, Ordering::Relaxed);
     }
 
+    /// The load decisions see: this router's own plus what the engine reported beyond it.
     pub fn snapshot(&self) -> LoadSnapshot {
+        let own = self.own_snapshot();
+        let e = &self.external;
+        LoadSnapshot {
+            prefill_tokens: own.prefill_tokens + e.prefill_tokens.load(Ordering::Relaxed),
+            decode_blocks: own.decode_blocks + e.decode_blocks.load(Ordering::Relaxed),
+            requests: own.requests + e.requests.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The load of this router's own requests alone.
+    pub fn own_snapshot(&self) -> LoadSnapshot {
         LoadSnapshot {
             prefill_tokens: self.prefill_tokens.load(Ordering::Relaxed),
             decode_blocks: self.decode_blocks.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Keeps what `report` has beyond this router's own load, until `expires_ms`.
+    pub(crate) fn apply_report(&self, report: &LoadReport, expires_ms: u64) {
+        let own = self.own_snapshot();
+        let beyond = |reported: Option<u64>, own: u64| reported.map_or(0, |r| r.saturating_sub(own));
+        let e = &self.external;
+        e.prefill_tokens.store(beyond(report.prefill_tokens, own.prefill_tokens), Ordering::Relaxed);
+        e.decode_blocks.store(beyond(report.decode_blocks, own.decode_blocks), Ordering::Relaxed);
+        e.requests.store(beyond(report.requests, own.requests), Ordering::Relaxed);
+        e.expires_ms.store(expires_ms, Ordering::Relaxed);
+    }
+
+    /// Drops the external load if its report is stale at `now_ms`. A report applied
+    /// concurrently may be dropped with it; the next one restores it.
+    pub(crate) fn expire_report(&self, now_ms: u64) {
+        let e = &self.external;
+        let expires = e.expires_ms.load(Ordering::Relaxed);
+        if expires != 0 && expires <= now_ms {
+            e.expires_ms.store(0, Ordering::Relaxed);
+            e.prefill_tokens.store(0, Ordering::Relaxed);
+            e.decode_blocks.store(0, Ordering::Relaxed);
+            e.requests.store(0, Ordering::Relaxed);
         }
     }
 }

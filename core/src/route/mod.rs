@@ -83,7 +83,7 @@ pub use approx::ApproxStats;
 pub use cost::{CostBreakdown, CostWeights};
 pub use disagg::{Bootstrap, PdDecision, PdOptions, SglangDecodeFields, SglangPrefillFields};
 pub use error::RouteError;
-pub use load::{LoadSnapshot, RankLoad, RequestId};
+pub use load::{LoadReport, LoadSnapshot, RankLoad, RequestId};
 pub use policy::{CacheAwareThresholds, Policy, ScorerWeights, TtftWeights};
 pub use registry::{BootstrapEndpoint, Role, WorkerSpec};
 pub use room::{BootstrapRoom, RoomAllocator};

@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 
 use super::approx::{ApproxBook, ApproxStats};
 use super::cost::{choose, CostBreakdown, CostRange, CostWeights, Rng};
-use super::load::{ActiveRequest, Charge, LoadBook, LoadSnapshot, RequestId};
+use super::load::{ActiveRequest, Charge, LoadBook, LoadReport, LoadSnapshot, RequestId};
 use super::policy::{Candidate, PickContext, Policy, RequestShape};
 use super::registry::{Fleet, RankSlot, Role, WorkerEntry, WorkerSpec};
 use super::room::RoomAllocator;
@@ -60,6 +60,9 @@ pub struct RouterConfig {
     /// decisions; decode ranks always go by `weights`' decode cost). Default
     /// [`Policy::PredictedTtft`] with its default weights.
     pub policy: Policy,
+    /// An engine's load report ([`Router::apply_load_report`]) counts this long; then the
+    /// router goes by its own bookkeeping again. Default 10 s.
+    pub load_report_ttl_ms: u64,
 }
 
 impl Default for RouterConfig {
@@ -75,6 +78,7 @@ impl Default for RouterConfig {
             room_seed: 0x005e_ed0f_b007_5700,
             rng_seed: 0x0ddc_0ffe,
             policy: Policy::default(),
+            load_report_ttl_ms: 10_000,
         }
     }
 }
@@ -345,6 +349,21 @@ impl Router {
     /// Every rank's current load, ordered by rank.
     pub fn rank_loads(&self) -> Vec<(RankKey, LoadSnapshot)> {
         self.fleet.load().ranks.iter().map(|s| (s.key, s.load.snapshot())).collect()
+    }
+
+    /// Folds `rank`'s engine-reported load into its load: what the report has beyond this
+    /// router's own requests counts as other routers' (or clients') load until
+    /// `load_report_ttl_ms` passes or the next report replaces it. This is how router
+    /// replicas that each see part of the traffic agree on load (module docs of `load`).
+    pub fn apply_load_report(&self, rank: RankKey, report: &LoadReport) -> Result<(), RouteError> {
+        let fleet = self.fleet.load();
+        check_rank(&fleet, rank)?;
+        let now = self.clock.now_ms();
+        let expires = now.saturating_add(self.config.load_report_ttl_ms).max(1);
+        if let Some(slot) = fleet.ranks.iter().find(|slot| slot.key == rank) {
+            slot.load.apply_report(report, expires);
+        }
+        Ok(())
     }
 
     /// Requests routed and not yet finished or expired.
@@ -673,6 +692,9 @@ impl Router {
         let now = self.clock.now_ms();
         let approx_done = lock(&self.approx).expire(&self.indexes[StorageTier::Device.index()], now);
         let (requests_released, requests_done) = self.loads.expire(now, super::load::EXPIRY_BUDGET);
+        for slot in &self.fleet.load().ranks {
+            slot.load.expire_report(now);
+        }
         ExpiryStep { requests_released, done: approx_done && requests_done }
     }
 

@@ -328,6 +328,44 @@ fn prefill_tokens_follow_the_lifecycle() {
 }
 
 #[test]
+fn engine_reports_add_the_load_this_router_did_not_send_until_they_go_stale() {
+    let (router, now) = router();
+    router.add_worker(WorkerSpec::new(WorkerId(1), 2, BS)).unwrap();
+    let tokens: Vec<u32> = (0..100).collect();
+    let on_rank_0 = RouteOptions { rank: Some(key(1, 0)), ..RouteOptions::default() };
+    let own = router.best_worker(Prompt::Tokens(&tokens), &on_rank_0).unwrap().request.unwrap();
+    let load = |r: &Router, rank: u32| r.rank_loads()[rank as usize].1;
+    assert_eq!(load(&router, 0), LoadSnapshot { prefill_tokens: 100, decode_blocks: 7, requests: 1 });
+
+    // The engine of rank 0 runs 5 requests (4 from elsewhere); its prefill queue is not
+    // reported. Rank 1's engine runs 3 this router never sent.
+    let report = LoadReport { prefill_tokens: None, decode_blocks: Some(40), requests: Some(5) };
+    router.apply_load_report(key(1, 0), &report).unwrap();
+    let others = LoadReport { prefill_tokens: Some(900), decode_blocks: Some(30), requests: Some(3) };
+    router.apply_load_report(key(1, 1), &others).unwrap();
+    assert_eq!(load(&router, 0), LoadSnapshot { prefill_tokens: 100, decode_blocks: 40, requests: 5 });
+    assert_eq!(load(&router, 1), LoadSnapshot { prefill_tokens: 900, decode_blocks: 30, requests: 3 });
+    // Decisions see it: rank 1's reported prefill queue now outweighs rank 0's.
+    let d = router.best_worker(Prompt::Tokens(&[7; 64]), &RouteOptions { dry_run: true, ..Default::default() });
+    assert_eq!(d.unwrap().dp_rank, DpRank(0));
+    // Own requests move the own part between reports; a report below own adds nothing.
+    assert!(router.finish(own));
+    assert_eq!(load(&router, 0), LoadSnapshot { prefill_tokens: 0, decode_blocks: 33, requests: 4 });
+    router.apply_load_report(key(1, 1), &LoadReport { requests: Some(0), ..LoadReport::default() }).unwrap();
+    assert_eq!(load(&router, 1), LoadSnapshot::default());
+
+    // Past the TTL the report is dropped and only the router's own load counts.
+    now.fetch_add(9_999, Ordering::Relaxed);
+    router.expire();
+    assert_eq!(load(&router, 0).requests, 4, "not yet stale");
+    now.fetch_add(1, Ordering::Relaxed);
+    router.expire();
+    assert!(router.rank_loads().iter().all(|(_, l)| *l == LoadSnapshot::default()));
+    assert!(matches!(router.apply_load_report(key(9, 0), &report), Err(RouteError::UnknownWorker(_))));
+    assert!(router.apply_load_report(key(1, 2), &report).is_err(), "rank out of range");
+}
+
+#[test]
 fn requests_never_finished_expire() {
     let (router, now) = router();
     router.add_worker(WorkerSpec::new(WorkerId(1), 2, BS)).unwrap();
