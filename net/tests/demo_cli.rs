@@ -61,6 +61,33 @@ fn aggregated_demo_is_exact_and_beats_round_robin() {
     }
     let ours = percent(cells(&out, policies[0])[0]);
     assert!(ours > percent(cells(&out, "round-robin")[0]), "kvroute should reuse more than round-robin:\n{out}");
+
+    // The replicas table: one router is the default policy's replay above, again.
+    let single = cells(&out, "1 router");
+    let default_row = cells(&out, policies[0]);
+    assert_eq!(single[0], default_row[0], "hit rate:\n{out}");
+    // Hit rate, p50 and p99 (a value and a unit each), then p99 / 1 router.
+    assert_eq!(&single[3..5], &default_row[4..6], "TTFT p99:\n{out}");
+    assert_eq!(single[5], "1.00", "{out}");
+    for label in ["2 replicas, own bookkeeping", "2 replicas + engine reports/500ms"] {
+        let row = cells(&out, label);
+        assert!(percent(row[0]) <= ceiling, "{label}:\n{out}");
+        let ratio: f64 = row[5].parse().unwrap_or_else(|_| panic!("{label}: p99 ratio {:?}\n{out}", row[5]));
+        assert!(ratio > 0.0, "{label}:\n{out}");
+    }
+}
+
+#[test]
+fn one_replica_skips_the_replicas_table_and_zero_is_refused() {
+    let out = demo(&["--replicas", "1", "--requests", "300"]);
+    assert!(out.contains("predicted overlap equal to the engine's reuse: 300/300"), "{out}");
+    assert!(!out.contains("router replicas"), "{out}");
+    let output = Command::new(env!("CARGO_BIN_EXE_kvroute"))
+        .args(["demo", "--quiet", "--replicas", "0"])
+        .output()
+        .expect("run kvroute");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--replicas"), "{output:?}");
 }
 
 #[test]

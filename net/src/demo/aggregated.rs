@@ -1,19 +1,28 @@
 //! Aggregated serving: every rank prefills and decodes. Every routing policy
 //! (`kvroute_core::route::Policy`) on one trace, each on a fresh simulated fleet, beside the
 //! ceiling: the reuse of one cache of unlimited size that every request reads.
+//!
+//! Then router replicas (`--replicas`): the default policy again with the trace's requests
+//! dealt in turn to several routers, each hearing every engine's KV events but only its own
+//! requests' lifecycle, so each sees only its share of the load. Once on that alone, once
+//! with engine load reports every `--load-report-ms`: each engine's uncached prompt tokens
+//! of requests whose prefill has not ended, KV blocks of the requests it holds and their
+//! count (the router's own units), sampled at the report's time and applied to every
+//! replica (`Router::apply_load_report`). The table gives each setup's TTFT against one
+//! router's.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use kvroute_core::route::{Policy, Prompt, RouteOptions, Router, RouterConfig, StorageTier, WorkerSpec};
+use kvroute_core::route::{LoadReport, Policy, Prompt, RouteOptions, Router, RouterConfig, StorageTier, WorkerSpec};
 use kvroute_core::sim::{Fleet, FleetConfig};
 use kvroute_core::trace::{request_blocks_into, TraceRequest};
 use kvroute_core::{BlockHash, RankKey, WorkerId};
 
 use super::outcome::{duration, max_over_mean, percentile, PolicyOutcome, PoolLoad};
-use super::timeline::{Completion, Timeline};
+use super::timeline::{Completion, Routed, Timeline};
 use super::{progress, DemoArgs, DemoError};
 
 /// One column of the comparison: a router policy, or the ceiling.
@@ -40,13 +49,34 @@ impl Contender {
     }
 }
 
-fn router_for(policy: Policy, args: &DemoArgs, now_ms: &Arc<AtomicU64>) -> Result<Router, DemoError> {
+/// The routers in front of the fleet.
+#[derive(Clone, Copy, Debug)]
+struct Routers {
+    /// Request `i` goes to replica `i mod replicas`.
+    replicas: usize,
+    /// Engines report their load to every replica this often (trace ms); `None`: never.
+    load_report_ms: Option<u64>,
+}
+
+impl Routers {
+    const ONE: Routers = Routers { replicas: 1, load_report_ms: None };
+}
+
+fn router_for(policy: Policy, args: &DemoArgs, now_ms: &Arc<AtomicU64>, replica: usize) -> Result<Router, DemoError> {
     let clock = now_ms.clone();
+    let defaults = RouterConfig::default();
+    let config = RouterConfig {
+        block_size: args.block_size,
+        policy,
+        // Each replica its own request ids and tie-breaks.
+        room_seed: defaults.room_seed + replica as u64 * 0x1_0000_0000,
+        rng_seed: defaults.rng_seed ^ replica as u64,
+        // Reports count for three intervals, so one late report does not drop them.
+        load_report_ttl_ms: defaults.load_report_ttl_ms.max(args.load_report_ms.saturating_mul(3)),
+        ..defaults
+    };
     // Relaxed by design: the replay thread is the only writer and reader.
-    let router = Router::new(
-        RouterConfig { block_size: args.block_size, policy, ..RouterConfig::default() },
-        Arc::new(move || clock.load(Ordering::Relaxed)),
-    )?;
+    let router = Router::new(config, Arc::new(move || clock.load(Ordering::Relaxed)))?;
     for worker in 0..args.workers() {
         router.add_worker(WorkerSpec::new(WorkerId(u64::from(worker)), args.dp_size(), args.block_size))?;
     }
@@ -69,57 +99,110 @@ fn ceiling(args: &DemoArgs, requests: &[TraceRequest]) -> Result<PolicyOutcome, 
     Ok(outcome)
 }
 
-fn replay(args: &DemoArgs, requests: &[TraceRequest], policy: Policy) -> Result<(PolicyOutcome, PoolLoad), DemoError> {
+/// What each simulated engine would report of its load, per rank: the uncached prompt
+/// tokens of its requests whose prefill has not ended, the KV blocks of the requests it
+/// holds and their count (the router's own units).
+struct EngineLoad {
+    prefill_tokens: Vec<u64>,
+    kv_blocks: Vec<u64>,
+    requests: Vec<u64>,
+}
+
+fn replay(
+    args: &DemoArgs,
+    requests: &[TraceRequest],
+    policy: Policy,
+    routers: Routers,
+) -> Result<(PolicyOutcome, PoolLoad), DemoError> {
     let capacity_blocks = (args.capacity_tokens / u64::from(args.block_size)) as usize;
     let mut fleet = Fleet::new(FleetConfig { workers: args.workers(), dp_size: args.dp_size(), capacity_blocks });
     let ranks: Vec<RankKey> = fleet.ranks().to_vec();
     let slots: HashMap<RankKey, usize> = ranks.iter().enumerate().map(|(slot, rank)| (*rank, slot)).collect();
     let now_ms = Arc::new(AtomicU64::new(0));
-    let router = router_for(policy, args, &now_ms)?;
+    let replicas =
+        (0..routers.replicas.max(1)).map(|r| router_for(policy, args, &now_ms, r)).collect::<Result<Vec<_>, _>>()?;
     let label = Contender::Policy(policy).label();
     let mut outcome = PolicyOutcome::default();
     let mut pool = PoolLoad::new(ranks.len());
+    let mut engines = EngineLoad {
+        prefill_tokens: vec![0; ranks.len()],
+        kv_blocks: vec![0; ranks.len()],
+        requests: vec![0; ranks.len()],
+    };
     let mut timeline = Timeline::new(ranks.len());
     let bar = progress(args, requests.len(), label);
     let block_size = u64::from(args.block_size);
+    let mut next_report_ms = requests.first().map_or(0, |r| r.timestamp_ms);
     let mut chain = Vec::new();
+    let complete = |completion: Completion, pool: &mut PoolLoad, engines: &mut EngineLoad| match completion {
+        Completion::PrefillDone { request, prefill_slot, prefill_tokens } => {
+            if let Some(Routed { replica, id }) = request {
+                replicas[replica].prefill_done(id);
+            }
+            engines.prefill_tokens[prefill_slot] -= prefill_tokens;
+        }
+        Completion::Finished { request, decode_slot, decode_blocks } => {
+            if let Some(Routed { replica, id }) = request {
+                replicas[replica].finish(id);
+            }
+            pool.end(decode_slot, 1);
+            engines.kv_blocks[decode_slot] -= decode_blocks;
+            engines.requests[decode_slot] -= 1;
+        }
+    };
     for (i, request) in requests.iter().enumerate() {
         request_blocks_into(request, args.block_size, &mut chain).map_err(|e| DemoError::Config(e.to_string()))?;
         let now_us = request.timestamp_ms * 1000;
-        timeline.advance_to(now_us, |completion| match completion {
-            Completion::PrefillDone { request, .. } => {
-                if let Some(id) = request {
-                    router.prefill_done(id);
+        if let Some(interval) = routers.load_report_ms {
+            // Every report due before this arrival, each of the engines' state at its time.
+            while next_report_ms <= request.timestamp_ms {
+                let at_us = next_report_ms * 1000;
+                timeline.advance_to(at_us, |c| complete(c, &mut pool, &mut engines));
+                now_ms.store(next_report_ms, Ordering::Relaxed);
+                for (slot, &rank) in ranks.iter().enumerate() {
+                    let report = LoadReport {
+                        prefill_tokens: Some(engines.prefill_tokens[slot]),
+                        decode_blocks: Some(engines.kv_blocks[slot]),
+                        requests: Some(engines.requests[slot]),
+                    };
+                    for router in &replicas {
+                        router.apply_load_report(rank, &report)?;
+                    }
                 }
+                next_report_ms += interval.max(1);
             }
-            Completion::Finished { request, decode_slot, .. } => {
-                if let Some(id) = request {
-                    router.finish(id);
-                }
-                pool.end(decode_slot, 1);
-            }
-        });
+        }
+        timeline.advance_to(now_us, |c| complete(c, &mut pool, &mut engines));
         now_ms.store(request.timestamp_ms, Ordering::Relaxed);
+        let replica = i % replicas.len();
         let options = RouteOptions { output_tokens: request.output_length, ..RouteOptions::default() };
         let started = Instant::now();
-        let decision = router.best_worker(Prompt::Blocks(&chain), &options)?;
+        let decision = replicas[replica].best_worker(Prompt::Blocks(&chain), &options)?;
         outcome.decision_ns.push(started.elapsed().as_nanos() as u64);
         let rank = RankKey { worker: decision.worker, dp_rank: decision.dp_rank };
         let slot = *slots.get(&rank).ok_or_else(|| DemoError::Check(format!("unknown rank {rank:?}")))?;
-        let (predicted, request_id) = (Some(decision.overlap_blocks), decision.request);
+        let (predicted, routed) = (decision.overlap_blocks, decision.request.map(|id| Routed { replica, id }));
         let prefill = fleet.prefill(ranks[slot], &chain);
-        router.apply_events_in(StorageTier::Device, &prefill.events);
-        if let Some(predicted) = predicted {
-            outcome.predicted(predicted, prefill.cached_blocks);
+        for router in &replicas {
+            router.apply_events_in(StorageTier::Device, &prefill.events);
         }
+        outcome.predicted(predicted, prefill.cached_blocks);
         let computed_blocks = (chain.len() - prefill.cached_blocks) as u64;
         outcome.requested_blocks += chain.len() as u64;
         outcome.reused_blocks += prefill.cached_blocks as u64;
         let timing = timeline.prefill(slot, now_us, computed_blocks * block_size, args.prefill_tokens_per_ms);
         outcome.ttft_us.push(timing.ttft_us);
         let decode_us = u64::from(request.output_length) * args.ms_per_output_token * 1000;
-        timeline.schedule(timing.end_us, Completion::PrefillDone { request: request_id, prefill_slot: slot });
-        let finished = Completion::Finished { request: request_id, decode_slot: slot, decode_blocks: 0 };
+        let prefill_tokens = computed_blocks * block_size;
+        engines.prefill_tokens[slot] += prefill_tokens;
+        timeline
+            .schedule(timing.end_us, Completion::PrefillDone { request: routed, prefill_slot: slot, prefill_tokens });
+        // The engine holds the request's KV (prompt and output) until it finishes: the
+        // blocks the router charges it with.
+        let kv_blocks = (chain.len() as u64 * block_size + u64::from(request.output_length)).div_ceil(block_size);
+        engines.kv_blocks[slot] += kv_blocks;
+        engines.requests[slot] += 1;
+        let finished = Completion::Finished { request: routed, decode_slot: slot, decode_blocks: kv_blocks };
         timeline.schedule(timing.end_us + decode_us, finished);
         pool.start(slot, computed_blocks, 1);
         if i % 64 == 0 {
@@ -146,7 +229,7 @@ pub(super) fn run(args: &DemoArgs, requests: &[TraceRequest]) -> Result<(), Demo
     let mut results = Vec::new();
     for policy in Policy::ALL {
         let policy = args.with_weights(policy);
-        results.push((policy, replay(args, requests, policy)?));
+        results.push((policy, replay(args, requests, policy, Routers::ONE)?));
     }
     println!();
     let ceiling_rate = ceiling.hit_rate();
@@ -186,7 +269,8 @@ pub(super) fn run(args: &DemoArgs, requests: &[TraceRequest]) -> Result<(), Demo
         outcome.predictions
     );
     println!("(the {} replays took {:.1} s)", results.len(), started.elapsed().as_secs_f64());
-    for (policy, (outcome, _)) in &results {
+    let replicas = if args.replicas > 1 { replicas(args, requests, &results[0])? } else { Vec::new() };
+    for (policy, (outcome, _)) in results.iter().chain(&replicas) {
         if outcome.exact_predictions != outcome.predictions {
             return Err(DemoError::Check(format!(
                 "{}: the index disagreed with the simulated engines",
@@ -195,6 +279,55 @@ pub(super) fn run(args: &DemoArgs, requests: &[TraceRequest]) -> Result<(), Demo
         }
     }
     Ok(())
+}
+
+/// A policy's replay: what the engines reused and how load spread.
+type Replayed = (Policy, (PolicyOutcome, PoolLoad));
+
+/// The default policy behind `--replicas` routers, without and with engine load reports,
+/// against one router (`single`, already replayed); returns the two replays.
+fn replicas(
+    args: &DemoArgs,
+    requests: &[TraceRequest],
+    single: &Replayed,
+) -> Result<Vec<Replayed>, DemoError> {
+    let (policy, (one, _)) = single;
+    let n = args.replicas as usize;
+    let started = Instant::now();
+    let own = replay(args, requests, *policy, Routers { replicas: n, load_report_ms: None })?;
+    let reported = replay(args, requests, *policy, Routers { replicas: n, load_report_ms: Some(args.load_report_ms) })?;
+    println!(
+        "\n{} behind {n} router replicas (request i to replica i mod {n}; every replica hears every KV event):",
+        Contender::Policy(*policy).label()
+    );
+    let header = ["hit rate", "TTFT p50", "TTFT p99", "p99 / 1 router", "req max/mean"];
+    table_row("routers", header.map(String::from));
+    let one_p99 = percentile(&one.ttft_us, 0.99).max(1);
+    let rows = [
+        ("1 router".to_owned(), &single.1),
+        (format!("{n} replicas, own bookkeeping"), &own),
+        (format!("{n} replicas + engine reports/{}ms", args.load_report_ms), &reported),
+    ];
+    for (label, (outcome, pool)) in rows {
+        let p99 = percentile(&outcome.ttft_us, 0.99);
+        table_row(
+            &label,
+            [
+                percent(outcome.hit_rate()),
+                duration(percentile(&outcome.ttft_us, 0.50)),
+                duration(p99),
+                format!("{:.2}", p99 as f64 / one_p99 as f64),
+                format!("{:.2}", max_over_mean(&pool.requests)),
+            ],
+        );
+    }
+    println!(
+        "engine reports: each engine's prompt tokens still to prefill, KV blocks and count of the requests it \
+         holds, sampled every {} ms of trace time and applied to every replica (the 2 replays took {:.1} s)",
+        args.load_report_ms,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(vec![(*policy, own), (*policy, reported)])
 }
 
 /// A row of the policy table: a label, then fixed-width cells.

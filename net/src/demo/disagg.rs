@@ -12,7 +12,7 @@ use kvroute_core::trace::{request_blocks_into, TraceRequest};
 use kvroute_core::{RankKey, WorkerId};
 
 use super::outcome::{max_over_mean, min_mean_max, ms, percentile, row, PolicyOutcome, PoolLoad};
-use super::timeline::{Completion, Timeline};
+use super::timeline::{Completion, Routed, Timeline};
 use super::{progress, DemoArgs, DemoError};
 
 /// The bootstrap port the simulated prefill workers announce.
@@ -138,15 +138,15 @@ fn replay(args: &DemoArgs, requests: &[TraceRequest], policy: Policy) -> Result<
         request_blocks_into(request, args.block_size, &mut chain).map_err(|e| DemoError::Config(e.to_string()))?;
         let now_us = request.timestamp_ms * 1000;
         timeline.advance_to(now_us, |completion| match completion {
-            Completion::PrefillDone { request, prefill_slot } => {
-                if let (Some(router), Some(id)) = (&router, request) {
-                    router.prefill_done(id);
+            Completion::PrefillDone { request, prefill_slot, .. } => {
+                if let (Some(router), Some(routed)) = (&router, request) {
+                    router.prefill_done(routed.id);
                 }
                 out.prefill_pool.end(prefill_slot, 1);
             }
             Completion::Finished { request, decode_slot, decode_blocks } => {
-                if let (Some(router), Some(id)) = (&router, request) {
-                    router.finish(id);
+                if let (Some(router), Some(routed)) = (&router, request) {
+                    router.finish(routed.id);
                 }
                 out.decode_pool.end(decode_slot, decode_blocks);
             }
@@ -167,7 +167,8 @@ fn replay(args: &DemoArgs, requests: &[TraceRequest], policy: Policy) -> Result<
                     .map(|w| w as usize * args.decode_dp as usize + d.dp_rank.0 as usize)
                     .filter(|&slot| slot < decode_ranks && p_slot < prefill_ranks.len())
                     .ok_or_else(|| DemoError::Check(format!("decision outside the pools: {decision:?}")))?;
-                (p_slot, d_slot, Some(p.overlap_blocks), decision.request())
+                let routed = decision.request().map(|id| Routed { replica: 0, id });
+                (p_slot, d_slot, Some(p.overlap_blocks), routed)
             }
             None => (i % prefill_ranks.len(), i % decode_ranks, None, None),
         };
@@ -184,7 +185,12 @@ fn replay(args: &DemoArgs, requests: &[TraceRequest], policy: Policy) -> Result<
         let timing = timeline.prefill(p_slot, now_us, computed_blocks * block_size, args.prefill_tokens_per_ms);
         out.prefill.ttft_us.push(timing.ttft_us);
         out.prefill_pool.start(p_slot, computed_blocks, 1);
-        timeline.schedule(timing.end_us, Completion::PrefillDone { request: request_id, prefill_slot: p_slot });
+        let prefill_done = Completion::PrefillDone {
+            request: request_id,
+            prefill_slot: p_slot,
+            prefill_tokens: computed_blocks * block_size,
+        };
+        timeline.schedule(timing.end_us, prefill_done);
         // The decode rank holds the request's KV (prompt and output) from prefill's end.
         let decode_blocks = (u64::from(request.input_length) + u64::from(request.output_length)).div_ceil(block_size);
         out.decode_pool.start(d_slot, decode_blocks, decode_blocks);

@@ -105,6 +105,17 @@ pub struct DemoArgs {
     /// --policy predicted-ttft) [default: 3,0.5,15].
     #[arg(long, value_name = "R,D,P", value_parser = parse_ttft_weights)]
     ttft_weights: Option<TtftWeights>,
+    /// Aggregated mode: after the policy table, replay the default policy behind this many
+    /// router replicas (requests dealt in turn; each replica hears every engine's KV events
+    /// but only its own requests' lifecycle), on their own bookkeeping and then with the
+    /// engines' load reports; 1 skips it.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    replicas: u32,
+    /// --replicas: how often every engine reports its load (prompt tokens still to
+    /// prefill, KV blocks and count of the requests it holds) to every replica, in ms of
+    /// trace time.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+    load_report_ms: u64,
     /// Replay only the first N requests [default: all; --live: 600].
     #[arg(long)]
     requests: Option<usize>,

@@ -15,14 +15,23 @@ use std::collections::BinaryHeap;
 
 use kvroute_core::route::RequestId;
 
+/// A request as the router that routed it knows it: which of the router replicas in
+/// front of the fleet, and the id it gave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Routed {
+    pub(super) replica: usize,
+    pub(super) id: RequestId,
+}
+
 /// Something that happens to a routed request after its arrival.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Completion {
-    /// The request's prefill ended on prefill rank `prefill_slot`.
-    PrefillDone { request: Option<RequestId>, prefill_slot: usize },
+    /// The request's prefill ended on prefill rank `prefill_slot`, which computed
+    /// `prefill_tokens` of its prompt.
+    PrefillDone { request: Option<Routed>, prefill_slot: usize, prefill_tokens: u64 },
     /// The request finished decoding on decode rank `decode_slot`, which held
     /// `decode_blocks` of its KV.
-    Finished { request: Option<RequestId>, decode_slot: usize, decode_blocks: u64 },
+    Finished { request: Option<Routed>, decode_slot: usize, decode_blocks: u64 },
 }
 
 /// Per-rank prefill queues and the pending completions of one replay.
@@ -87,7 +96,7 @@ mod tests {
     #[test]
     fn completions_come_back_in_time_order_once() {
         let mut timeline = Timeline::new(1);
-        let done = |slot| Completion::PrefillDone { request: None, prefill_slot: slot };
+        let done = |slot| Completion::PrefillDone { request: None, prefill_slot: slot, prefill_tokens: 0 };
         timeline.schedule(30, done(3));
         timeline.schedule(10, done(1));
         timeline.schedule(20, done(2));

@@ -403,6 +403,7 @@ fn resolve_router(o: &ServeOptions) -> Result<RouterConfig, ConfigError> {
         room_seed,
         rng_seed: random_u64(),
         policy: r.policy.map_or(defaults.policy, PolicyName::policy),
+        load_report_ttl_ms: defaults.load_report_ttl_ms,
     })
 }
 
