@@ -453,6 +453,45 @@ async fn metrics_show_the_overlap_decisions_left_on_the_table_and_why() {
 }
 
 #[tokio::test]
+async fn engine_load_reports_add_what_other_routers_sent_and_bad_ones_change_nothing() {
+    let state = state();
+    let app = http::app(state.clone());
+    register(&app, json!({"worker_id": 7, "dp_size": 2})).await;
+    let (status, _) = post(&app, "/v1/route", json!({"tokens": prompt(1, 64), "worker_id": 7, "dp_rank": 0})).await;
+    assert_eq!(status, StatusCode::OK);
+    let rank_load = |listing: &Value, rank: usize| {
+        let r = &listing["workers"][0]["ranks"][rank];
+        (r["prefill_tokens"].as_u64(), r["decode_blocks"].as_u64(), r["requests"].as_u64())
+    };
+
+    // Rank 0's engine runs 5 requests (this router sent 1); rank 1's has 900 tokens queued.
+    let report =
+        json!({"ranks": [{"dp_rank": 0, "requests": 5}, {"dp_rank": 1, "prefill_tokens": 900, "requests": 3}]});
+    let (status, text) = call(&app, Method::POST, "/v1/workers/7/load", Some(&report.to_string())).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{text}");
+    let (_, listing) = call_json(&app, Method::GET, "/v1/workers", None).await;
+    assert_eq!(rank_load(&listing, 0), (Some(64), Some(4), Some(5)), "{listing}");
+    assert_eq!(rank_load(&listing, 1), (Some(900), Some(0), Some(3)), "{listing}");
+
+    // Refused as a whole: nothing of the good rank is applied.
+    let bad_rank = json!({"ranks": [{"dp_rank": 0, "requests": 50}, {"dp_rank": 2, "requests": 1}]});
+    assert_error(&post(&app, "/v1/workers/7/load", bad_rank).await, StatusCode::BAD_REQUEST, "rank_out_of_range");
+    assert_error(&post(&app, "/v1/workers/9/load", report).await, StatusCode::NOT_FOUND, "unknown_worker");
+    let unknown_field = json!({"ranks": [{"dp_rank": 0, "running": 50}]});
+    assert_eq!(post(&app, "/v1/workers/7/load", unknown_field).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(post(&app, "/v1/workers/7/load", json!({"ranks": []})).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        post(&app, "/v1/workers/7/load", json!({"ranks": [{"dp_rank": 0, "requests": -1}]})).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    let (_, listing) = call_json(&app, Method::GET, "/v1/workers", None).await;
+    assert_eq!(rank_load(&listing, 0), (Some(64), Some(4), Some(5)), "{listing}");
+
+    let (_, text) = call(&app, Method::GET, "/metrics", None).await;
+    assert_eq!(find(&parse_exposition(&text), "kvroute_load_reports_total", &[]), 2.0);
+}
+
+#[tokio::test]
 async fn healthz_is_ok_until_shutdown() {
     let state = state();
     let app = http::app(state.clone());

@@ -286,11 +286,7 @@ type Replayed = (Policy, (PolicyOutcome, PoolLoad));
 
 /// The default policy behind `--replicas` routers, without and with engine load reports,
 /// against one router (`single`, already replayed); returns the two replays.
-fn replicas(
-    args: &DemoArgs,
-    requests: &[TraceRequest],
-    single: &Replayed,
-) -> Result<Vec<Replayed>, DemoError> {
+fn replicas(args: &DemoArgs, requests: &[TraceRequest], single: &Replayed) -> Result<Vec<Replayed>, DemoError> {
     let (policy, (one, _)) = single;
     let n = args.replicas as usize;
     let started = Instant::now();

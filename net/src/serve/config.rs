@@ -370,6 +370,7 @@ fn resolve_router(o: &ServeOptions) -> Result<RouterConfig, ConfigError> {
     };
     let request_ttl_ms = ttl_ms("router.request_ttl", r.request_ttl, defaults.request_ttl_ms)?;
     let approx_ttl_ms = ttl_ms("router.approx_ttl", r.approx_ttl, defaults.approx_ttl_ms)?;
+    let load_report_ttl_ms = ttl_ms("router.load_report_ttl", r.load_report_ttl, defaults.load_report_ttl_ms)?;
     let approx_max_blocks_per_rank = match r.approx_max_blocks {
         Some(0) => return Err(ConfigError::invalid("router.approx_max_blocks", "must be at least 1")),
         Some(blocks) => blocks,
@@ -403,7 +404,7 @@ fn resolve_router(o: &ServeOptions) -> Result<RouterConfig, ConfigError> {
         room_seed,
         rng_seed: random_u64(),
         policy: r.policy.map_or(defaults.policy, PolicyName::policy),
-        load_report_ttl_ms: defaults.load_report_ttl_ms,
+        load_report_ttl_ms,
     })
 }
 

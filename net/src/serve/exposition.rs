@@ -185,6 +185,11 @@ fn routing(f: &mut Families<'_>, state: &AppState) -> fmt::Result {
         lifecycle,
     )?;
     f.counter(
+        "kvroute_load_reports_total",
+        "Ranks' engine load reports applied (POST /v1/workers/{id}/load).",
+        [(no_labels(), metrics.load_reports())],
+    )?;
+    f.counter(
         "kvroute_http_unauthorized_total",
         "HTTP requests refused with 401 (http_token_file): no, a malformed or a wrong token.",
         AuthFailure::ALL.map(|failure| (labels([("reason", failure.as_str())]), metrics.unauthorized(failure))),

@@ -14,6 +14,7 @@
 //! | POST | `/v1/requests/{id}/finish` | [`request_api::finish`] |
 //! | GET, POST | `/v1/workers` | [`worker_api::get_workers`], [`worker_api::add_worker`] |
 //! | DELETE | `/v1/workers/{id}` | [`worker_api::remove_worker`] |
+//! | POST | `/v1/workers/{id}/load` | [`load_report_api::report_load`] |
 //! | GET | `/metrics` | Prometheus text ([`exposition::render`]) |
 //! | GET | `/healthz` | `ok`, or 503 `shutting down` |
 //! | POST | `/v1/completions`, `/v1/chat/completions` | the routing proxy ([`proxy_api`]) |
@@ -34,7 +35,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use super::api_error::{ApiError, ErrorKind};
 use super::state::AppState;
-use super::{auth, exposition, overlaps_api, proxy_api, request_api, route_api, worker_api};
+use super::{auth, exposition, load_report_api, overlaps_api, proxy_api, request_api, route_api, worker_api};
 
 /// The daemon's HTTP application.
 pub fn app(state: AppState) -> axum::Router {
@@ -47,6 +48,7 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/v1/requests/{id}/finish", post(request_api::finish))
         .route("/v1/workers", get(worker_api::get_workers).post(worker_api::add_worker))
         .route("/v1/workers/{id}", axum::routing::delete(worker_api::remove_worker))
+        .route("/v1/workers/{id}/load", post(load_report_api::report_load))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .fallback(not_found)

@@ -72,6 +72,8 @@ pub struct ServeMetrics {
     lifecycle: [[AtomicU64; 2]; 2],
     /// Requests refused for their bearer token, per [`AuthFailure`].
     unauthorized: [AtomicU64; AuthFailure::ALL.len()],
+    /// Ranks' engine load reports applied.
+    load_reports: AtomicU64,
 }
 
 impl Default for ServeMetrics {
@@ -82,6 +84,7 @@ impl Default for ServeMetrics {
             quality: std::array::from_fn(|_| DecisionQuality::default()),
             lifecycle: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             unauthorized: std::array::from_fn(|_| AtomicU64::new(0)),
+            load_reports: AtomicU64::new(0),
         }
     }
 }
@@ -115,6 +118,16 @@ impl ServeMetrics {
 
     pub fn record_lifecycle(&self, event: LifecycleEvent, known: bool) {
         self.lifecycle[event as usize][usize::from(!known)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one rank's engine load report applied.
+    pub fn record_load_report(&self) {
+        self.load_reports.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Ranks' engine load reports applied.
+    pub fn load_reports(&self) -> u64 {
+        self.load_reports.load(Ordering::Relaxed)
     }
 
     /// Counts one request refused with 401.

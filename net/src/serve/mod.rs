@@ -10,7 +10,8 @@
 //!   worker as written in the file, a `--worker` flag or `POST /v1/workers`.
 //! - HTTP: [`http::app`] builds the axum router over an [`AppState`] ([`state`]). The
 //!   handlers live in [`route_api`] (route, route disaggregated), [`request_api`]
-//!   (prefill_done, finish) and [`worker_api`] (register, remove, list); [`json_body`] and
+//!   (prefill_done, finish), [`worker_api`] (register, remove, list) and
+//!   [`load_report_api`] (engine-reported load); [`json_body`] and
 //!   [`path_id`] are the extractors and [`api_error`] the `{"error", "kind"}` answers;
 //!   [`auth`] is the optional bearer-token check (`http_token_file`).
 //! - Metrics: [`metrics`] holds the daemon's counters and the ingest's counter seam,
@@ -23,13 +24,14 @@
 //! # API
 //! | method | path | body | response |
 //! |---|---|---|---|
-//! | POST | `/v1/route` | `{"tokens": [..]}` (optional `lora_name`, `cache_salt`, `extra_keys`) or `{"block_hashes": [..]}`, optional `workers`, `worker_id` + `dp_rank`, `dry_run`, `output_tokens` | the decision: `worker_id`, `dp_rank`, `overlap_blocks`, `cost`, `request_id` |
+//! | POST | `/v1/route` | `{"tokens": [..]}` (optional `lora_name`, `cache_salt`, `extra_keys`) or `{"block_hashes": [..]}`, optional `workers`, `worker_id` + `dp_rank`, `dry_run`, `output_tokens` | the decision: `worker_id`, `dp_rank`, `overlap_blocks`, `best_overlap_blocks`, `shortfall`, `cost`, `request_id` |
 //! | POST | `/v1/route/disaggregated` | the prompt, optional `prefill_workers`, `decode_workers`, `same_rank`, `dry_run`, `output_tokens` | `prefill`, `decode`, `bootstrap`, `request_id`, `prefill_request`, `decode_request` |
 //! | POST | `/v1/overlaps` | the prompt (as for `/v1/route`) | `blocks`, `overlaps`: every `worker_id`, `dp_rank`, `tier` with its `overlap_blocks` > 0 |
 //! | POST | `/v1/requests/{id}/prefill_done` | none | `{"request_id", "event"}`; 404 if not active |
 //! | POST | `/v1/requests/{id}/finish` | none | `{"request_id", "event"}`; 404 if not active |
 //! | POST | `/v1/workers` | a [`WorkerRegistration`] | 201, the worker's listing; 409 if it exists |
 //! | DELETE | `/v1/workers/{id}` | none | 204; 404 if unknown |
+//! | POST | `/v1/workers/{id}/load` | `{"ranks": [{"dp_rank", "prefill_tokens"?, "decode_blocks"?, "requests"?}]}`: the engine's own load | 204; 404 if unknown, 400 for a rank outside it |
 //! | GET | `/v1/workers` | none | `{"workers": [..], "active_requests"}` |
 //! | GET | `/metrics` | none | Prometheus text format 0.0.4 |
 //! | GET | `/healthz` | none | `ok`; 503 while shutting down |
@@ -51,6 +53,7 @@ pub mod http;
 pub mod http_server;
 pub mod ingest;
 pub mod json_body;
+pub mod load_report_api;
 pub mod logging;
 pub mod metrics;
 pub mod options;

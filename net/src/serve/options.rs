@@ -382,6 +382,11 @@ pub struct RouterOptions {
     #[arg(long, value_name = "DURATION")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_ttl: Option<HumanDuration>,
+    /// A worker's engine-reported load (`POST /v1/workers/{id}/load`) counts this long;
+    /// then the router goes by its own requests alone again [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_report_ttl: Option<HumanDuration>,
     /// Blocks recorded for a worker in approximate mode (no KV events yet) are forgotten
     /// this long after last routed [default: 120s].
     #[arg(long, value_name = "DURATION")]
@@ -517,6 +522,7 @@ impl RouterOptions {
             disk_tier_weight: self.disk_tier_weight.or(file.disk_tier_weight),
             temperature: self.temperature.or(file.temperature),
             request_ttl: self.request_ttl.or(file.request_ttl),
+            load_report_ttl: self.load_report_ttl.or(file.load_report_ttl),
             approx_ttl: self.approx_ttl.or(file.approx_ttl),
             approx_max_blocks: self.approx_max_blocks.or(file.approx_max_blocks),
             index_shards: self.index_shards.or(file.index_shards),
@@ -538,6 +544,7 @@ impl RouterOptions {
             disk_tier_weight: self.disk_tier_weight.or(Some(weights.disk_tier_weight)),
             temperature: self.temperature.or(Some(weights.temperature)),
             request_ttl: self.request_ttl.or(Some(HumanDuration::from_secs(core.request_ttl_ms / 1000))),
+            load_report_ttl: self.load_report_ttl.or(Some(HumanDuration::from_secs(core.load_report_ttl_ms / 1000))),
             approx_ttl: self.approx_ttl.or(Some(HumanDuration::from_secs(core.approx_ttl_ms / 1000))),
             approx_max_blocks: self.approx_max_blocks.or(Some(core.approx_max_blocks_per_rank)),
             index_shards: self.index_shards.or(Some(core.index_shards)),
