@@ -16,6 +16,8 @@
 //!   of recent deltas for resuming subscribers, and block-set dumps for the others.
 //! - [`ingest`]: the router side: per-rank cursors that drop duplicates and detect gaps,
 //!   and the replay of dumps as events.
+//! - [`metrics_page`]: a Prometheus text page parsed into samples (engines' load metrics,
+//!   kvroute's own `/metrics` in the soak bench).
 //! - [`snapshot`]: the router's snapshot format (workers, per-rank blocks and cursors),
 //!   checksummed, verified once and read zero-copy.
 //! - `reference` (feature `reference`, and in tests): the simple oracle for exactness.
@@ -26,6 +28,7 @@ pub mod hashing;
 pub mod ids;
 pub mod index;
 pub mod ingest;
+pub mod metrics_page;
 pub mod publish;
 #[cfg(any(test, feature = "reference"))]
 pub mod reference;

@@ -13,8 +13,8 @@
 
 use kvroute_core::{BlockHash, RankKey};
 
-use super::exposition::Exposition;
 use crate::http_client::{HttpClient, Response};
+use kvroute_core::metrics_page::MetricsPage;
 
 /// The part of a `/v1/route` reply the soak uses.
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -102,9 +102,9 @@ pub async fn device_overlaps(client: &mut HttpClient, chain: &[BlockHash]) -> Re
 }
 
 /// `GET /metrics`, parsed.
-pub async fn metrics(client: &mut HttpClient) -> Result<Exposition, String> {
+pub async fn metrics(client: &mut HttpClient) -> Result<MetricsPage, String> {
     let response = expect(client.get("/metrics").await?, 200, "GET /metrics")?;
-    let exposition = Exposition::parse(&response.text());
+    let exposition = MetricsPage::parse(&response.text());
     if exposition.is_empty() {
         return Err("GET /metrics: no samples".into());
     }

@@ -20,7 +20,7 @@
 //! publisher connected and its ranks dumped ([`fleet`], [`engine`]); then, for
 //! `--minutes`, the tasks: route clients ([`load`], over [`api`] and [`crate::http_client`],
 //! prompts from [`workload`]), churn ([`churn`]), bad traffic ([`bad_http`],
-//! [`bad_quic`]) and the sampler ([`sampler`], parsing [`exposition`]); then load stops,
+//! [`bad_quic`]) and the sampler ([`sampler`], parsing the page with `kvroute_core::metrics_page`); then load stops,
 //! every engine is up, the ingest settles and the index is compared ([`exactness`]); the
 //! daemon is stopped with SIGTERM, and [`verdict`] prints the summary and the failures.
 //! [`tally`] holds the soak's own counts; its randomness is [`crate::rng`].
@@ -32,7 +32,6 @@ pub mod churn;
 pub mod daemon;
 pub mod engine;
 pub mod exactness;
-pub mod exposition;
 pub mod fleet;
 pub mod load;
 pub mod sampler;
@@ -44,6 +43,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kvroute_core::metrics_page::MetricsPage;
 use tokio::sync::watch;
 
 use bad_http::BadHttpContext;
@@ -241,7 +241,7 @@ pub async fn run(config: SoakConfig) -> Result<bool, String> {
     let (mut rows, scrape_errors) = sampler.await.map_err(|e| e.to_string())?;
 
     let mut exactness = exactness::Exactness::default();
-    let mut last = exposition::Exposition::default();
+    let mut last = MetricsPage::default();
     if died.is_none() {
         for engine in fleet.engines() {
             if !engine.is_up() {
@@ -262,7 +262,7 @@ pub async fn run(config: SoakConfig) -> Result<bool, String> {
         }
         last = api::metrics(&mut client).await.unwrap_or_else(|error| {
             tally.fail(format!("final scrape: {error}"));
-            exposition::Exposition::default()
+            MetricsPage::default()
         });
         died = daemon.exit_status();
     }

@@ -16,8 +16,8 @@ use tokio::sync::watch;
 
 use super::api;
 use super::daemon::rss_kib;
-use super::exposition::Exposition;
 use crate::http_client::HttpClient;
+use kvroute_core::metrics_page::MetricsPage;
 
 /// One sample.
 #[derive(Clone, Debug)]
@@ -50,7 +50,7 @@ fn optional(value: Option<u64>) -> String {
 }
 
 /// The values a row keeps from a scrape.
-fn row_of(context: &SamplerContext, rss_kib: u64, healthz: Option<Duration>, x: &Exposition) -> Row {
+fn row_of(context: &SamplerContext, rss_kib: u64, healthz: Option<Duration>, x: &MetricsPage) -> Row {
     let device = [("tier", "device")];
     Row {
         elapsed: context.started.elapsed(),

@@ -32,9 +32,9 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use super::exactness::Exactness;
-use super::exposition::Exposition;
 use super::sampler::Row;
 use super::tally::Tally;
+use kvroute_core::metrics_page::MetricsPage;
 
 /// Everything the verdict looks at.
 pub struct Evidence<'a> {
@@ -50,7 +50,7 @@ pub struct Evidence<'a> {
     pub rows: &'a [Row],
     pub scrape_errors: &'a [String],
     /// `/metrics` after settling.
-    pub last: &'a Exposition,
+    pub last: &'a MetricsPage,
     pub tally: &'a Tally,
     pub exactness: &'a Exactness,
     /// Held (rank, block) pairs of the engines' references.

@@ -65,6 +65,7 @@
 mod approx;
 mod cost;
 mod disagg;
+mod engine_load;
 mod error;
 mod load;
 mod policy;
@@ -82,6 +83,7 @@ mod tests;
 pub use approx::ApproxStats;
 pub use cost::{CostBreakdown, CostWeights};
 pub use disagg::{Bootstrap, PdDecision, PdOptions, SglangDecodeFields, SglangPrefillFields};
+pub use engine_load::engine_load_reports;
 pub use error::RouteError;
 pub use load::{LoadReport, LoadSnapshot, RankLoad, RequestId};
 pub use policy::{CacheAwareThresholds, Policy, ScorerWeights, TtftWeights};

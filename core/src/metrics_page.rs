@@ -1,26 +1,28 @@
-//! [`Exposition`]: the daemon's `/metrics` page (Prometheus text format) parsed into
-//! samples, and looked up by name and label subset.
+//! [`MetricsPage`]: a `/metrics` page in the Prometheus text format (kvroute's own, or an
+//! engine's: vLLM, SGLang) parsed into samples, and looked up by name and label subset.
 //!
-//! Shape: `Exposition::parse(text)` keeps every sample line as (name, labels, value),
-//! skipping `#` lines. [`Exposition::get`] sums the samples of a name whose labels include
-//! all the given pairs (`get("kvroute_index_unknown_rank_total", &[("tier", "device")])`;
-//! no pairs: the sum over every label set), `None` when the page has no such sample, so
-//! that a gauge another build may not have yet (`kvroute_index_held_blocks`) reads as
-//! absent rather than zero. [`Exposition::value`] is `get` with 0 for absent.
+//! Shape: `MetricsPage::parse(text)` keeps every sample line as (name, labels, value),
+//! skipping `#` lines and lines that do not parse (a page is untrusted input: a bad line
+//! is dropped, never a panic). [`MetricsPage::get`] sums the samples of a name whose
+//! labels include all the given pairs (`get("kvroute_index_unknown_rank_total",
+//! &[("tier", "device")])`; no pairs: the sum over every label set), `None` when the page
+//! has no such sample, so that a gauge another build may not have yet reads as absent
+//! rather than zero. [`MetricsPage::value`] is `get` with 0 for absent;
+//! [`MetricsPage::samples`] walks every sample of a name with its labels.
 
 /// One sample line: name, labels, value.
 type Sample = (String, Vec<(String, String)>, f64);
 
 /// One parsed `/metrics` page; see the module docs.
 #[derive(Clone, Debug, Default)]
-pub struct Exposition {
+pub struct MetricsPage {
     samples: Vec<Sample>,
 }
 
-impl Exposition {
+impl MetricsPage {
     pub fn parse(text: &str) -> Self {
         let samples = text.lines().filter(|line| !line.starts_with('#')).filter_map(parse_line).collect();
-        Exposition { samples }
+        MetricsPage { samples }
     }
 
     /// The sum of `name`'s samples whose labels include `labels`; `None` if there are none.
@@ -36,9 +38,14 @@ impl Exposition {
         found
     }
 
-    /// [`Exposition::get`] as an integer, 0 when absent.
+    /// [`MetricsPage::get`] as an integer, 0 when absent.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
         self.get(name, labels).unwrap_or(0.0).max(0.0) as u64
+    }
+
+    /// Every sample of `name`: its labels and value.
+    pub fn samples<'a>(&'a self, name: &'a str) -> impl Iterator<Item = (&'a [(String, String)], f64)> + 'a {
+        self.samples.iter().filter(move |(n, _, _)| n == name).map(|(_, labels, value)| (labels.as_slice(), *value))
     }
 
     /// Whether the page has any sample at all (an empty page is a failed scrape).
@@ -96,12 +103,12 @@ fn parse_labels(text: &str) -> Option<Vec<(String, String)>> {
 
 #[cfg(test)]
 mod tests {
-    use super::Exposition;
+    use super::MetricsPage;
 
     #[test]
     fn samples_by_name_and_label_subset() {
         let page = "# HELP a x\n# TYPE a counter\na{tier=\"device\",k=\"q\\\"x\"} 3\na{tier=\"host\"} 4\nb 7\n";
-        let x = Exposition::parse(page);
+        let x = MetricsPage::parse(page);
         assert_eq!(x.get("a", &[("tier", "device")]), Some(3.0));
         assert_eq!(x.get("a", &[("k", "q\"x")]), Some(3.0));
         assert_eq!(x.get("a", &[]), Some(7.0));
