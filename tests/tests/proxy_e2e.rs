@@ -219,6 +219,42 @@ async fn a_client_gone_mid_stream_cancels_the_upstream_request_and_frees_its_ran
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_counts_the_requests_another_replica_sent_from_the_engines_metrics() {
+    for kind in [EngineKind::Vllm, EngineKind::Sglang] {
+        let shape = SimShape { kind, ..SimShape::vllm(2) };
+        let sim = start_sim(SimShape { decode: Duration::from_millis(20), ..shape }).await;
+        let scrape = "engine_load_interval = \"50ms\"";
+        let sender = start_daemon("", scrape, &worker_toml(1, &sim, 2)).await;
+        let watcher = start_daemon("", scrape, &worker_toml(1, &sim, 2)).await;
+        let (sender_base, watcher_base) = (format!("http://{}", sender.0), format!("http://{}", watcher.0));
+        let client = HttpClient::default();
+        let body = json!({"model": "kvroute-sim", "prompt": (0..64).collect::<Vec<u32>>(), "max_tokens": 1000, "stream": true});
+        let mut response =
+            client.send("POST", &format!("{sender_base}/v1/completions"), &[], body.to_string().into()).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(read_frames(&mut response, 2).await.len(), 2);
+        let rank: usize = response.headers()["x-kvroute-dp-rank"].to_str().unwrap().parse().unwrap();
+        let mut expected = vec![0u64; 2];
+        expected[rank] = 1;
+        // The watcher routed nothing, yet counts the request on the rank that runs it.
+        eventually("the engine's load scraped", async || active_requests(&client, &watcher_base).await == expected)
+            .await;
+        assert_eq!(metric(&client, &watcher_base, "kvroute_active_requests").await, 0.0, "not its own request");
+        assert!(metric(&client, &watcher_base, "kvroute_proxy_load_scrapes_total{outcome=\"ok\"}").await >= 1.0);
+        // The sender counts it once, not its own plus the engine's.
+        assert_eq!(active_requests(&client, &sender_base).await.iter().sum::<u64>(), 1);
+        drop(response);
+        eventually("the scraped load gone", async || {
+            active_requests(&client, &watcher_base).await.iter().all(|&n| n == 0)
+        })
+        .await;
+        stop_daemon(sender).await;
+        stop_daemon(watcher).await;
+        sim.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_upstream_is_retried_elsewhere_taken_out_probed_and_brought_back() {
     let alive = start_sim(SimShape { events: false, ..SimShape::vllm(1) }).await;
     // Worker 1's server is gone: its port was free a moment ago and nothing listens.

@@ -1,5 +1,6 @@
 //! The simulator's routes (see the module doc of `engine_sim` for what each answers), a
-//! request body limit, JSON 404s, `GET /sim/stats`, a prefill server's
+//! request body limit, JSON 404s, `GET /sim/stats`, the engine's load gauges on
+//! `GET /metrics` ([`engine_metrics`]), a prefill server's
 //! `GET /sim/bootstrap/{room}`, and transit times: a request stamped with its send time
 //! ([`SENT_AT_HEADER`]) is timed on arrival, and `GET /sim/transits` hands the times over
 //! (a router's added latency is its transit minus a direct request's).
@@ -13,7 +14,7 @@ use axum::routing::{get, post};
 use serde_json::{json, Value};
 
 use super::serving::SimState;
-use super::{bootstrap, generate_api, openai_api};
+use super::{bootstrap, engine_metrics, generate_api, openai_api};
 use crate::openai_error::OpenAiError;
 
 /// Largest request body: a maximal prompt as JSON token ids with room to spare.
@@ -34,6 +35,7 @@ pub fn app(state: Arc<SimState>) -> axum::Router {
         .route("/health_generate", get(health))
         .route("/version", get(version))
         .route("/sim/stats", get(stats))
+        .route("/metrics", get(engine_metrics::metrics))
         .route("/sim/bootstrap/{room}", get(bootstrap::lookup))
         .route("/sim/transits", get(transits))
         .fallback(not_found)

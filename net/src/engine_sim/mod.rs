@@ -27,8 +27,10 @@
 //! `stream`, the usage chunk with `stream_options.include_usage`), `GET /v1/models`,
 //! `POST /tokenize`, `GET /health`, `GET /version` (vLLM); `POST /generate`,
 //! `GET /get_server_info`, `GET /get_model_info`, `GET /health_generate` (SGLang); and
-//! `GET /sim/stats`, every rank's counters. Both engine kinds serve all of them; the kind
-//! picks the KV-event encoding and what the server-info endpoints report.
+//! `GET /metrics`, the load gauges under the imitated engine's names ([`engine_metrics`]),
+//! and `GET /sim/stats`, every rank's counters. Both engine kinds serve all of them; the
+//! kind picks the KV-event encoding, the gauges' names and what the server-info endpoints
+//! report.
 //!
 //! Prefill/decode disaggregation ([`bootstrap`], SGLang's `--disaggregation-mode`): a
 //! prefill server records each request's `bootstrap_room` with its rank and answers after
@@ -40,6 +42,7 @@
 mod app;
 mod bootstrap;
 mod config;
+mod engine_metrics;
 mod events;
 mod fleet;
 mod generate_api;

@@ -23,10 +23,13 @@
 //!    also drops the upstream connection so the engine cancels the request too.
 //!
 //! Workers that fail `failures_before_down` times in a row leave the decisions until their
-//! `GET /health` answers; probes back off exponentially ([`Proxy::run_probes`]). Errors to
+//! `GET /health` answers; probes back off exponentially ([`Proxy::run_probes`]). With
+//! `engine_load_interval`, every worker's own `/metrics` is scraped for its running and
+//! waiting requests per rank ([`engine_load`]), which other router replicas sent too. Errors to
 //! clients are OpenAI-style JSON ([`crate::openai_error`]): 400 for bad bodies, 413 for
 //! bodies over the limit, 502 / 504 when no upstream answered, 503 when none can be tried.
 
+pub mod engine_load;
 mod forward;
 pub mod health;
 pub mod load_guard;
@@ -60,6 +63,9 @@ pub struct ProxyConfig {
     /// Longest wait for a health probe's answer.
     pub probe_timeout: Duration,
     pub health: HealthPolicy,
+    /// Every upstream's `/metrics` is scraped for its running and waiting requests this
+    /// often ([`engine_load`]); `None` (the default): never.
+    pub engine_load_interval: Option<Duration>,
 }
 
 impl Default for ProxyConfig {
@@ -70,6 +76,7 @@ impl Default for ProxyConfig {
             first_byte_timeout: Duration::from_secs(300),
             probe_timeout: Duration::from_secs(2),
             health: HealthPolicy::default(),
+            engine_load_interval: None,
         }
     }
 }
@@ -98,6 +105,9 @@ pub struct ProxyMetrics {
     /// Health probes sent, and workers brought back by one.
     pub probes: AtomicU64,
     pub recovered: AtomicU64,
+    /// Engine load scrapes that applied reports, and that failed.
+    pub load_scrapes: AtomicU64,
+    pub load_scrape_failures: AtomicU64,
     /// Every decision made for an attempt (retries included; disaggregated: the prefill side).
     pub quality: DecisionQuality,
 }

@@ -479,6 +479,12 @@ fn resolve_proxy(o: &ServeOptions) -> Result<ProxyConfig, ConfigError> {
         first_byte_timeout: duration("proxy.first_byte_timeout", p.first_byte_timeout, defaults.first_byte_timeout)?,
         probe_timeout: defaults.probe_timeout,
         health: HealthPolicy { failures_before_down, first_backoff, max_backoff },
+        engine_load_interval: match p.engine_load_interval {
+            Some(d) if d.0.is_zero() => {
+                return Err(ConfigError::invalid("proxy.engine_load_interval", "must be above 0"));
+            }
+            d => d.map(|d| d.0),
+        },
     })
 }
 

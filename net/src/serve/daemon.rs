@@ -129,6 +129,9 @@ pub async fn serve_on(
         fd_limit::fit_http_connections(http_limits.max_connections, fd_limit::RESERVED_DESCRIPTORS + engine_sockets);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let probes = tokio::spawn(Arc::clone(&proxy).run_probes(stop_rx.clone()));
+    let load_scrapes = proxy.config.engine_load_interval.map(|interval| {
+        tokio::spawn(Arc::clone(&proxy).run_load_scrapes(Arc::clone(&router), interval, stop_rx.clone()))
+    });
     let server = http_server::serve(
         listener,
         http::app(state.clone()),
@@ -176,6 +179,9 @@ pub async fn serve_on(
     }
     expiry_timer.abort();
     probes.abort();
+    if let Some(scrapes) = load_scrapes {
+        scrapes.abort();
+    }
     engine_ingest.shutdown(ENGINE_INGEST_SHUTDOWN).await;
     if let Some(ingest) = ingest {
         (ingest.stop)().await;

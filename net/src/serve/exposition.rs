@@ -395,6 +395,12 @@ fn proxy(f: &mut Families<'_>, proxy: &crate::proxy::Proxy) -> fmt::Result {
         "Requests on the proxy endpoints, by outcome (refused: a bad request, before routing).",
         outcomes.map(|(outcome, counter)| (labels([("outcome", outcome)]), load(counter))),
     )?;
+    f.counter(
+        "kvroute_proxy_load_scrapes_total",
+        "Scrapes of the workers' own /metrics for their load (proxy.engine_load_interval), by outcome.",
+        [("ok", &m.load_scrapes), ("failed", &m.load_scrape_failures)]
+            .map(|(outcome, counter)| (labels([("outcome", outcome)]), load(counter))),
+    )?;
     let causes = [("connect", &m.failed_connect), ("timeout", &m.failed_timeout), ("status_5xx", &m.failed_status)];
     f.counter(
         "kvroute_proxy_attempts_failed_total",

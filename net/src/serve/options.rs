@@ -292,6 +292,12 @@ pub struct ProxyOptions {
     #[arg(long = "proxy-probe-max-backoff", value_name = "DURATION")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_max_backoff: Option<HumanDuration>,
+    /// Scrape every worker's own /metrics (vLLM, SGLang) this often for its running and
+    /// waiting requests per rank, counted as load other router replicas sent (until
+    /// --load-report-ttl) [default: never].
+    #[arg(long = "proxy-engine-load-interval", value_name = "DURATION")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_load_interval: Option<HumanDuration>,
     /// Tokenize text prompts and chat messages in the router: a model's tokenizer.json or
     /// model directory (chat template from its chat_template.jinja or
     /// tokenizer_config.json), or `bytes` (the engine simulator's). Unset: each request's
@@ -315,6 +321,7 @@ impl ProxyOptions {
             failures_before_down: self.failures_before_down.or(file.failures_before_down),
             probe_backoff: self.probe_backoff.or(file.probe_backoff),
             probe_max_backoff: self.probe_max_backoff.or(file.probe_max_backoff),
+            engine_load_interval: self.engine_load_interval.or(file.engine_load_interval),
             tokenizer: self.tokenizer.or(file.tokenizer),
             chat_template: self.chat_template.or(file.chat_template),
         }
@@ -329,6 +336,7 @@ impl ProxyOptions {
             failures_before_down: self.failures_before_down.or(Some(core.health.failures_before_down)),
             probe_backoff: self.probe_backoff.or(Some(HumanDuration(core.health.first_backoff))),
             probe_max_backoff: self.probe_max_backoff.or(Some(HumanDuration(core.health.max_backoff))),
+            engine_load_interval: self.engine_load_interval,
             tokenizer: self.tokenizer,
             chat_template: self.chat_template,
         }
