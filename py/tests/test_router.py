@@ -196,9 +196,9 @@ def test_a_decision_says_what_overlap_it_left_and_why():
     router = kvroute.Router(policy="least_loaded", seed=11)
     router.add_worker(1, dp_size=2)
     prompt = list(range(64))
-    router.route(prompt, request_id="held", dp_rank=0)  # rank 0: 4 blocks remembered, 1 request
+    router.route(prompt, request_id="held", workers=[1], dp_rank=0)  # rank 0: 4 blocks remembered, 1 request
     decision = router.route(prompt, dry_run=True)
     assert (decision.dp_rank, decision.overlap_blocks) == (1, 0)
     assert (decision.best_overlap_blocks, decision.shortfall) == (4, "policy")
-    pinned = router.route(prompt, dry_run=True, dp_rank=0)
+    pinned = router.route(prompt, dry_run=True, workers=[1], dp_rank=0)
     assert (pinned.overlap_blocks, pinned.best_overlap_blocks, pinned.shortfall) == (4, 4, None)
