@@ -390,8 +390,9 @@ pub struct RouterOptions {
     #[arg(long, value_name = "DURATION")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_ttl: Option<HumanDuration>,
-    /// A worker's engine-reported load (`POST /v1/workers/{id}/load`) counts this long;
-    /// then the router goes by its own requests alone again [default: 10s].
+    /// A worker's engine-reported load (scraped, --proxy-engine-load-interval, or pushed,
+    /// `POST /v1/workers/{id}/load`) counts this long; then the router goes by its own
+    /// requests alone again [default: 10s].
     #[arg(long, value_name = "DURATION")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_report_ttl: Option<HumanDuration>,
