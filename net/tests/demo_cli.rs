@@ -52,12 +52,15 @@ fn aggregated_demo_is_exact_and_beats_round_robin() {
     for label in policies {
         let row = cells(&out, label);
         // Hit rate, its share of the ceiling, TTFT p50 and p99 in readable units ("2.63 s",
-        // "1 min 02 s"), two spreads, the decision's latency in microseconds.
-        assert!(row.len() >= 10 && row[row.len() - 1] == "us", "{label}: {row:?}\n{out}");
+        // "1 min 02 s"), two spreads, the cache taken, the decision's latency in microseconds.
+        assert!(row.len() >= 11 && row[row.len() - 1] == "us", "{label}: {row:?}\n{out}");
         assert!(percent(row[0]) <= ceiling, "{label} reused more than the ceiling:\n{out}");
         let share: f64 = row[1].parse().unwrap_or_else(|_| panic!("{label}: share {:?}", row[1]));
         // Both percentages and the share are rounded.
         assert!((share - percent(row[0]) / ceiling).abs() < 0.01, "{label}: share {share}\n{out}");
+        // Cache taken: chosen over best overlap, a percentage, just before the latency.
+        let taken = percent(row[row.len() - 3]);
+        assert!((0.0..=100.0).contains(&taken), "{label}: cache taken {taken}\n{out}");
     }
     let ours = percent(cells(&out, policies[0])[0]);
     assert!(ours > percent(cells(&out, "round-robin")[0]), "kvroute should reuse more than round-robin:\n{out}");

@@ -47,11 +47,21 @@ pub(super) struct PolicyOutcome {
     /// Requests whose predicted overlap was compared with the engine's reuse.
     pub(super) predictions: u64,
     pub(super) exact_predictions: u64,
+    /// Over the decisions: cached blocks on the chosen rank, and on the best candidate
+    /// (the most any held when the router decided).
+    pub(super) chosen_overlap_blocks: u64,
+    pub(super) best_overlap_blocks: u64,
 }
 
 impl PolicyOutcome {
     pub(super) fn hit_rate(&self) -> f64 {
         self.reused_blocks as f64 / self.requested_blocks.max(1) as f64
+    }
+
+    /// Cached blocks the decisions took over those available to them (1.00: always the
+    /// best candidate's).
+    pub(super) fn overlap_taken(&self) -> f64 {
+        self.chosen_overlap_blocks as f64 / self.best_overlap_blocks.max(1) as f64
     }
 
     pub(super) fn predicted(&mut self, predicted_blocks: u32, reused_blocks: usize) {
