@@ -116,6 +116,10 @@ impl RankLoad {
     pub fn snapshot(&self) -> LoadSnapshot {
         let own = self.own_snapshot();
         let e = &self.external;
+        // No report held (the common case without replicas): one load, not three.
+        if e.expires_ms.load(Ordering::Relaxed) == 0 {
+            return own;
+        }
         LoadSnapshot {
             prefill_tokens: own.prefill_tokens + e.prefill_tokens.load(Ordering::Relaxed),
             decode_blocks: own.decode_blocks + e.decode_blocks.load(Ordering::Relaxed),
