@@ -71,8 +71,7 @@ struct ExternalLoad {
 
 /// A rank's load as its engine reports it, in the router's units; a counter the engine
 /// does not report is `None` (only the router's own bookkeeping counts for it).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LoadReport {
     /// Prompt tokens queued or being prefilled (not yet computed).
     pub prefill_tokens: Option<u64>,
@@ -128,7 +127,7 @@ impl RankLoad {
     }
 
     /// The load of this router's own requests alone.
-    pub fn own_snapshot(&self) -> LoadSnapshot {
+    fn own_snapshot(&self) -> LoadSnapshot {
         LoadSnapshot {
             prefill_tokens: self.prefill_tokens.load(Ordering::Relaxed),
             decode_blocks: self.decode_blocks.load(Ordering::Relaxed),

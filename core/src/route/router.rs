@@ -356,14 +356,29 @@ impl Router {
     /// `load_report_ttl_ms` passes or the next report replaces it. This is how router
     /// replicas that each see part of the traffic agree on load (module docs of `load`).
     pub fn apply_load_report(&self, rank: RankKey, report: &LoadReport) -> Result<(), RouteError> {
+        self.apply_load_reports(rank.worker, &[(rank.dp_rank, *report)])
+    }
+
+    /// [`Router::apply_load_report`] for several ranks of one worker (a scrape of its
+    /// metrics page): every rank is checked before any is applied, so a bad one changes
+    /// nothing; one registry read and one clock read for all.
+    pub fn apply_load_reports(&self, worker: WorkerId, reports: &[(DpRank, LoadReport)]) -> Result<(), RouteError> {
         let fleet = self.fleet.load();
-        check_rank(&fleet, rank)?;
-        let now = self.clock.now_ms();
-        let expires = now.saturating_add(self.config.load_report_ttl_ms).max(1);
-        if let Some(slot) = fleet.ranks.iter().find(|slot| slot.key == rank) {
-            slot.load.apply_report(report, expires);
+        for &(dp_rank, _) in reports {
+            check_rank(&fleet, RankKey { worker, dp_rank })?;
+        }
+        let expires = self.clock.now_ms().saturating_add(self.config.load_report_ttl_ms).max(1);
+        for slot in fleet.ranks.iter().filter(|slot| slot.key.worker == worker) {
+            if let Some((_, report)) = reports.iter().find(|(dp_rank, _)| *dp_rank == slot.key.dp_rank) {
+                slot.load.apply_report(report, expires);
+            }
         }
         Ok(())
+    }
+
+    /// A registered worker's spec, without copying the registry as [`Router::workers`] does.
+    pub fn worker(&self, worker: WorkerId) -> Option<WorkerSpec> {
+        self.fleet.load().workers.get(&worker).map(|w| w.spec.clone())
     }
 
     /// Requests routed and not yet finished or expired.

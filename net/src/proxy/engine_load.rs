@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use kvroute_core::metrics_page::MetricsPage;
 use kvroute_core::route::{engine_load_reports, Router};
-use kvroute_core::RankKey;
 
 use super::upstreams::Upstream;
 use super::Proxy;
@@ -64,16 +63,11 @@ impl Proxy {
 /// Applies what `body` says of `upstream`'s ranks; how many ranks it reported.
 fn apply_page(router: &Router, upstream: &Upstream, body: &[u8]) -> Result<usize, String> {
     let text = std::str::from_utf8(body).map_err(|_| "the page is not UTF-8".to_owned())?;
-    let specs = router.workers();
-    let spec = specs.iter().find(|s| s.worker == upstream.worker).ok_or("the worker is no longer registered")?;
+    let spec = router.worker(upstream.worker).ok_or("the worker is no longer registered")?;
     let reports = engine_load_reports(&MetricsPage::parse(text), spec.dp_start..spec.dp_start + spec.dp_size);
     if reports.is_empty() {
         return Err("no running/waiting request gauges for the worker's ranks".to_owned());
     }
-    for (dp_rank, report) in &reports {
-        router
-            .apply_load_report(RankKey { worker: upstream.worker, dp_rank: *dp_rank }, report)
-            .map_err(|e| e.to_string())?;
-    }
+    router.apply_load_reports(upstream.worker, &reports).map_err(|e| e.to_string())?;
     Ok(reports.len())
 }

@@ -15,9 +15,9 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use kvroute_core::route::LoadReport;
-use kvroute_core::{RankKey, WorkerId};
+use kvroute_core::{DpRank, WorkerId};
 
-use super::api_error::{ApiError, ErrorKind};
+use super::api_error::ApiError;
 use super::json_body::JsonBody;
 use super::path_id::PathId;
 use super::state::AppState;
@@ -47,29 +47,21 @@ pub async fn report_load(
 ) -> Result<StatusCode, ApiError> {
     let PathId(id) = id?;
     let JsonBody(body) = body?;
-    let worker = WorkerId(id);
-    let specs = state.router.workers();
-    let spec = specs
-        .iter()
-        .find(|spec| spec.worker == worker)
-        .ok_or_else(|| ApiError::new(ErrorKind::UnknownWorker, format!("worker {id} is not registered")))?;
     if body.ranks.is_empty() {
         return Err(ApiError::invalid("ranks is empty: report at least one rank"));
     }
-    let range = spec.dp_start..spec.dp_start + spec.dp_size;
-    if let Some(bad) = body.ranks.iter().find(|r| !range.contains(&r.dp_rank)) {
-        return Err(ApiError::new(
-            ErrorKind::RankOutOfRange,
-            format!("worker {id} has dp ranks {}..{}, not {}", range.start, range.end, bad.dp_rank),
-        ));
-    }
-    for rank in &body.ranks {
-        let report = LoadReport {
-            prefill_tokens: rank.prefill_tokens,
-            decode_blocks: rank.decode_blocks,
-            requests: rank.requests,
-        };
-        state.router.apply_load_report(RankKey { worker, dp_rank: kvroute_core::DpRank(rank.dp_rank) }, &report)?;
+    let reports: Vec<(DpRank, LoadReport)> = body
+        .ranks
+        .iter()
+        .map(|r| {
+            let report =
+                LoadReport { prefill_tokens: r.prefill_tokens, decode_blocks: r.decode_blocks, requests: r.requests };
+            (DpRank(r.dp_rank), report)
+        })
+        .collect();
+    // An unknown worker is a 404, a rank outside it a 400; either way nothing is applied.
+    state.router.apply_load_reports(WorkerId(id), &reports)?;
+    for _ in &reports {
         state.metrics.record_load_report();
     }
     Ok(StatusCode::NO_CONTENT)
