@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_queue::SegQueue;
 
+use super::prefill_progress::PrefillProgress;
 use super::registry::RankSlot;
 
 /// A router-assigned request id. Ids start from a value derived from the room seed, so
@@ -57,6 +58,8 @@ pub struct RankLoad {
     held_blocks: AtomicU64,
     /// Load the engine last reported beyond this router's own; see the module docs.
     external: ExternalLoad,
+    /// How far the rank has got through `prefill_tokens`, and how fast it prefills.
+    progress: PrefillProgress,
 }
 
 /// The external part of a rank's load and when its report goes stale.
@@ -124,6 +127,22 @@ impl RankLoad {
             decode_blocks: own.decode_blocks + e.decode_blocks.load(Ordering::Relaxed),
             requests: own.requests + e.requests.load(Ordering::Relaxed),
         }
+    }
+
+    /// This router's own prefill tokens still to compute on the rank at `now_ms`, and the
+    /// rank's observed prefill rate in tokens per ms (`None` until observed, when the
+    /// charged tokens stand); see `prefill_progress.rs`.
+    pub(crate) fn own_prefill_remaining(&self, now_ms: u64) -> (f64, Option<f64>) {
+        let rate = self.progress.rate();
+        (self.progress.remaining(self.prefill_tokens.load(Ordering::Relaxed), rate, now_ms), rate)
+    }
+
+    /// The external part of the prefill tokens (an engine's report beyond this router's own).
+    pub(crate) fn external_prefill_tokens(&self) -> u64 {
+        if self.external.expires_ms.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        self.external.prefill_tokens.load(Ordering::Relaxed)
     }
 
     /// The load of this router's own requests alone.
@@ -196,13 +215,26 @@ impl ActiveRequest {
         ActiveRequest { prefill, decode, prefill_open: AtomicBool::new(true), expires_at_ms }
     }
 
-    fn charge(&self) {
+    fn charge(&self, now_ms: u64) {
         let p = &self.prefill;
-        p.load.prefill_tokens.fetch_add(p.prefill_tokens, Ordering::Relaxed);
+        let before = p.load.prefill_tokens.fetch_add(p.prefill_tokens, Ordering::Relaxed);
+        if p.prefill_tokens > 0 {
+            p.load.progress.charged(before, now_ms);
+        }
         p.load.requests.fetch_add(u64::from(p.counts_request), Ordering::Relaxed);
         let d = &self.decode;
         d.load.decode_blocks.fetch_add(d.decode_blocks, Ordering::Relaxed);
         d.load.requests.fetch_add(u64::from(d.counts_request), Ordering::Relaxed);
+    }
+
+    /// The prefill ended at `now_ms`: releases the prefill part (once, whoever calls
+    /// first) and tells the rank's progress estimate.
+    fn prefill_done(&self, now_ms: u64) -> bool {
+        let released = self.release_prefill();
+        if released && self.prefill.prefill_tokens > 0 {
+            self.prefill.load.progress.done(self.prefill.prefill_tokens, now_ms);
+        }
+        released
     }
 
     /// Releases the prefill part once, whoever calls first.
@@ -249,22 +281,22 @@ impl LoadBook {
         }
     }
 
-    /// Charges the request's loads and records it.
-    pub(crate) fn open(&self, request: ActiveRequest) -> RequestId {
+    /// Charges the request's loads at `now_ms` and records it.
+    pub(crate) fn open(&self, request: ActiveRequest, now_ms: u64) -> RequestId {
         // Relaxed by design: ids need uniqueness only.
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        request.charge();
+        request.charge(now_ms);
         let deadline = request.expires_at_ms;
         self.requests.pin().insert(id, request);
         self.deadlines.push((deadline, id));
         RequestId(id)
     }
 
-    /// Prefill of `id` is done. False if the request is unknown (finished, expired, never
-    /// routed) or its prefill was already released.
-    pub(crate) fn prefill_done(&self, id: RequestId) -> bool {
+    /// Prefill of `id` ended at `now_ms`. False if the request is unknown (finished,
+    /// expired, never routed) or its prefill was already released.
+    pub(crate) fn prefill_done(&self, id: RequestId, now_ms: u64) -> bool {
         let map = self.requests.pin();
-        map.get(&id.0).is_some_and(ActiveRequest::release_prefill)
+        map.get(&id.0).is_some_and(|request| request.prefill_done(now_ms))
     }
 
     /// Request `id` finished or was cancelled. False if it is unknown (already finished,

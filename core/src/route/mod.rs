@@ -71,6 +71,7 @@ mod load;
 mod policy;
 #[cfg(test)]
 mod policy_tests;
+mod prefill_progress;
 mod registry;
 mod room;
 mod router;

@@ -27,19 +27,22 @@
 //!
 //! `PredictedTtft`: a rank's prefill queue is served in order, so this request's first
 //! token comes after the rank's queued prefill tokens plus its own uncached ones (overlap
-//! credit folded in, lower tiers at their weight), at one prefill speed for every rank.
-//! Three terms make the prediction look past this request: each uncached token also
-//! delays every request queued behind it on that rank and is work a cache hit would have
-//! saved for good, so it counts `recompute` times (default 3); the blocks it stores evict
-//! other prefixes from a full cache, so it counts up to `pressure` times more (default
-//! 15), scaled by how full the rank's cache is, held blocks (from its events) over
+//! credit folded in, lower tiers at their weight), at the rank's prefill speed. Both come
+//! from the router's own requests (`prefill_progress.rs`): the queued tokens are those
+//! charged, less what the rank has computed since its last `prefill_done` at its observed
+//! rate (tokens per ms over busy time), plus what an engine report says other routers
+//! queued; the sum is divided by that rate (ranks not yet observed at the mean of those
+//! that were). Three terms make the prediction look past this request: each uncached
+//! token also delays every request queued behind it on that rank and is work a cache hit
+//! would have saved for good, so it counts `recompute` times (default 4); the blocks it
+//! stores evict other prefixes from a full cache, so it counts up to `pressure` times more
+//! (default 5), scaled by how full the rank's cache is, held blocks (from its events) over
 //! `cache_blocks` (new prefixes go to the emptier caches: SGLang's "smallest tree" as a
 //! price instead of a rule; off while the cache size is unknown); and the rank's running
 //! requests share its batches (chunked prefill), each of their KV tokens counting
-//! `decode` tokens of queue (default 0.5). The smallest sum wins, ties to the fewest
-//! decode blocks. With `recompute = decode = 1` and no pressure it is `Cost` at its
-//! default weights. The defaults were the best of a grid on the shipped
-//! trace (README, "Routing policies").
+//! `decode` tokens of queue (default 0.25). The smallest sum wins, ties to the fewest
+//! decode blocks. The defaults were the best of a grid over three fleet sizes of the
+//! shipped trace (README, "Routing policies").
 //!
 //! Every policy breaks remaining ties uniformly at random with the router's generator.
 
@@ -97,12 +100,12 @@ impl Default for ScorerWeights {
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TtftWeights {
-    /// Weight of this request's uncached tokens against queued ones. Default 3.
+    /// Weight of this request's uncached tokens against queued ones. Default 4.
     pub recompute: f64,
-    /// Tokens of queue each KV token of a running request counts as. Default 0.5.
+    /// Tokens of queue each KV token of a running request counts as. Default 0.25.
     pub decode: f64,
     /// Extra weight of an uncached token on a full cache, scaled by how full a rank's
-    /// cache is (held blocks over `cache_blocks`; an empty cache adds nothing). Default 15.
+    /// cache is (held blocks over `cache_blocks`; an empty cache adds nothing). Default 5.
     pub pressure: f64,
     /// KV blocks one rank's device cache holds (vLLM's `num_gpu_blocks`). Unknown (the
     /// default): the pressure term is off, since no eviction can be predicted.
@@ -111,7 +114,7 @@ pub struct TtftWeights {
 
 impl TtftWeights {
     /// The defaults (a constant, for [`Policy::ALL`]).
-    pub const DEFAULT: TtftWeights = TtftWeights { recompute: 3.0, decode: 0.5, pressure: 15.0, cache_blocks: None };
+    pub const DEFAULT: TtftWeights = TtftWeights { recompute: 4.0, decode: 0.25, pressure: 5.0, cache_blocks: None };
 }
 
 impl Default for TtftWeights {
@@ -219,6 +222,11 @@ pub(crate) struct Candidate {
     pub(crate) credit: f64,
     /// Blocks the rank's cache holds (device), as its events said.
     pub(crate) held_blocks: u64,
+    /// `Policy::PredictedTtft` only (zero and `None` for the others): the prefill tokens
+    /// still to compute on the rank (this router's own counted down by the rank's progress,
+    /// plus any reported beyond them), and its observed prefill rate, tokens per ms.
+    pub(crate) prefill_remaining: f64,
+    pub(crate) prefill_rate: Option<f64>,
 }
 
 /// The request being placed.
@@ -259,14 +267,23 @@ impl Policy {
             Policy::PredictedTtft(w) => {
                 // Unknown cache size: every cache counts as empty.
                 let per_held_block = w.cache_blocks.map_or(0.0, |n| 1.0 / n as f64);
+                // Ranks not yet observed prefill at the mean of those that were (all at one
+                // rate, 1 token/ms, while none was: the costs then compare in tokens).
+                let (sum, observed) = candidates
+                    .iter()
+                    .filter_map(|c| c.prefill_rate)
+                    .fold((0.0, 0usize), |(sum, n), rate| (sum + rate, n + 1));
+                let mean_rate = if observed > 0 { sum / observed as f64 } else { 1.0 };
                 lowest(&|c| {
                     let uncached = (request.tokens - c.credit * request.block_size).max(0.0);
                     let decode_tokens = c.load.decode_blocks as f64 * request.block_size;
                     let fullness = (c.held_blocks as f64 * per_held_block).min(1.0);
+                    let rate = c.prefill_rate.unwrap_or(mean_rate);
                     (
-                        c.load.prefill_tokens as f64
+                        (c.prefill_remaining
                             + (w.recompute + w.pressure * fullness) * uncached
-                            + w.decode * decode_tokens,
+                            + w.decode * decode_tokens)
+                            / rate,
                         c.load.decode_blocks as f64,
                     )
                 })

@@ -295,3 +295,54 @@ fn decisions_report_the_best_overlap_and_why_they_took_less() {
     assert!(others.iter().all(|d| d.shortfall == Some(Shortfall::Temperature) && d.best_overlap_blocks == 8));
     assert!(decisions.iter().filter(|d| d.overlap_blocks == 8).all(|d| d.shortfall.is_none()));
 }
+
+#[test]
+fn predicted_ttft_counts_down_the_queue_at_each_ranks_observed_speed() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let now = Arc::new(AtomicU64::new(0));
+    let clock = Arc::clone(&now);
+    let weights = TtftWeights { recompute: 1.0, decode: 0.0, pressure: 0.0, cache_blocks: None };
+    let config = RouterConfig { policy: Policy::PredictedTtft(weights), ..RouterConfig::default() };
+    let router = Router::new(config, Arc::new(move || clock.load(Ordering::Relaxed))).expect("router");
+    for w in 0..2 {
+        router.add_worker(WorkerSpec::new(WorkerId(w), 2, BS)).expect("worker");
+    }
+    let at = |ms: u64| now.store(ms, Ordering::Relaxed);
+    let route = |rank: RankKey, seed: u64, n: usize| {
+        let options = RouteOptions { rank: Some(rank), ..RouteOptions::default() };
+        let decision = router.best_worker(Prompt::Blocks(&blocks(seed, n)), &options).expect("pinned route");
+        decision.request.expect("a routed request has an id")
+    };
+    // (0, 0) and (0, 1) each prefill 160 tokens from t = 0 to t = 40: 4 tokens per ms.
+    // (1, 0) and (1, 1): 640 tokens each, not seen done yet (no rate: the others' mean).
+    at(0);
+    let (a, b) = (route(key(0, 0), 10, 10), route(key(0, 1), 11, 10));
+    let x = route(key(1, 0), 12, 40);
+    route(key(1, 1), 13, 40);
+    at(40);
+    assert!(router.prefill_done(a) && router.prefill_done(b));
+    // Another 160 each: (0, 0) starts on it at once, (0, 1) 10 ms later.
+    route(key(0, 0), 14, 10);
+    at(50);
+    route(key(0, 1), 15, 10);
+    at(60);
+    // Both are charged 160 tokens, but (0, 0) has 80 left and (0, 1) 120: (80 + 128) / 4
+    // against (120 + 128) / 4, and (640 + 128) / 4 on worker 1.
+    let prompt = blocks(1, 8);
+    for _ in 0..20 {
+        assert_eq!(dry(&router, &prompt), key(0, 0));
+    }
+    // (1, 0) prefilled its 640 in 80 ms: 8 tokens per ms. At t = 100, 640 more there have
+    // 480 left, (480 + 128) / 8 = 76, against 320 more on each of worker 0's ranks
+    // ((0, 0): 480 - 4 x 60 = 240 left, (240 + 128) / 4 = 92): the fast rank wins with
+    // twice the tokens queued.
+    at(80);
+    assert!(router.prefill_done(x));
+    route(key(1, 0), 16, 40);
+    route(key(0, 0), 17, 20);
+    route(key(0, 1), 18, 20);
+    at(100);
+    for _ in 0..20 {
+        assert_eq!(dry(&router, &prompt), key(1, 0));
+    }
+}

@@ -657,14 +657,14 @@ impl Router {
             self.record_approx(prefill_rank.key, hashes, now);
         }
         let expires = now.saturating_add(self.config.request_ttl_ms);
-        self.loads.open(ActiveRequest::new(prefill, decode, expires))
+        self.loads.open(ActiveRequest::new(prefill, decode, expires), now)
     }
 
     /// Prefill of a routed request is done: its prefill tokens leave the rank's load.
     /// False if the request is unknown (finished, expired or never routed) or was
     /// already marked.
     pub fn prefill_done(&self, request: RequestId) -> bool {
-        self.loads.prefill_done(request)
+        self.loads.prefill_done(request, self.clock.now_ms())
     }
 
     /// A routed request finished or was cancelled: all its load is released (both ranks
@@ -833,6 +833,7 @@ impl Router {
         let mut range = CostRange::default();
         let mut best_overlap = 0;
         let by_cost = side == Side::Decode || self.config.policy == Policy::Cost;
+        let progress_at = matches!(self.config.policy, Policy::PredictedTtft(_)).then(|| self.clock.now_ms());
         let role = side.role();
         for (i, slot) in fleet.ranks.iter().enumerate() {
             if slot.role != role || !accepts(slot) {
@@ -858,7 +859,22 @@ impl Router {
             let device_overlap = if tier_looked_up[0] { depth[0][i] } else { 0 };
             best_overlap = best_overlap.max(device_overlap);
             let held_blocks = if by_cost { 0 } else { slot.load.held_blocks() };
-            candidates.push(Candidate { slot: i, load, device_overlap, credit, held_blocks });
+            let (prefill_remaining, prefill_rate) = match progress_at {
+                Some(now) => {
+                    let (own, rate) = slot.load.own_prefill_remaining(now);
+                    (own + slot.load.external_prefill_tokens() as f64, rate)
+                }
+                None => (0.0, None),
+            };
+            candidates.push(Candidate {
+                slot: i,
+                load,
+                device_overlap,
+                credit,
+                held_blocks,
+                prefill_remaining,
+                prefill_rate,
+            });
         }
         if candidates.is_empty() {
             return Err(RouteError::NoCandidates);

@@ -224,7 +224,7 @@ fn decode_choice_avoids_the_hot_rank() {
         let c = super::load::Charge { load: hot.clone(), prefill_tokens: 0, decode_blocks: 64, counts_request: true };
         let none =
             super::load::Charge { load: hot.clone(), prefill_tokens: 0, decode_blocks: 0, counts_request: false };
-        router.loads.open(super::load::ActiveRequest::new(none, c, u64::MAX));
+        router.loads.open(super::load::ActiveRequest::new(none, c, u64::MAX), 0);
     }
     let mut on_hot = 0;
     for _ in 0..200 {
@@ -395,9 +395,9 @@ fn expiry_runs_in_bounded_steps_oldest_first() {
     let budget = super::load::EXPIRY_BUDGET;
     // More requests due than one step looks at, then one due later.
     for _ in 0..budget + 10 {
-        router.loads.open(super::load::ActiveRequest::new(none(), charge(1), 1_000));
+        router.loads.open(super::load::ActiveRequest::new(none(), charge(1), 1_000), 0);
     }
-    let late = router.loads.open(super::load::ActiveRequest::new(none(), charge(1), 5_000));
+    let late = router.loads.open(super::load::ActiveRequest::new(none(), charge(1), 5_000), 0);
     now.store(2_000, Ordering::Relaxed);
     let first = router.expire_step();
     assert_eq!(first, super::ExpiryStep { requests_released: budget, done: false });
