@@ -134,8 +134,11 @@ fn replay(
     let block_size = u64::from(args.block_size);
     let mut next_report_ms = requests.first().map_or(0, |r| r.timestamp_ms);
     let mut chain = Vec::new();
-    let complete = |completion: Completion, pool: &mut PoolLoad, engines: &mut EngineLoad| match completion {
+    let complete = |at_us: u64, completion: Completion, pool: &mut PoolLoad, engines: &mut EngineLoad| match completion
+    {
         Completion::PrefillDone { request, prefill_slot, prefill_tokens } => {
+            // The routers hear of it at its time, not at the next arrival's.
+            now_ms.store(at_us / 1000, Ordering::Relaxed);
             if let Some(Routed { replica, id }) = request {
                 replicas[replica].prefill_done(id);
             }
@@ -157,7 +160,7 @@ fn replay(
             // Every report due before this arrival, each of the engines' state at its time.
             while next_report_ms <= request.timestamp_ms {
                 let at_us = next_report_ms * 1000;
-                timeline.advance_to(at_us, |c| complete(c, &mut pool, &mut engines));
+                timeline.advance_to(at_us, |at, c| complete(at, c, &mut pool, &mut engines));
                 now_ms.store(next_report_ms, Ordering::Relaxed);
                 for (slot, &rank) in ranks.iter().enumerate() {
                     let report = LoadReport {
@@ -172,7 +175,7 @@ fn replay(
                 next_report_ms += interval.max(1);
             }
         }
-        timeline.advance_to(now_us, |c| complete(c, &mut pool, &mut engines));
+        timeline.advance_to(now_us, |at, c| complete(at, c, &mut pool, &mut engines));
         now_ms.store(request.timestamp_ms, Ordering::Relaxed);
         let replica = i % replicas.len();
         let options = RouteOptions { output_tokens: request.output_length, ..RouteOptions::default() };

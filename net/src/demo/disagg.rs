@@ -137,8 +137,10 @@ fn replay(args: &DemoArgs, requests: &[TraceRequest], policy: Policy) -> Result<
     for (i, request) in requests.iter().enumerate() {
         request_blocks_into(request, args.block_size, &mut chain).map_err(|e| DemoError::Config(e.to_string()))?;
         let now_us = request.timestamp_ms * 1000;
-        timeline.advance_to(now_us, |completion| match completion {
+        timeline.advance_to(now_us, |at_us, completion| match completion {
             Completion::PrefillDone { request, prefill_slot, .. } => {
+                // The router hears of it at its time, not at the next arrival's.
+                now_ms.store(at_us / 1000, Ordering::Relaxed);
                 if let (Some(router), Some(routed)) = (&router, request) {
                     router.prefill_done(routed.id);
                 }

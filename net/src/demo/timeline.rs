@@ -66,14 +66,15 @@ impl Timeline {
         self.pending.push(Reverse((at_us, self.scheduled, completion)));
     }
 
-    /// Hands every completion due at or before `now_us` to `on_due`, in time order.
-    pub(super) fn advance_to(&mut self, now_us: u64, mut on_due: impl FnMut(Completion)) {
+    /// Hands every completion due at or before `now_us` to `on_due` with its time, in
+    /// time order.
+    pub(super) fn advance_to(&mut self, now_us: u64, mut on_due: impl FnMut(u64, Completion)) {
         while let Some(Reverse((at, _, completion))) = self.pending.peek().copied() {
             if at > now_us {
                 break;
             }
             self.pending.pop();
-            on_due(completion);
+            on_due(at, completion);
         }
     }
 }
@@ -101,11 +102,11 @@ mod tests {
         timeline.schedule(10, done(1));
         timeline.schedule(20, done(2));
         let mut seen = Vec::new();
-        timeline.advance_to(20, |c| seen.push(c));
-        assert_eq!(seen, vec![done(1), done(2)]);
-        timeline.advance_to(25, |c| seen.push(c));
+        timeline.advance_to(20, |at, c| seen.push((at, c)));
+        assert_eq!(seen, vec![(10, done(1)), (20, done(2))]);
+        timeline.advance_to(25, |at, c| seen.push((at, c)));
         assert_eq!(seen.len(), 2);
-        timeline.advance_to(u64::MAX, |c| seen.push(c));
-        assert_eq!(seen, vec![done(1), done(2), done(3)]);
+        timeline.advance_to(u64::MAX, |at, c| seen.push((at, c)));
+        assert_eq!(seen, vec![(10, done(1)), (20, done(2)), (30, done(3))]);
     }
 }
