@@ -19,7 +19,7 @@ use crate::ids::BlockHash;
 pub const TRACE_BLOCK_TOKENS: u32 = 512;
 
 /// One request of a trace.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 pub struct TraceRequest {
     /// Arrival time in milliseconds from the start of the trace (JSON field `timestamp`).
     #[serde(rename = "timestamp")]
@@ -173,6 +173,14 @@ mod tests {
     fn shipped_trace() -> Vec<TraceRequest> {
         let file = std::fs::File::open(SHIPPED_TRACE).expect("shipped trace present");
         parse_trace(std::io::BufReader::new(file)).expect("shipped trace parses")
+    }
+
+    #[test]
+    fn a_written_trace_reads_back_the_same() {
+        let requests: Vec<TraceRequest> = shipped_trace().into_iter().take(50).collect();
+        let text: String = requests.iter().map(|r| serde_json::to_string(r).expect("serializes") + "\n").collect();
+        assert!(text.starts_with("{\"timestamp\":"), "{}", &text[..40]);
+        assert_eq!(parse_trace_str(&text).expect("parses"), requests);
     }
 
     #[test]

@@ -66,6 +66,12 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     shape_seed: u64,
 
+    /// Write the trace (the file, or the generated workload) to FILE as Mooncake JSON lines
+    /// and exit without replaying: e.g. to run a generated shape through
+    /// `kvroute demo --trace FILE`.
+    #[arg(long, value_name = "FILE")]
+    write_trace: Option<PathBuf>,
+
     /// Tokens per KV block; must divide 512 (each trace hash id covers 512 tokens).
     #[arg(long, default_value_t = 16, value_parser = parse_block_size)]
     block_size: u32,
@@ -241,6 +247,18 @@ fn main() -> ExitCode {
         verbose: !args.quiet,
         mismatch_examples: 3,
     };
+    if let Some(path) = &args.write_trace {
+        return match write_trace(&config.trace, path) {
+            Ok(requests) => {
+                println!("wrote {requests} requests of {} to {}", config.trace.describe(), path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run_bench(&config) {
         Ok(report) => {
             if args.json {
@@ -255,4 +273,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes `trace`'s requests to `path`, one JSON object a line; returns how many.
+fn write_trace(trace: &TraceSource, path: &std::path::Path) -> Result<usize, String> {
+    use std::io::Write;
+    let requests = trace.load()?;
+    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    for request in &requests {
+        let line = serde_json::to_string(request).map_err(|e| e.to_string())?;
+        writeln!(out, "{line}").map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    out.flush().map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(requests.len())
 }
