@@ -142,3 +142,66 @@ fn bad_options_are_refused_with_a_message() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("DP size must be at least 1"), "{stderr}");
 }
+
+/// Every `<text>` of the report's SVG charts, trimmed, one a line.
+fn chart_texts(doc: &roxmltree::Document<'_>) -> String {
+    let texts = doc.descendants().filter(|n| n.tag_name().name() == "text");
+    texts.map(|n| n.text().unwrap_or("").trim()).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn report_writes_one_page_of_four_charts_naming_every_policy() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("r.html");
+    let out = demo(&["--report", path.to_str().expect("utf-8 temp path")]);
+    // The table still prints, and the report is named after it.
+    let ceiling = cells(&out, "ceiling (one unlimited cache)")[0];
+    assert!(cells(&out, "round-robin").len() >= 11, "{out}");
+    assert!(out.contains(&format!("report: {}", path.display())), "{out}");
+    let html = std::fs::read_to_string(&path).expect("the report was written");
+    let options = roxmltree::ParsingOptions { allow_dtd: true, ..Default::default() };
+    let doc = roxmltree::Document::parse_with_options(&html, options).expect("the report is well-formed XML");
+    let charts = doc.descendants().filter(|n| n.tag_name().name() == "svg").count();
+    assert_eq!(charts, 4, "{html}");
+    assert_eq!(doc.descendants().filter(|n| n.tag_name().name() == "figcaption").count(), 4);
+    let texts = chart_texts(&doc);
+    for title in [
+        "Prefix-cache hit rate per policy",
+        "Time to first token: CDF per policy",
+        "Cache taken: overlap achieved against available",
+    ] {
+        assert!(texts.lines().any(|l| l == title), "no chart titled {title:?}");
+    }
+    for label in [
+        "kvroute predicted TTFT (default)",
+        "kvroute cost (Dynamo's)",
+        "SGLang cache_aware",
+        "llm-d weighted scorers",
+        "largest overlap",
+        "least loaded",
+        "round-robin",
+        "random",
+    ] {
+        // A hit-rate row, a TTFT legend entry and a cache-taken row at least.
+        let named = texts.lines().filter(|l| *l == label).count();
+        assert!(named >= 3, "{label:?} named {named} times in the charts");
+    }
+    // The ceiling's line is labelled with the table's figure.
+    assert!(texts.contains(&format!("ceiling (one unlimited cache): {ceiling}")), "{ceiling}\n{texts}");
+    assert!(html.contains("1500 requests of the built-in Mooncake conversation trace"), "{html}");
+    assert!(!html.contains("<script") && !html.contains("href=") && !html.contains("src="));
+}
+
+#[test]
+fn report_is_refused_outside_the_aggregated_demo() {
+    for mode in ["--disagg", "--live"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_kvroute"))
+            .args(["demo", "--quiet", mode, "--report", "unused.html"])
+            .output()
+            .expect("run kvroute");
+        assert!(!output.status.success(), "{mode}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--report charts the aggregated demo"), "{mode}: {stderr}");
+    }
+    assert!(!std::path::Path::new("unused.html").exists());
+}

@@ -23,7 +23,7 @@ use kvroute_core::{BlockHash, RankKey, WorkerId};
 
 use super::outcome::{duration, max_over_mean, percentile, PolicyOutcome, PoolLoad};
 use super::timeline::{Completion, Routed, Timeline};
-use super::{progress, DemoArgs, DemoError};
+use super::{progress, report, DemoArgs, DemoError};
 
 /// One column of the comparison: a router policy, or the ceiling.
 #[derive(Clone, Copy, PartialEq)]
@@ -108,11 +108,15 @@ struct EngineLoad {
     requests: Vec<u64>,
 }
 
+/// Replays `requests` with `policy` behind `routers` on a fresh fleet. With
+/// `sample_every_ms`, every rank's active requests are also sampled at that interval of
+/// trace time (`PoolLoad::over_time`), for the report.
 fn replay(
     args: &DemoArgs,
     requests: &[TraceRequest],
     policy: Policy,
     routers: Routers,
+    sample_every_ms: Option<u64>,
 ) -> Result<(PolicyOutcome, PoolLoad), DemoError> {
     let capacity_blocks = (args.capacity_tokens / u64::from(args.block_size)) as usize;
     let mut fleet = Fleet::new(FleetConfig { workers: args.workers(), dp_size: args.dp_size(), capacity_blocks });
@@ -133,6 +137,7 @@ fn replay(
     let bar = progress(args, requests.len(), label);
     let block_size = u64::from(args.block_size);
     let mut next_report_ms = requests.first().map_or(0, |r| r.timestamp_ms);
+    let mut next_sample_ms = next_report_ms;
     let mut chain = Vec::new();
     let complete = |at_us: u64, completion: Completion, pool: &mut PoolLoad, engines: &mut EngineLoad| match completion
     {
@@ -173,6 +178,14 @@ fn replay(
                     }
                 }
                 next_report_ms += interval.max(1);
+            }
+        }
+        if let Some(interval) = sample_every_ms {
+            // Every sample due before this arrival: completions up to its time, then the load.
+            while next_sample_ms <= request.timestamp_ms {
+                timeline.advance_to(next_sample_ms * 1000, |at, c| complete(at, c, &mut pool, &mut engines));
+                pool.sample(next_sample_ms);
+                next_sample_ms += interval.max(1);
             }
         }
         timeline.advance_to(now_us, |at, c| complete(at, c, &mut pool, &mut engines));
@@ -231,10 +244,11 @@ pub(super) fn run(args: &DemoArgs, requests: &[TraceRequest]) -> Result<(), Demo
     );
     let started = Instant::now();
     let ceiling = ceiling(args, requests)?;
+    let sample_every_ms = args.report.as_ref().map(|_| report::sample_interval_ms(requests));
     let mut results = Vec::new();
     for policy in Policy::ALL {
         let policy = args.with_weights(policy);
-        results.push((policy, replay(args, requests, policy, Routers::ONE)?));
+        results.push((policy, replay(args, requests, policy, Routers::ONE, sample_every_ms)?));
     }
     println!();
     let ceiling_rate = ceiling.hit_rate();
@@ -287,6 +301,10 @@ pub(super) fn run(args: &DemoArgs, requests: &[TraceRequest]) -> Result<(), Demo
     );
     println!("(the {} replays took {:.1} s)", results.len(), started.elapsed().as_secs_f64());
     let replicas = if args.replicas > 1 { replicas(args, requests, &results[0])? } else { Vec::new() };
+    if let Some(path) = &args.report {
+        write_report(args, requests.len(), path, &ceiling, &results)?;
+        println!("\nreport: {}", path.display());
+    }
     for (policy, (outcome, _)) in results.iter().chain(&replicas) {
         if outcome.exact_predictions != outcome.predictions {
             return Err(DemoError::Check(format!(
@@ -307,8 +325,9 @@ fn replicas(args: &DemoArgs, requests: &[TraceRequest], single: &Replayed) -> Re
     let (policy, (one, _)) = single;
     let n = args.replicas as usize;
     let started = Instant::now();
-    let own = replay(args, requests, *policy, Routers { replicas: n, load_report_ms: None })?;
-    let reported = replay(args, requests, *policy, Routers { replicas: n, load_report_ms: Some(args.load_report_ms) })?;
+    let own = replay(args, requests, *policy, Routers { replicas: n, load_report_ms: None }, None)?;
+    let reported =
+        replay(args, requests, *policy, Routers { replicas: n, load_report_ms: Some(args.load_report_ms) }, None)?;
     println!(
         "\n{} behind {n} router replicas (request i to replica i mod {n}; every replica hears every KV event):",
         Contender::Policy(*policy).label()
@@ -341,6 +360,52 @@ fn replicas(args: &DemoArgs, requests: &[TraceRequest], single: &Replayed) -> Re
         started.elapsed().as_secs_f64()
     );
     Ok(vec![(*policy, own), (*policy, reported)])
+}
+
+/// `--report`: the policy replays' charts, as one HTML file at `path`.
+fn write_report(
+    args: &DemoArgs,
+    request_count: usize,
+    path: &std::path::Path,
+    ceiling: &PolicyOutcome,
+    results: &[Replayed],
+) -> Result<(), DemoError> {
+    let trace = match &args.trace {
+        Some(path) => path.display().to_string(),
+        None => "the built-in Mooncake conversation trace".to_owned(),
+    };
+    let run = report::RunParameters {
+        trace,
+        requests: request_count,
+        workers: args.workers(),
+        dp_size: args.dp_size(),
+        block_size: args.block_size,
+        capacity_tokens: args.capacity_tokens,
+        prefill_tokens_per_ms: args.prefill_tokens_per_ms,
+    };
+    let policies = results
+        .iter()
+        .map(|(policy, (outcome, pool))| report::PolicyRun {
+            label: Contender::Policy(*policy).label(),
+            hit_rate: outcome.hit_rate(),
+            ttft_us: &outcome.ttft_us,
+            chosen_overlap_blocks: outcome.chosen_overlap_blocks,
+            best_overlap_blocks: outcome.best_overlap_blocks,
+            load_over_time: &pool.over_time,
+        })
+        .collect::<Vec<_>>();
+    // The default policy's load, and round-robin's beside it for contrast.
+    let load_panels = [Some(0), policies.iter().position(|p| p.label == Contender::Policy(Policy::RoundRobin).label())]
+        .into_iter()
+        .flatten();
+    let input = report::ReportInput {
+        run,
+        ceiling_label: Contender::Ceiling.label(),
+        ceiling_hit_rate: ceiling.hit_rate(),
+        load_panels: load_panels.collect(),
+        policies,
+    };
+    report::write(path, &input)
 }
 
 /// A row of the policy table: a label, then fixed-width cells.

@@ -30,11 +30,15 @@
 //! **`--live`** ([`live`]) runs the same trace over real sockets instead: simulated engine
 //! servers publishing KV events over ZeroMQ, a `kvroute serve` proxy in front of them and
 //! an open-loop HTTP load generator, beside round-robin on the same fleet.
+//!
+//! **`--report FILE.html`** ([`report`], aggregated mode) also writes the policy replays
+//! as charts in one self-contained HTML file.
 
 mod aggregated;
 mod disagg;
 mod live;
 mod outcome;
+mod report;
 mod timeline;
 
 use std::io::BufReader;
@@ -122,6 +126,11 @@ pub struct DemoArgs {
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Aggregated mode: also write the policy replays as charts (hit rate against the
+    /// ceiling, TTFT CDF, per-rank load over time, cache taken) to this self-contained
+    /// HTML file.
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<PathBuf>,
     /// Run the whole system over real sockets: simulated engines (HTTP, KV events over
     /// ZeroMQ), a kvroute proxy subscribed to their events, and an open-loop load
     /// generator replaying the trace, beside round-robin on the same fleet.
@@ -173,6 +182,8 @@ pub enum DemoError {
     Route(kvroute_core::route::RouteError),
     /// A check the demo makes on every request failed.
     Check(String),
+    /// `--report`: the charts could not be drawn or the file written.
+    Report(String),
 }
 
 impl std::error::Error for DemoError {}
@@ -184,6 +195,7 @@ impl std::fmt::Display for DemoError {
             DemoError::Config(e) => write!(f, "invalid option: {e}"),
             DemoError::Route(e) => write!(f, "routing failed: {e}"),
             DemoError::Check(e) => write!(f, "check failed: {e}"),
+            DemoError::Report(e) => write!(f, "cannot write the report: {e}"),
         }
     }
 }
@@ -241,6 +253,9 @@ fn check_pool(name: &str, workers: u32, dp: u32) -> Result<u64, DemoError> {
 fn check_args(args: &DemoArgs) -> Result<(), DemoError> {
     if args.block_size == 0 || 512 % args.block_size != 0 {
         return Err(DemoError::Config(format!("--block-size {} must divide 512", args.block_size)));
+    }
+    if args.report.is_some() && (args.disagg || args.live) {
+        return Err(DemoError::Config("--report charts the aggregated demo; drop --disagg and --live".into()));
     }
     if args.disagg {
         check_pool("--prefill-workers x --prefill-dp", args.prefill_workers, args.prefill_dp)?;

@@ -10,6 +10,15 @@ pub(super) struct PoolLoad {
     pub(super) active: Vec<u64>,
     /// The most a rank held at once (requests, or decode blocks).
     pub(super) peak_active: Vec<u64>,
+    /// `active` at moments of trace time, oldest first; empty unless the replay was asked
+    /// to sample it (`kvroute demo --report`).
+    pub(super) over_time: Vec<LoadSample>,
+}
+
+/// What each rank held (`PoolLoad::active`) at one moment of trace time.
+pub(super) struct LoadSample {
+    pub(super) at_ms: u64,
+    pub(super) active: Vec<u64>,
 }
 
 impl PoolLoad {
@@ -19,7 +28,13 @@ impl PoolLoad {
             work_blocks: vec![0; ranks],
             active: vec![0; ranks],
             peak_active: vec![0; ranks],
+            over_time: Vec::new(),
         }
+    }
+
+    /// Records what every rank holds now as the load at `at_ms`.
+    pub(super) fn sample(&mut self, at_ms: u64) {
+        self.over_time.push(LoadSample { at_ms, active: self.active.clone() });
     }
 
     /// A request starts on `slot`, doing `work_blocks` of work and occupying `weight`.
@@ -134,6 +149,11 @@ mod tests {
         assert_eq!(pool.requests, vec![3, 1]);
         assert_eq!(pool.work_blocks, vec![16, 7]);
         assert_eq!(pool.peak_active, vec![5, 4]);
+        pool.sample(7);
+        pool.end(1, 4);
+        pool.sample(9);
+        let samples: Vec<_> = pool.over_time.iter().map(|s| (s.at_ms, s.active.clone())).collect();
+        assert_eq!(samples, vec![(7, vec![3, 4]), (9, vec![3, 0])]);
     }
 
     #[test]
