@@ -129,12 +129,11 @@ impl RankLoad {
         }
     }
 
-    /// This router's own prefill tokens still to compute on the rank at `now_ms`, and the
-    /// rank's observed prefill rate in tokens per ms (`None` until observed, when the
-    /// charged tokens stand); see `prefill_progress.rs`.
-    pub(crate) fn own_prefill_remaining(&self, now_ms: u64) -> (f64, Option<f64>) {
-        let rate = self.progress.rate();
-        (self.progress.remaining(self.prefill_tokens.load(Ordering::Relaxed), rate, now_ms), rate)
+    /// This router's own prefill tokens still to compute on the rank at `now_ms`, counted
+    /// down at the rank's observed prefill rate (the charged tokens while none is
+    /// observed); see `prefill_progress.rs`.
+    pub(crate) fn own_prefill_remaining(&self, now_ms: u64) -> f64 {
+        self.progress.remaining(self.prefill_tokens.load(Ordering::Relaxed), self.progress.rate(), now_ms)
     }
 
     /// The external part of the prefill tokens (an engine's report beyond this router's own).

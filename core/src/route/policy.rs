@@ -27,12 +27,13 @@
 //!
 //! `PredictedTtft`: a rank's prefill queue is served in order, so this request's first
 //! token comes after the rank's queued prefill tokens plus its own uncached ones (overlap
-//! credit folded in, lower tiers at their weight), at the rank's prefill speed. Both come
-//! from the router's own requests (`prefill_progress.rs`): the queued tokens are those
+//! credit folded in, lower tiers at their weight). The queued tokens are those the router
 //! charged, less what the rank has computed since its last `prefill_done` at its observed
-//! rate (tokens per ms over busy time), plus what an engine report says other routers
-//! queued; the sum is divided by that rate (ranks not yet observed at the mean of those
-//! that were). Three terms make the prediction look past this request: each uncached
+//! rate (tokens per ms over busy time, `prefill_progress.rs`), plus what an engine report
+//! says other routers queued. The sum stays in tokens, as if every rank prefilled at one
+//! speed, rather than divided by each rank's rate: a router replica that sees only its
+//! share of a rank's `prefill_done`s measures a rate that depends on the other replicas'
+//! traffic. Three terms make the prediction look past this request: each uncached
 //! token also delays every request queued behind it on that rank and is work a cache hit
 //! would have saved for good, so it counts `recompute` times (default 4); the blocks it
 //! stores evict other prefixes from a full cache, so it counts up to `pressure` times more
@@ -222,11 +223,10 @@ pub(crate) struct Candidate {
     pub(crate) credit: f64,
     /// Blocks the rank's cache holds (device), as its events said.
     pub(crate) held_blocks: u64,
-    /// `Policy::PredictedTtft` only (zero and `None` for the others): the prefill tokens
-    /// still to compute on the rank (this router's own counted down by the rank's progress,
-    /// plus any reported beyond them), and its observed prefill rate, tokens per ms.
+    /// `Policy::PredictedTtft` only (zero for the others): the prefill tokens still to
+    /// compute on the rank (this router's own counted down by the rank's progress at its
+    /// observed rate, plus any an engine reported beyond them).
     pub(crate) prefill_remaining: f64,
-    pub(crate) prefill_rate: Option<f64>,
 }
 
 /// The request being placed.
@@ -267,23 +267,14 @@ impl Policy {
             Policy::PredictedTtft(w) => {
                 // Unknown cache size: every cache counts as empty.
                 let per_held_block = w.cache_blocks.map_or(0.0, |n| 1.0 / n as f64);
-                // Ranks not yet observed prefill at the mean of those that were (all at one
-                // rate, 1 token/ms, while none was: the costs then compare in tokens).
-                let (sum, observed) = candidates
-                    .iter()
-                    .filter_map(|c| c.prefill_rate)
-                    .fold((0.0, 0usize), |(sum, n), rate| (sum + rate, n + 1));
-                let mean_rate = if observed > 0 { sum / observed as f64 } else { 1.0 };
                 lowest(&|c| {
                     let uncached = (request.tokens - c.credit * request.block_size).max(0.0);
                     let decode_tokens = c.load.decode_blocks as f64 * request.block_size;
                     let fullness = (c.held_blocks as f64 * per_held_block).min(1.0);
-                    let rate = c.prefill_rate.unwrap_or(mean_rate);
                     (
-                        (c.prefill_remaining
+                        c.prefill_remaining
                             + (w.recompute + w.pressure * fullness) * uncached
-                            + w.decode * decode_tokens)
-                            / rate,
+                            + w.decode * decode_tokens,
                         c.load.decode_blocks as f64,
                     )
                 })

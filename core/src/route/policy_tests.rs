@@ -297,7 +297,7 @@ fn decisions_report_the_best_overlap_and_why_they_took_less() {
 }
 
 #[test]
-fn predicted_ttft_counts_down_the_queue_at_each_ranks_observed_speed() {
+fn predicted_ttft_counts_down_each_ranks_queue_at_its_observed_speed() {
     use std::sync::atomic::{AtomicU64, Ordering};
     let now = Arc::new(AtomicU64::new(0));
     let clock = Arc::clone(&now);
@@ -314,7 +314,7 @@ fn predicted_ttft_counts_down_the_queue_at_each_ranks_observed_speed() {
         decision.request.expect("a routed request has an id")
     };
     // (0, 0) and (0, 1) each prefill 160 tokens from t = 0 to t = 40: 4 tokens per ms.
-    // (1, 0) and (1, 1): 640 tokens each, not seen done yet (no rate: the others' mean).
+    // (1, 0) and (1, 1): 640 tokens each, not seen done yet (no rate: the charge stands).
     at(0);
     let (a, b) = (route(key(0, 0), 10, 10), route(key(0, 1), 11, 10));
     let x = route(key(1, 0), 12, 40);
@@ -326,22 +326,22 @@ fn predicted_ttft_counts_down_the_queue_at_each_ranks_observed_speed() {
     at(50);
     route(key(0, 1), 15, 10);
     at(60);
-    // Both are charged 160 tokens, but (0, 0) has 80 left and (0, 1) 120: (80 + 128) / 4
-    // against (120 + 128) / 4, and (640 + 128) / 4 on worker 1.
+    // Both are charged 160 tokens, but (0, 0) has 80 left and (0, 1) 120 (plus this
+    // prompt's 128 on each), against 640 on worker 1's ranks.
     let prompt = blocks(1, 8);
     for _ in 0..20 {
         assert_eq!(dry(&router, &prompt), key(0, 0));
     }
-    // (1, 0) prefilled its 640 in 80 ms: 8 tokens per ms. At t = 100, 640 more there have
-    // 480 left, (480 + 128) / 8 = 76, against 320 more on each of worker 0's ranks
-    // ((0, 0): 480 - 4 x 60 = 240 left, (240 + 128) / 4 = 92): the fast rank wins with
-    // twice the tokens queued.
+    // (1, 0) prefilled its 640 in 80 ms: 8 tokens per ms. Then 640 more there and 640 more
+    // on each of worker 0's ranks. At t = 140, (1, 0) has 640 - 8 x 60 = 160 left, (0, 0)
+    // 800 - 4 x 100 = 400, (0, 1) 800 - 4 x 90 = 440, and (1, 1), never seen done, its
+    // whole 640: the rank that prefills fastest has counted down the most.
     at(80);
     assert!(router.prefill_done(x));
     route(key(1, 0), 16, 40);
-    route(key(0, 0), 17, 20);
-    route(key(0, 1), 18, 20);
-    at(100);
+    route(key(0, 0), 17, 40);
+    route(key(0, 1), 18, 40);
+    at(140);
     for _ in 0..20 {
         assert_eq!(dry(&router, &prompt), key(1, 0));
     }

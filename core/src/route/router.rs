@@ -859,22 +859,11 @@ impl Router {
             let device_overlap = if tier_looked_up[0] { depth[0][i] } else { 0 };
             best_overlap = best_overlap.max(device_overlap);
             let held_blocks = if by_cost { 0 } else { slot.load.held_blocks() };
-            let (prefill_remaining, prefill_rate) = match progress_at {
-                Some(now) => {
-                    let (own, rate) = slot.load.own_prefill_remaining(now);
-                    (own + slot.load.external_prefill_tokens() as f64, rate)
-                }
-                None => (0.0, None),
+            let prefill_remaining = match progress_at {
+                Some(now) => slot.load.own_prefill_remaining(now) + slot.load.external_prefill_tokens() as f64,
+                None => 0.0,
             };
-            candidates.push(Candidate {
-                slot: i,
-                load,
-                device_overlap,
-                credit,
-                held_blocks,
-                prefill_remaining,
-                prefill_rate,
-            });
+            candidates.push(Candidate { slot: i, load, device_overlap, credit, held_blocks, prefill_remaining });
         }
         if candidates.is_empty() {
             return Err(RouteError::NoCandidates);
