@@ -30,6 +30,18 @@ fn cells<'a>(stdout: &'a str, label: &str) -> Vec<&'a str> {
     line[label.len()..].split_whitespace().collect()
 }
 
+/// Every policy's row label, in the demo's order.
+const POLICIES: [&str; 8] = [
+    "kvroute predicted TTFT (default)",
+    "kvroute cost (Dynamo's)",
+    "SGLang cache_aware",
+    "llm-d weighted scorers",
+    "largest overlap",
+    "least loaded",
+    "round-robin",
+    "random",
+];
+
 fn percent(cell: &str) -> f64 {
     cell.trim_end_matches('%').parse().unwrap_or_else(|_| panic!("not a percentage: {cell}"))
 }
@@ -39,17 +51,7 @@ fn aggregated_demo_is_exact_and_beats_round_robin() {
     let out = demo(&[]);
     assert!(out.contains("predicted overlap equal to the engine's reuse: 1500/1500"), "{out}");
     let ceiling = percent(cells(&out, "ceiling (one unlimited cache)")[0]);
-    let policies = [
-        "kvroute predicted TTFT (default)",
-        "kvroute cost (Dynamo's)",
-        "SGLang cache_aware",
-        "llm-d weighted scorers",
-        "largest overlap",
-        "least loaded",
-        "round-robin",
-        "random",
-    ];
-    for label in policies {
+    for label in POLICIES {
         let row = cells(&out, label);
         // Hit rate, its share of the ceiling, TTFT p50 and p99 in readable units ("2.63 s",
         // "1 min 02 s"), two spreads, the cache taken, the decision's latency in microseconds.
@@ -62,12 +64,12 @@ fn aggregated_demo_is_exact_and_beats_round_robin() {
         let taken = percent(row[row.len() - 3]);
         assert!((0.0..=100.0).contains(&taken), "{label}: cache taken {taken}\n{out}");
     }
-    let ours = percent(cells(&out, policies[0])[0]);
+    let ours = percent(cells(&out, POLICIES[0])[0]);
     assert!(ours > percent(cells(&out, "round-robin")[0]), "kvroute should reuse more than round-robin:\n{out}");
 
     // The replicas table: one router is the default policy's replay above, again.
     let single = cells(&out, "1 router");
-    let default_row = cells(&out, policies[0]);
+    let default_row = cells(&out, POLICIES[0]);
     assert_eq!(single[0], default_row[0], "hit rate:\n{out}");
     // Hit rate, p50 and p99 (a value and a unit each), then p99 / 1 router.
     assert_eq!(&single[3..5], &default_row[4..6], "TTFT p99:\n{out}");
@@ -172,16 +174,7 @@ fn report_writes_one_page_of_four_charts_naming_every_policy() {
     ] {
         assert!(texts.lines().any(|l| l == title), "no chart titled {title:?}");
     }
-    for label in [
-        "kvroute predicted TTFT (default)",
-        "kvroute cost (Dynamo's)",
-        "SGLang cache_aware",
-        "llm-d weighted scorers",
-        "largest overlap",
-        "least loaded",
-        "round-robin",
-        "random",
-    ] {
+    for label in POLICIES {
         // A hit-rate row, a TTFT legend entry and a cache-taken row at least.
         let named = texts.lines().filter(|l| *l == label).count();
         assert!(named >= 3, "{label:?} named {named} times in the charts");

@@ -48,6 +48,20 @@ fn svg(size: (u32, u32), draw: impl FnOnce(&Area<'_>) -> DrawResult) -> Result<S
     Ok(svg)
 }
 
+/// Draws `chart`'s legend at `position`, boxed as every chart's is.
+fn legend<'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    position: SeriesLabelPosition,
+) -> DrawResult {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font((FONT, 13))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+}
+
 /// Horizontal bars, one row per policy (the first at the top), on `x_range`; `bars` gives
 /// each policy's bars as `(from, to, colour)`, later ones drawn over earlier ones, and
 /// `value_label` the text after them. `reference` is a dashed vertical line and its label.
@@ -208,13 +222,7 @@ pub(super) fn ttft_cdf(input: &ReportInput<'_>) -> Result<Chart, DemoError> {
                 .label(policy.label)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .label_font((FONT, 13))
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .draw()?;
+        legend(&mut chart, SeriesLabelPosition::LowerRight)?;
         Ok(())
     })?;
     Ok(Chart {
@@ -281,13 +289,7 @@ pub(super) fn load_over_time(input: &ReportInput<'_>) -> Result<Chart, DemoError
                 .draw_series(LineSeries::new(band.iter().map(|b| (b.0, b.2)), c.stroke_width(2)))?
                 .label("mean over the ranks")
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
-                .label_font((FONT, 13))
-                .background_style(WHITE.mix(0.9))
-                .border_style(BLACK)
-                .draw()?;
+            legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         }
         Ok(())
     })?;
