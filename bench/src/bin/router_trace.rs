@@ -12,7 +12,10 @@
 //! `--max-output-tokens` (`kvroute_net::trace_load`). Routers:
 //! - `round-robin`: no router; the client sends request `i` to rank `i mod ranks`;
 //! - `kvroute`: `kvroute serve`'s proxy (in this process), tokenizing the text itself
-//!   (`--tokenizer bytes`);
+//!   (`--tokenizer bytes`), once per policy of `--kvroute-policies` (default: the default
+//!   policy). `cache_aware` and `largest_overlap` are our reimplementations of smg's and
+//!   vllm-router's rules on the exact index: run beside the peers, they show how close the
+//!   reimplementation comes to the real router (cached share, requests per rank);
 //! - `vllm-router kv_aware` (`--vllm-router PATH`), fed every rank's KV events; it
 //!   tokenizes through the engine's `/tokenize`;
 //! - `smg cache_aware --dp-aware` (`--smg PATH`), on SGLang-kind engines (the same timing).
@@ -21,7 +24,7 @@
 //! engines reported cached, throughput (requests and output tokens per second of the
 //! run), added latency p50 / p99 (the engine's arrival time of the request head minus the
 //! client's send stamp, minus the same quantile of round-robin's direct requests; smg does
-//! not pass the stamp on), requests per rank (min/mean/max), errors.
+//! not pass the stamp on), requests per rank (min/mean/max, and max over mean), errors.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,6 +32,7 @@ use std::time::Duration;
 use clap::Parser;
 use kvroute_bench::machine::Machine;
 use kvroute_bench::router_fleet::{quantile, start_kvroute, PeerExecutables, PeerKind, PEER_API_KEY};
+use kvroute_core::route::Policy;
 use kvroute_core::sim::{EngineModelConfig, EngineTiming};
 use kvroute_core::trace::parse_trace;
 use kvroute_net::engine_sim::{EngineKind, EngineSimConfig, SimFleet};
@@ -61,6 +65,10 @@ struct Args {
     /// KV cache of each rank, in tokens.
     #[arg(long, default_value_t = 262_144)]
     capacity_tokens: usize,
+    /// kvroute's policies, each run on its own fresh fleet (names as `kvroute serve
+    /// --policy`; comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "predicted_ttft", value_parser = parse_policy)]
+    kvroute_policies: Vec<Policy>,
     #[command(flatten)]
     peers: PeerExecutables,
     /// The Mooncake-format trace [default: data/conversation_trace.jsonl].
@@ -68,23 +76,30 @@ struct Args {
     trace: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Contender {
     RoundRobin,
-    Kvroute,
+    Kvroute(Policy),
     VllmRouter,
     Smg,
 }
 
 impl Contender {
-    fn label(self) -> &'static str {
+    fn label(self) -> String {
         match self {
-            Contender::RoundRobin => "round-robin (direct)",
-            Contender::Kvroute => "kvroute",
-            Contender::VllmRouter => "vllm-router kv_aware",
-            Contender::Smg => "smg cache_aware dp-aware",
+            Contender::RoundRobin => "round-robin (direct)".to_owned(),
+            Contender::Kvroute(policy) => format!("kvroute {}", policy.name()),
+            Contender::VllmRouter => "vllm-router kv_aware".to_owned(),
+            Contender::Smg => "smg cache_aware dp-aware".to_owned(),
         }
     }
+}
+
+fn parse_policy(name: &str) -> Result<Policy, String> {
+    Policy::from_name(name).ok_or_else(|| {
+        let names: Vec<_> = Policy::ALL.iter().map(Policy::name).collect();
+        format!("unknown policy {name:?}; one of {}", names.join(", "))
+    })
 }
 
 /// What one router's run gave.
@@ -119,7 +134,8 @@ fn main() {
         args.speedup,
         args.max_output_tokens
     );
-    let mut routers = vec![Contender::RoundRobin, Contender::Kvroute];
+    let mut routers = vec![Contender::RoundRobin];
+    routers.extend(args.kvroute_policies.iter().map(|&policy| Contender::Kvroute(policy)));
     if args.peers.vllm_router.is_some() {
         routers.push(Contender::VllmRouter);
     }
@@ -164,8 +180,9 @@ async fn run(
     let mut peer = None;
     let target = match router {
         Contender::RoundRobin => Target::RoundRobin(fleet.urls()),
-        Contender::Kvroute => {
-            let running = start_kvroute(&fleet, "[proxy]\ntokenizer = \"bytes\"").await?;
+        Contender::Kvroute(policy) => {
+            let extra = format!("[router]\npolicy = \"{}\"\n[proxy]\ntokenizer = \"bytes\"", policy.name());
+            let running = start_kvroute(&fleet, &extra).await?;
             let url = format!("http://{}", running.http_address);
             daemon = Some(running);
             Target::Router { url, bearer: None }
@@ -209,7 +226,7 @@ fn print_table(results: &[(Contender, RunResult)]) {
     let ms = |us: u64| format!("{:.1} ms", us as f64 / 1000.0);
     let each = |f: &dyn Fn(&RunResult) -> String| results.iter().map(|(_, r)| f(r)).collect::<Vec<_>>();
     println!();
-    cell("", results.iter().map(|(router, _)| router.label().to_owned()).collect());
+    cell("", results.iter().map(|(router, _)| router.label()).collect());
     cell("TTFT p50", each(&|r| ms(quantile(&r.outcome.ttft_us, 0.5))));
     cell("TTFT p99", each(&|r| ms(quantile(&r.outcome.ttft_us, 0.99))));
     cell("end-to-end p50", each(&|r| ms(quantile(&r.outcome.e2e_us, 0.5))));
@@ -236,6 +253,14 @@ fn print_table(results: &[(Contender, RunResult)]) {
             let max = r.per_rank.iter().max().copied().unwrap_or(0);
             let mean = r.per_rank.iter().sum::<u64>() as f64 / r.per_rank.len().max(1) as f64;
             format!("{min}/{mean:.0}/{max}")
+        }),
+    );
+    cell(
+        "requests per rank max/mean",
+        each(&|r| {
+            let max = r.per_rank.iter().max().copied().unwrap_or(0);
+            let mean = r.per_rank.iter().sum::<u64>() as f64 / r.per_rank.len().max(1) as f64;
+            if mean > 0.0 { format!("{:.2}", max as f64 / mean) } else { "-".to_owned() }
         }),
     );
     cell("errors", each(&|r| r.outcome.errors.len().to_string()));
