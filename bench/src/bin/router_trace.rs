@@ -260,7 +260,11 @@ fn print_table(results: &[(Contender, RunResult)]) {
         each(&|r| {
             let max = r.per_rank.iter().max().copied().unwrap_or(0);
             let mean = r.per_rank.iter().sum::<u64>() as f64 / r.per_rank.len().max(1) as f64;
-            if mean > 0.0 { format!("{:.2}", max as f64 / mean) } else { "-".to_owned() }
+            if mean > 0.0 {
+                format!("{:.2}", max as f64 / mean)
+            } else {
+                "-".to_owned()
+            }
         }),
     );
     cell("errors", each(&|r| r.outcome.errors.len().to_string()));
