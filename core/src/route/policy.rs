@@ -43,7 +43,10 @@
 //! requests share its batches (chunked prefill), each of their KV tokens counting
 //! `decode` tokens of queue (default 0.25). The smallest sum wins, ties to the fewest
 //! decode blocks. The defaults were the best of a grid over three fleet sizes of the
-//! shipped trace (README, "Routing policies").
+//! shipped trace (README, "Routing policies"). At a positive temperature the pick is
+//! sampled over the normalised sums instead, as `Cost` samples its costs: router replicas
+//! that split a burst of arrivals and each see only their own share until the next load
+//! report would otherwise all put their shares on the same emptiest ranks.
 //!
 //! Every policy breaks remaining ties uniformly at random with the router's generator.
 
@@ -246,8 +249,8 @@ pub(crate) struct PickContext<'a> {
 }
 
 impl Policy {
-    /// Index into `candidates` (non-empty) of the pick. `costs[i]` is candidate `i`'s
-    /// `cost.rs` cost and `range` their extent.
+    /// The pick among `candidates` (non-empty). `costs[i]` is candidate `i`'s `cost.rs`
+    /// cost and `range` their extent.
     pub(crate) fn pick(
         &self,
         candidates: &[Candidate],
@@ -255,11 +258,15 @@ impl Policy {
         range: CostRange,
         request: RequestShape,
         cx: &PickContext<'_>,
-    ) -> usize {
+    ) -> Picked {
         debug_assert!(!candidates.is_empty());
         let lowest = |key: &dyn Fn(&Candidate) -> (f64, f64)| lowest_by(candidates, key, cx.rng);
-        match *self {
-            Policy::Cost => choose(costs, range, cx.temperature, cx.rng),
+        let sampled = |costs: &[f64], range: CostRange| {
+            let index = choose(costs, range, cx.temperature, cx.rng);
+            Picked { index, above_lowest: cx.temperature > 0.0 && costs[index] > range.min }
+        };
+        let index = match *self {
+            Policy::Cost => return sampled(costs, range),
             Policy::LargestOverlap => lowest(&|c| (-f64::from(c.device_overlap), c.load.requests as f64)),
             Policy::LeastLoaded => lowest(&|c| (c.load.requests as f64, 0.0)),
             Policy::Random => lowest(&|_| (0.0, 0.0)),
@@ -267,30 +274,32 @@ impl Policy {
             Policy::PredictedTtft(w) => {
                 // Unknown cache size: every cache counts as empty.
                 let per_held_block = w.cache_blocks.map_or(0.0, |n| 1.0 / n as f64);
-                lowest(&|c| {
+                let predicted = |c: &Candidate| {
                     let uncached = (request.tokens - c.credit * request.block_size).max(0.0);
                     let decode_tokens = c.load.decode_blocks as f64 * request.block_size;
                     let fullness = (c.held_blocks as f64 * per_held_block).min(1.0);
-                    (
-                        c.prefill_remaining
-                            + (w.recompute + w.pressure * fullness) * uncached
-                            + w.decode * decode_tokens,
-                        c.load.decode_blocks as f64,
-                    )
-                })
+                    c.prefill_remaining + (w.recompute + w.pressure * fullness) * uncached + w.decode * decode_tokens
+                };
+                if cx.temperature > 0.0 {
+                    // Sampling is opt-in (replicas); the deterministic pick allocates nothing.
+                    let sums: Vec<f64> = candidates.iter().map(predicted).collect();
+                    let mut extent = CostRange::default();
+                    sums.iter().for_each(|&sum| extent.include(sum));
+                    return sampled(&sums, extent);
+                }
+                lowest(&|c| (predicted(c), c.load.decode_blocks as f64))
             }
             Policy::CacheAware(t) => {
                 let (min, max) = candidates
                     .iter()
                     .fold((u64::MAX, 0), |(lo, hi), c| (lo.min(c.load.requests), hi.max(c.load.requests)));
                 let imbalanced = max - min > t.balance_abs && max as f64 > t.balance_rel * min as f64;
-                if imbalanced {
-                    return lowest(&|c| (c.load.requests as f64, 0.0));
-                }
                 let best = candidates.iter().map(|c| c.device_overlap).max().unwrap_or(0);
                 let match_rate =
                     if request.tokens > 0.0 { f64::from(best) * request.block_size / request.tokens } else { 0.0 };
-                if best > 0 && match_rate > t.cache_threshold {
+                if imbalanced {
+                    lowest(&|c| (c.load.requests as f64, 0.0))
+                } else if best > 0 && match_rate > t.cache_threshold {
                     lowest(&|c| (-f64::from(c.device_overlap), 0.0))
                 } else {
                     lowest(&|c| (c.held_blocks as f64, 0.0))
@@ -316,8 +325,18 @@ impl Policy {
                     (-score, 0.0)
                 })
             }
-        }
+        };
+        Picked { index, above_lowest: false }
     }
+}
+
+/// A policy's pick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Picked {
+    /// Index into the candidates.
+    pub(crate) index: usize,
+    /// Sampling at a positive temperature took a candidate dearer than the cheapest.
+    pub(crate) above_lowest: bool,
 }
 
 /// The candidate with the lowest `(primary, secondary)` key, exact ties broken uniformly

@@ -346,3 +346,60 @@ fn predicted_ttft_counts_down_each_ranks_queue_at_its_observed_speed() {
         assert_eq!(dry(&router, &prompt), key(1, 0));
     }
 }
+
+#[test]
+fn predicted_ttft_samples_near_equal_ranks_at_a_temperature_and_keeps_off_dear_ones() {
+    let weights = TtftWeights { recompute: 1.0, decode: 0.0, pressure: 0.0, cache_blocks: None };
+    let sampling = |temperature: f64| {
+        let config = RouterConfig {
+            policy: Policy::PredictedTtft(weights),
+            weights: CostWeights { temperature, ..CostWeights::default() },
+            ..RouterConfig::default()
+        };
+        let router = Router::new(config, Arc::new(|| 1_000u64)).expect("router");
+        for w in 0..2 {
+            router.add_worker(WorkerSpec::new(WorkerId(w), 2, BS)).expect("worker");
+        }
+        let prompt = blocks(3, 8); // 128 tokens, cached nowhere
+        charge(&router, key(0, 0), 1, &blocks(5, 64)); // 1,024 tokens queued: 1,152 in all
+        charge(&router, key(0, 1), 1, &blocks(5, 1)); // 16 queued: 144, the cheapest
+        charge(&router, key(1, 0), 1, &blocks(5, 2)); // 32 queued: 160
+        charge(&router, key(1, 1), 1, &blocks(5, 2)); // 160
+        let decisions: Vec<Decision> = (0..400).map(|_| decide(&router, &prompt)).collect();
+        let picks: Vec<RankKey> = decisions.iter().map(|d| RankKey { worker: d.worker, dp_rank: d.dp_rank }).collect();
+        (picks, decisions)
+    };
+    // Deterministic at 0: the cheapest every time.
+    let (picks, _) = sampling(0.0);
+    assert!(picks.iter().all(|&k| k == key(0, 1)));
+    // At 0.05 the three within 16 of 1,008 tokens' span share the picks (weights 1, 0.73,
+    // 0.73); the rank 1,008 dearer has weight e^-20 and is never taken.
+    let (picks, decisions) = sampling(0.05);
+    let count = |k: RankKey| picks.iter().filter(|&&p| p == k).count();
+    assert_eq!(count(key(0, 0)), 0);
+    for near in [key(0, 1), key(1, 0), key(1, 1)] {
+        assert!(count(near) > 60, "{near:?} picked {} of 400", count(near));
+    }
+    assert!(count(key(0, 1)) > count(key(1, 0)), "the cheapest is the likeliest");
+    // Nothing was cached, so nothing was left on the table.
+    assert!(decisions.iter().all(|d| d.shortfall.is_none() && d.best_overlap_blocks == 0));
+}
+
+#[test]
+fn predicted_ttft_at_a_temperature_says_when_sampling_took_less_than_the_best_overlap() {
+    let config = RouterConfig {
+        policy: Policy::PredictedTtft(TtftWeights { recompute: 1.0, decode: 0.0, pressure: 0.0, cache_blocks: None }),
+        weights: CostWeights { temperature: 50.0, ..CostWeights::default() },
+        ..RouterConfig::default()
+    };
+    let router = Router::new(config, Arc::new(|| 1_000u64)).expect("router");
+    for w in 0..2 {
+        router.add_worker(WorkerSpec::new(WorkerId(w), 2, BS)).expect("worker");
+    }
+    let prompt = blocks(2, 8);
+    hold(&router, key(1, 1), &prompt, 8, 0); // the holder: 0 uncached tokens, the cheapest
+    let decisions: Vec<Decision> = (0..200).map(|_| decide(&router, &prompt)).collect();
+    let elsewhere: Vec<&Decision> = decisions.iter().filter(|d| d.overlap_blocks < 8).collect();
+    assert!(!elsewhere.is_empty() && elsewhere.len() < decisions.len(), "{} of 200 elsewhere", elsewhere.len());
+    assert!(elsewhere.iter().all(|d| d.shortfall == Some(Shortfall::Temperature)));
+}

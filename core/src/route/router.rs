@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use super::approx::{ApproxBook, ApproxStats};
 use super::cost::{choose, CostBreakdown, CostRange, CostWeights, Rng};
 use super::load::{ActiveRequest, Charge, LoadBook, LoadReport, LoadSnapshot, RequestId};
-use super::policy::{Candidate, PickContext, Policy, RequestShape};
+use super::policy::{Candidate, PickContext, Picked, Policy, RequestShape};
 use super::registry::{Fleet, RankSlot, Role, WorkerEntry, WorkerSpec};
 use super::room::RoomAllocator;
 use super::shortfall::{self, Pick, Shortfall};
@@ -869,7 +869,8 @@ impl Router {
             return Err(RouteError::NoCandidates);
         }
         let picked = if by_cost {
-            choose(costs, range, weights.temperature, &self.rng)
+            let index = choose(costs, range, weights.temperature, &self.rng);
+            Picked { index, above_lowest: weights.temperature > 0.0 && costs[index] > range.min }
         } else {
             // Relaxed by design: round-robin needs distinct turns, not an ordering.
             let turn = self.turns.fetch_add(1, Ordering::Relaxed);
@@ -877,16 +878,14 @@ impl Router {
             let cx = PickContext { rng: &self.rng, turn, temperature: weights.temperature };
             self.config.policy.pick(candidates, costs, range, request, &cx)
         };
-        let chosen = candidates[picked];
+        let chosen = candidates[picked.index];
         let shortfall = shortfall::classify(&Pick {
             candidates,
-            picked,
+            picked: picked.index,
             best_overlap,
             by_cost,
             policy: self.config.policy,
-            temperature: weights.temperature,
-            picked_cost: costs[picked],
-            lowest_cost: range.min,
+            sampled_above_lowest: picked.above_lowest,
         });
         let depths = depths_of(chosen.slot);
         let credit = weights.overlap_credit(depths);
@@ -904,7 +903,7 @@ impl Router {
             prefill_blocks,
             decode_blocks,
             active_requests: chosen.load.requests,
-            total: costs[picked],
+            total: costs[picked.index],
         };
         let new_prefill_tokens = new_prefill_tokens.round() as u64;
         let (prefill_tokens, decode_blocks) = match side {

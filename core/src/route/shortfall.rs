@@ -10,8 +10,8 @@
 //! 2. `Tier`: the chosen rank's overlap credit (host and disk blocks at their weights) is
 //!    at least that of every candidate with the best device overlap: the lower tiers made
 //!    up the difference.
-//! 3. `Temperature`: the cost policy sampled at a positive temperature and took a rank
-//!    dearer than the cheapest.
+//! 3. `Temperature`: the cost or predicted-TTFT policy sampled at a positive temperature
+//!    and took a rank dearer than the cheapest.
 //! 4. `Load`: everything else; the policy traded cached blocks for a less loaded rank (or,
 //!    for the cache-aware and predicted-TTFT policies, for an emptier cache).
 //!
@@ -60,10 +60,9 @@ pub(crate) struct Pick<'a> {
     /// Whether the pick was the cost's (lowest, or sampled at `temperature`).
     pub(crate) by_cost: bool,
     pub(crate) policy: Policy,
-    pub(crate) temperature: f64,
-    /// The pick's cost and the lowest.
-    pub(crate) picked_cost: f64,
-    pub(crate) lowest_cost: f64,
+    /// Sampling at a positive temperature took a candidate dearer than the cheapest (by
+    /// the cost, or by the policy's own measure).
+    pub(crate) sampled_above_lowest: bool,
 }
 
 /// Why the pick took fewer blocks than the best; `None` if it took the best.
@@ -84,7 +83,7 @@ pub(crate) fn classify(pick: &Pick<'_>) -> Option<Shortfall> {
     if chosen.credit >= best_credit {
         return Some(Shortfall::Tier);
     }
-    if pick.by_cost && pick.temperature > 0.0 && pick.picked_cost > pick.lowest_cost {
+    if pick.sampled_above_lowest {
         return Some(Shortfall::Temperature);
     }
     Some(Shortfall::Load)

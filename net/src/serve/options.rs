@@ -381,8 +381,10 @@ pub struct RouterOptions {
     #[arg(long, value_name = "WEIGHT", allow_negative_numbers = true)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_tier_weight: Option<f64>,
-    /// With `--policy cost`: 0 picks the cheapest rank (random among ties); above 0,
-    /// softmax sampling over normalised costs at this temperature [default: 0.0].
+    /// With `--policy cost` or `predicted_ttft`: 0 picks the cheapest rank (random among
+    /// ties); above 0, softmax sampling over the normalised costs (predicted TTFTs) at
+    /// this temperature. Router replicas that split the traffic want a small one (0.05:
+    /// otherwise they pile a burst onto the same emptiest ranks) [default: 0.0].
     #[arg(long, value_name = "T", allow_negative_numbers = true)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
