@@ -93,6 +93,14 @@ fn one_replica_skips_the_replicas_table_and_zero_is_refused() {
         .expect("run kvroute");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--replicas"), "{output:?}");
+    for bad in ["-1", "nan", "inf", "hot"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_kvroute"))
+            .args(["demo", "--quiet", "--replica-temperature", bad])
+            .output()
+            .expect("run kvroute");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains("finite number >= 0"), "{bad}: {output:?}");
+    }
 }
 
 #[test]

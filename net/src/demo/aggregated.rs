@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use kvroute_core::route::{LoadReport, Policy, Prompt, RouteOptions, Router, RouterConfig, StorageTier, WorkerSpec};
+use kvroute_core::route::{
+    CostWeights, LoadReport, Policy, Prompt, RouteOptions, Router, RouterConfig, StorageTier, WorkerSpec,
+};
 use kvroute_core::sim::{Fleet, FleetConfig};
 use kvroute_core::trace::{request_blocks_into, TraceRequest};
 use kvroute_core::{BlockHash, RankKey, WorkerId};
@@ -62,17 +64,26 @@ impl Routers {
     const ONE: Routers = Routers { replicas: 1, load_report_ms: None };
 }
 
-fn router_for(policy: Policy, args: &DemoArgs, now_ms: &Arc<AtomicU64>, replica: usize) -> Result<Router, DemoError> {
+/// Router `replica` of `replicas` (replicas sample their picks at `--replica-temperature`).
+fn router_for(
+    policy: Policy,
+    args: &DemoArgs,
+    now_ms: &Arc<AtomicU64>,
+    replica: usize,
+    replicas: usize,
+) -> Result<Router, DemoError> {
     let clock = now_ms.clone();
     let defaults = RouterConfig::default();
+    let temperature = if replicas > 1 { args.replica_temperature } else { 0.0 };
     let config = RouterConfig {
         block_size: args.block_size,
         policy,
         // Each replica its own request ids and tie-breaks.
         room_seed: defaults.room_seed + replica as u64 * 0x1_0000_0000,
-        rng_seed: defaults.rng_seed ^ replica as u64,
+        rng_seed: (defaults.rng_seed ^ args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ replica as u64,
         // Reports count for three intervals, so one late report does not drop them.
         load_report_ttl_ms: defaults.load_report_ttl_ms.max(args.load_report_ms.saturating_mul(3)),
+        weights: CostWeights { temperature, ..defaults.weights },
         ..defaults
     };
     // Relaxed by design: the replay thread is the only writer and reader.
@@ -123,8 +134,8 @@ fn replay(
     let ranks: Vec<RankKey> = fleet.ranks().to_vec();
     let slots: HashMap<RankKey, usize> = ranks.iter().enumerate().map(|(slot, rank)| (*rank, slot)).collect();
     let now_ms = Arc::new(AtomicU64::new(0));
-    let replicas =
-        (0..routers.replicas.max(1)).map(|r| router_for(policy, args, &now_ms, r)).collect::<Result<Vec<_>, _>>()?;
+    let n = routers.replicas.max(1);
+    let replicas = (0..n).map(|r| router_for(policy, args, &now_ms, r, n)).collect::<Result<Vec<_>, _>>()?;
     let label = Contender::Policy(policy).label();
     let mut outcome = PolicyOutcome::default();
     let mut pool = PoolLoad::new(ranks.len());
@@ -329,8 +340,10 @@ fn replicas(args: &DemoArgs, requests: &[TraceRequest], single: &Replayed) -> Re
     let reported =
         replay(args, requests, *policy, Routers { replicas: n, load_report_ms: Some(args.load_report_ms) }, None)?;
     println!(
-        "\n{} behind {n} router replicas (request i to replica i mod {n}; every replica hears every KV event):",
-        Contender::Policy(*policy).label()
+        "\n{} behind {n} router replicas (request i to replica i mod {n}; every replica hears every KV event; \
+         replicas sample at temperature {}):",
+        Contender::Policy(*policy).label(),
+        args.replica_temperature
     );
     let header = ["hit rate", "TTFT p50", "TTFT p99", "p99 / 1 router", "req max/mean"];
     table_row("routers", header.map(String::from));

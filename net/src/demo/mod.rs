@@ -48,6 +48,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kvroute_core::route::{Policy, TtftWeights};
 use kvroute_core::trace::{parse_trace, parse_trace_str, TraceRequest};
 
+/// A softmax temperature: a finite number >= 0.
+fn parse_temperature(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        _ => Err(format!("expected a finite number >= 0, got {text:?}")),
+    }
+}
+
 /// `R,D,P` as predicted-TTFT weights, each a finite number >= 0.
 fn parse_ttft_weights(text: &str) -> Result<TtftWeights, String> {
     let numbers: Vec<f64> = text
@@ -120,6 +128,16 @@ pub struct DemoArgs {
     /// trace time.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
     load_report_ms: u64,
+    /// --replicas: each replica samples its pick at this softmax temperature over the
+    /// normalised predicted TTFTs (`kvroute serve --temperature`), so replicas that split a
+    /// burst of arrivals do not all fill the same emptiest ranks; 0 picks the smallest.
+    /// One router always picks the smallest.
+    #[arg(long, default_value_t = 0.05, value_name = "T", allow_negative_numbers = true, value_parser = parse_temperature)]
+    replica_temperature: f64,
+    /// Aggregated mode: seed of every router's tie-breaks and sampling (each replica derives its
+    /// own from it); the figures of other seeds show how much of a result is the draw.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Replay only the first N requests [default: all; --live: 600].
     #[arg(long)]
     requests: Option<usize>,
