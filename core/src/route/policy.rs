@@ -35,15 +35,15 @@
 //! share of a rank's `prefill_done`s measures a rate that depends on the other replicas'
 //! traffic. Three terms make the prediction look past this request: each uncached
 //! token also delays every request queued behind it on that rank and is work a cache hit
-//! would have saved for good, so it counts `recompute` times (default 4); the blocks it
+//! would have saved for good, so it counts `recompute` times (default 1.5); the blocks it
 //! stores evict other prefixes from a full cache, so it counts up to `pressure` times more
 //! (default 5), scaled by how full the rank's cache is, held blocks (from its events) over
 //! `cache_blocks` (new prefixes go to the emptier caches: SGLang's "smallest tree" as a
 //! price instead of a rule; off while the cache size is unknown); and the rank's running
 //! requests share its batches (chunked prefill), each of their KV tokens counting
 //! `decode` tokens of queue (default 0.25). The smallest sum wins, ties to the fewest
-//! decode blocks. The defaults were the best of a grid over three fleet sizes of the
-//! shipped trace (README, "Routing policies"). At a positive temperature the pick is
+//! decode blocks. The defaults were the best of a grid over three fleet sizes and four
+//! tie-break seeds of the shipped trace (README, "Routing policies"). At a positive temperature the pick is
 //! sampled over the normalised sums instead, as `Cost` samples its costs: router replicas
 //! that split a burst of arrivals and each see only their own share until the next load
 //! report would otherwise all put their shares on the same emptiest ranks.
@@ -104,7 +104,7 @@ impl Default for ScorerWeights {
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TtftWeights {
-    /// Weight of this request's uncached tokens against queued ones. Default 4.
+    /// Weight of this request's uncached tokens against queued ones. Default 1.5.
     pub recompute: f64,
     /// Tokens of queue each KV token of a running request counts as. Default 0.25.
     pub decode: f64,
@@ -118,7 +118,7 @@ pub struct TtftWeights {
 
 impl TtftWeights {
     /// The defaults (a constant, for [`Policy::ALL`]).
-    pub const DEFAULT: TtftWeights = TtftWeights { recompute: 4.0, decode: 0.25, pressure: 5.0, cache_blocks: None };
+    pub const DEFAULT: TtftWeights = TtftWeights { recompute: 1.5, decode: 0.25, pressure: 5.0, cache_blocks: None };
 }
 
 impl Default for TtftWeights {

@@ -114,7 +114,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 20)]
     ms_per_output_token: u64,
     /// The default policy's weights, RECOMPUTE,DECODE,PRESSURE (see `kvroute serve --help`,
-    /// --policy predicted-ttft) [default: 4,0.25,5].
+    /// --policy predicted-ttft) [default: 1.5,0.25,5].
     #[arg(long, value_name = "R,D,P", value_parser = parse_ttft_weights)]
     ttft_weights: Option<TtftWeights>,
     /// Aggregated mode: after the policy table, replay the default policy behind this many
