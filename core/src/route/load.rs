@@ -53,8 +53,8 @@ pub struct RankLoad {
     decode_blocks: AtomicU64,
     requests: AtomicU64,
     /// Blocks the rank's device cache holds as its events tell (stored minus removed,
-    /// zero at a clear; a removal of a block never stored can undercount it): the
-    /// "smallest cache" that `Policy::CacheAware` spreads new prefixes to.
+    /// zero at a clear; a removal of a block never stored can undercount it): how full
+    /// `Policy::PredictedTtft`'s pressure term finds the rank's cache.
     held_blocks: AtomicU64,
     /// Load the engine last reported beyond this router's own; see the module docs.
     external: ExternalLoad,

@@ -13,12 +13,14 @@
 //! | [`Policy::RoundRobin`] / [`Policy::Random`] | in turn / uniformly | |
 //! | [`Policy::PredictedTtft`] (default) | smallest predicted time to first token (below) | ours |
 //!
-//! `CacheAware`, in the order the gateway applies it: if the busiest candidate has more
-//! than `balance_abs` requests over the idlest *and* more than `balance_rel` times as many,
-//! the least loaded wins; otherwise the candidate with the longest cached prefix wins if
-//! that prefix covers more than `cache_threshold` of the prompt; otherwise the one whose
-//! cache holds the fewest blocks ("the smallest tree", which spreads new prefixes).
-//! Defaults 0.3, 64, 1.5, the gateway's. Loads are the router's own active requests.
+//! `CacheAware`, in the order the gateway (smg, `policies/cache_aware.rs`, v1.5 and later)
+//! applies it: if the busiest candidate has more than `balance_abs` requests over the
+//! idlest *and* more than `balance_rel` times as many, the least loaded wins; otherwise the
+//! candidate with the longest cached prefix wins if that prefix covers more than
+//! `cache_threshold` of the prompt (ties to the less loaded); otherwise the least loaded.
+//! (The older SGLang router took "the smallest tree" in that last case; smg's HTTP and
+//! token-tree paths take the least loaded.) Defaults 0.3, 64, 1.5, the gateway's. Loads
+//! are the router's own active requests.
 //!
 //! `Weighted` sums llm-d's three default scorers, each in `[0, 1]`, higher better: prefix
 //! match (cached blocks / prompt blocks), queue (min-max normalised active requests,
@@ -300,9 +302,9 @@ impl Policy {
                 if imbalanced {
                     lowest(&|c| (c.load.requests as f64, 0.0))
                 } else if best > 0 && match_rate > t.cache_threshold {
-                    lowest(&|c| (-f64::from(c.device_overlap), 0.0))
+                    lowest(&|c| (-f64::from(c.device_overlap), c.load.requests as f64))
                 } else {
-                    lowest(&|c| (c.held_blocks as f64, 0.0))
+                    lowest(&|c| (c.load.requests as f64, 0.0))
                 }
             }
             Policy::Weighted(w) => {

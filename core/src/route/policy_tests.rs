@@ -83,15 +83,32 @@ fn cache_aware_follows_the_longest_prefix_above_the_threshold_despite_load() {
 }
 
 #[test]
-fn cache_aware_below_the_threshold_picks_the_smallest_cache() {
+fn cache_aware_below_the_threshold_picks_the_least_loaded() {
     let router = fleet(cache_aware());
     let prompt = blocks(1, 8);
     hold(&router, key(0, 0), &prompt, 2, 50); // 2 of 8 blocks = 0.25: below 0.3
     hold(&router, key(0, 1), &[], 0, 30);
-    hold(&router, key(1, 0), &[], 0, 10); // the smallest
+    hold(&router, key(1, 0), &[], 0, 10); // the smallest cache, but the busiest
     hold(&router, key(1, 1), &[], 0, 20);
+    charge(&router, key(0, 0), 2, &blocks(2, 2));
+    charge(&router, key(0, 1), 1, &blocks(2, 2)); // the least loaded
+    charge(&router, key(1, 0), 3, &blocks(2, 2));
+    charge(&router, key(1, 1), 2, &blocks(2, 2));
     for _ in 0..20 {
-        assert_eq!(dry(&router, &prompt), key(1, 0));
+        assert_eq!(dry(&router, &prompt), key(0, 1));
+    }
+}
+
+#[test]
+fn cache_aware_breaks_a_tie_of_longest_prefixes_by_load() {
+    let router = fleet(cache_aware());
+    let prompt = blocks(1, 8);
+    hold(&router, key(0, 0), &prompt, 6, 0); // 6 of 8: above 0.3 on two ranks
+    hold(&router, key(1, 1), &prompt, 6, 0);
+    charge(&router, key(0, 0), 3, &blocks(2, 2));
+    charge(&router, key(1, 1), 1, &blocks(2, 2)); // the less loaded holder
+    for _ in 0..20 {
+        assert_eq!(dry(&router, &prompt), key(1, 1));
     }
 }
 
