@@ -8,7 +8,8 @@
 //! `--requests` trace requests at their timestamps divided by `--speedup`, streamed
 //! completions with the prompt as text (one letter per token: the simulator's byte
 //! tokenizer reads it back as the trace's token count, so every router sees the same
-//! prefixes, including smg, which takes text only), output capped at
+//! prefixes, including smg, which takes text only; `--token-id-prompts` sends token ids to
+//! the others), output capped at
 //! `--max-output-tokens` (`kvroute_net::trace_load`). Routers:
 //! - `round-robin`: no router; the client sends request `i` to rank `i mod ranks`;
 //! - `kvroute`: `kvroute serve`'s proxy (in this process), tokenizing the text itself
@@ -69,6 +70,11 @@ struct Args {
     /// --policy`; comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "predicted_ttft", value_parser = parse_policy)]
     kvroute_policies: Vec<Policy>,
+    /// Send the prompts as token ids instead of text to every router but smg (which takes
+    /// text only): vllm-router then skips the engine's `/tokenize`, so its decisions are
+    /// not delayed by it.
+    #[arg(long)]
+    token_id_prompts: bool,
     #[command(flatten)]
     peers: PeerExecutables,
     /// The Mooncake-format trace [default: data/conversation_trace.jsonl].
@@ -117,12 +123,14 @@ fn main() {
     let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
     let trace = parse_trace(std::io::BufReader::new(file)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let requests = &trace[..trace.len().min(args.requests)];
-    let prompts = trace_prompts(requests, args.max_output_tokens, PromptForm::Text);
+    let text_prompts = trace_prompts(requests, args.max_output_tokens, PromptForm::Text);
+    let id_prompts =
+        args.token_id_prompts.then(|| trace_prompts(requests, args.max_output_tokens, PromptForm::TokenIds));
     let span_s = requests.last().map_or(0.0, |r| (r.timestamp_ms - requests[0].timestamp_ms) as f64 / 1000.0);
     println!("machine: {}", Machine::this().line());
     println!(
         "fleet: {} engines x {} DP ranks (simulated: 2 ms + {} us per uncached prompt token, {} ms per output token, \
-         {} tokens of KV per rank); load: {} trace requests ({:.0} s of trace) at {}x, open loop, streamed, text prompts, \
+         {} tokens of KV per rank); load: {} trace requests ({:.0} s of trace) at {}x, open loop, streamed, {} prompts, \
          at most {} output tokens",
         args.workers,
         args.dp_size,
@@ -132,6 +140,7 @@ fn main() {
         requests.len(),
         span_s,
         args.speedup,
+        if args.token_id_prompts { "token-id (smg: text)" } else { "text" },
         args.max_output_tokens
     );
     let mut routers = vec![Contender::RoundRobin];
@@ -146,7 +155,11 @@ fn main() {
     let mut results: Vec<(Contender, RunResult)> = Vec::new();
     for router in routers {
         let started = std::time::Instant::now();
-        match runtime.block_on(run(&args, router, &prompts)) {
+        let prompts = match &id_prompts {
+            Some(ids) if router != Contender::Smg => ids,
+            _ => &text_prompts,
+        };
+        match runtime.block_on(run(&args, router, prompts)) {
             Ok(result) => {
                 eprintln!("{}: {:.1} s", router.label(), started.elapsed().as_secs_f64());
                 results.push((router, result));
