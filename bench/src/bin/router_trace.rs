@@ -227,6 +227,14 @@ async fn run(
     Ok(result)
 }
 
+/// Fewest, mean and most requests of any rank.
+fn rank_spread(per_rank: &[u64]) -> (u64, f64, u64) {
+    let min = per_rank.iter().min().copied().unwrap_or(0);
+    let max = per_rank.iter().max().copied().unwrap_or(0);
+    let mean = per_rank.iter().sum::<u64>() as f64 / per_rank.len().max(1) as f64;
+    (min, mean, max)
+}
+
 fn print_table(results: &[(Contender, RunResult)]) {
     let direct = results.iter().find(|(router, _)| *router == Contender::RoundRobin).map(|(_, r)| &r.transit_us);
     let cell = |label: &str, cells: Vec<String>| {
@@ -262,22 +270,15 @@ fn print_table(results: &[(Contender, RunResult)]) {
     cell(
         "requests per rank",
         each(&|r| {
-            let min = r.per_rank.iter().min().copied().unwrap_or(0);
-            let max = r.per_rank.iter().max().copied().unwrap_or(0);
-            let mean = r.per_rank.iter().sum::<u64>() as f64 / r.per_rank.len().max(1) as f64;
+            let (min, mean, max) = rank_spread(&r.per_rank);
             format!("{min}/{mean:.0}/{max}")
         }),
     );
     cell(
         "requests per rank max/mean",
-        each(&|r| {
-            let max = r.per_rank.iter().max().copied().unwrap_or(0);
-            let mean = r.per_rank.iter().sum::<u64>() as f64 / r.per_rank.len().max(1) as f64;
-            if mean > 0.0 {
-                format!("{:.2}", max as f64 / mean)
-            } else {
-                "-".to_owned()
-            }
+        each(&|r| match rank_spread(&r.per_rank) {
+            (_, mean, max) if mean > 0.0 => format!("{:.2}", max as f64 / mean),
+            _ => "-".to_owned(),
         }),
     );
     cell("errors", each(&|r| r.outcome.errors.len().to_string()));

@@ -166,9 +166,13 @@ impl CostRange {
     }
 }
 
-/// Index of the chosen cost (`costs` non-empty; `range` is theirs).
-pub(crate) fn choose(costs: &[f64], range: CostRange, temperature: f64, rng: &Rng) -> usize {
-    debug_assert!(!costs.is_empty());
+/// Index of the chosen one of `n` costs (`n > 0`), cost `i` being `cost_at(i)` (a slice's
+/// element, or a policy's own measure computed as it is read, so that sampling it needs no
+/// buffer); `range` is theirs.
+#[inline]
+pub(crate) fn choose(n: usize, cost_at: impl Fn(usize) -> f64, range: CostRange, temperature: f64, rng: &Rng) -> usize {
+    debug_assert!(n > 0);
+    let costs = (0..n).map(&cost_at);
     let CostRange { min, max } = range;
     if temperature <= 0.0 || max <= min {
         // Cheapest; ties (within rounding) broken uniformly with one random draw, which
@@ -176,7 +180,7 @@ pub(crate) fn choose(costs: &[f64], range: CostRange, temperature: f64, rng: &Rn
         let tolerance = 1e-9 * min.abs().max(1.0);
         let mut ties = 0usize;
         let mut first = 0usize;
-        for (i, &c) in costs.iter().enumerate() {
+        for (i, c) in costs.clone().enumerate() {
             if c - min <= tolerance {
                 if ties == 0 {
                     first = i;
@@ -188,7 +192,7 @@ pub(crate) fn choose(costs: &[f64], range: CostRange, temperature: f64, rng: &Rn
             return first;
         }
         let mut nth = rng.below(ties);
-        for (i, &c) in costs.iter().enumerate().skip(first) {
+        for (i, c) in costs.enumerate().skip(first) {
             if c - min <= tolerance {
                 if nth == 0 {
                     return i;
@@ -200,13 +204,13 @@ pub(crate) fn choose(costs: &[f64], range: CostRange, temperature: f64, rng: &Rn
     }
     let span = max - min;
     let weight = |c: f64| (-((c - min) / span) / temperature).exp();
-    let total: f64 = costs.iter().map(|&c| weight(c)).sum();
+    let total: f64 = costs.clone().map(weight).sum();
     let mut target = rng.next_f64() * total;
-    for (i, &c) in costs.iter().enumerate() {
+    for (i, c) in costs.enumerate() {
         target -= weight(c);
         if target < 0.0 {
             return i;
         }
     }
-    costs.len() - 1
+    n - 1
 }

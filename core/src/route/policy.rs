@@ -263,12 +263,8 @@ impl Policy {
     ) -> Picked {
         debug_assert!(!candidates.is_empty());
         let lowest = |key: &dyn Fn(&Candidate) -> (f64, f64)| lowest_by(candidates, key, cx.rng);
-        let sampled = |costs: &[f64], range: CostRange| {
-            let index = choose(costs, range, cx.temperature, cx.rng);
-            Picked { index, above_lowest: cx.temperature > 0.0 && costs[index] > range.min }
-        };
         let index = match *self {
-            Policy::Cost => return sampled(costs, range),
+            Policy::Cost => return Picked::sample(costs.len(), |i| costs[i], range, cx.temperature, cx.rng),
             Policy::LargestOverlap => lowest(&|c| (-f64::from(c.device_overlap), c.load.requests as f64)),
             Policy::LeastLoaded => lowest(&|c| (c.load.requests as f64, 0.0)),
             Policy::Random => lowest(&|_| (0.0, 0.0)),
@@ -283,11 +279,12 @@ impl Policy {
                     c.prefill_remaining + (w.recompute + w.pressure * fullness) * uncached + w.decode * decode_tokens
                 };
                 if cx.temperature > 0.0 {
-                    // Sampling is opt-in (replicas); the deterministic pick allocates nothing.
-                    let sums: Vec<f64> = candidates.iter().map(predicted).collect();
+                    // Sampling (replicas): the sums are computed again as they are read
+                    // (a few multiplies each), so no buffer is needed.
                     let mut extent = CostRange::default();
-                    sums.iter().for_each(|&sum| extent.include(sum));
-                    return sampled(&sums, extent);
+                    candidates.iter().for_each(|c| extent.include(predicted(c)));
+                    let sum_at = |i: usize| predicted(&candidates[i]);
+                    return Picked::sample(candidates.len(), sum_at, extent, cx.temperature, cx.rng);
                 }
                 lowest(&|c| (predicted(c), c.load.decode_blocks as f64))
             }
@@ -297,13 +294,11 @@ impl Policy {
                     .fold((u64::MAX, 0), |(lo, hi), c| (lo.min(c.load.requests), hi.max(c.load.requests)));
                 let imbalanced = max - min > t.balance_abs && max as f64 > t.balance_rel * min as f64;
                 let best = candidates.iter().map(|c| c.device_overlap).max().unwrap_or(0);
-                let match_rate =
-                    if request.tokens > 0.0 { f64::from(best) * request.block_size / request.tokens } else { 0.0 };
-                if imbalanced {
-                    lowest(&|c| (c.load.requests as f64, 0.0))
-                } else if best > 0 && match_rate > t.cache_threshold {
+                let covers = best > 0 && f64::from(best) * request.block_size > t.cache_threshold * request.tokens;
+                if covers && !imbalanced {
                     lowest(&|c| (-f64::from(c.device_overlap), c.load.requests as f64))
                 } else {
+                    // Imbalanced, or no prefix long enough: the least loaded.
                     lowest(&|c| (c.load.requests as f64, 0.0))
                 }
             }
@@ -333,12 +328,27 @@ impl Policy {
 }
 
 /// A policy's pick.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Picked {
     /// Index into the candidates.
     pub(crate) index: usize,
     /// Sampling at a positive temperature took a candidate dearer than the cheapest.
     pub(crate) above_lowest: bool,
+}
+
+impl Picked {
+    /// The cheapest of `n` costs `cost_at(i)` (extent `range`), or one sampled at a positive
+    /// `temperature` ([`choose`]); the one road for every pick by a cost.
+    pub(crate) fn sample(
+        n: usize,
+        cost_at: impl Fn(usize) -> f64,
+        range: CostRange,
+        temperature: f64,
+        rng: &Rng,
+    ) -> Picked {
+        let index = choose(n, &cost_at, range, temperature, rng);
+        Picked { index, above_lowest: temperature > 0.0 && cost_at(index) > range.min }
+    }
 }
 
 /// The candidate with the lowest `(primary, secondary)` key, exact ties broken uniformly

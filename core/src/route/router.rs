@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arc_swap::ArcSwap;
 
 use super::approx::{ApproxBook, ApproxStats};
-use super::cost::{choose, CostBreakdown, CostRange, CostWeights, Rng};
+use super::cost::{CostBreakdown, CostRange, CostWeights, Rng};
 use super::load::{ActiveRequest, Charge, LoadBook, LoadReport, LoadSnapshot, RequestId};
 use super::policy::{Candidate, PickContext, Picked, Policy, RequestShape};
 use super::registry::{Fleet, RankSlot, Role, WorkerEntry, WorkerSpec};
@@ -833,7 +833,11 @@ impl Router {
         let mut range = CostRange::default();
         let mut best_overlap = 0;
         let by_cost = side == Side::Decode || self.config.policy == Policy::Cost;
-        let progress_at = matches!(self.config.policy, Policy::PredictedTtft(_)).then(|| self.clock.now_ms());
+        // Only the predicted-TTFT pick reads a rank's progress, and its cache fullness only
+        // when the cache size is known: the other picks skip those loads.
+        let progress_at =
+            (!by_cost && matches!(self.config.policy, Policy::PredictedTtft(_))).then(|| self.clock.now_ms());
+        let reads_held = !by_cost && matches!(self.config.policy, Policy::PredictedTtft(w) if w.cache_blocks.is_some());
         let role = side.role();
         for (i, slot) in fleet.ranks.iter().enumerate() {
             if slot.role != role || !accepts(slot) {
@@ -858,7 +862,7 @@ impl Router {
             costs.push(cost);
             let device_overlap = if tier_looked_up[0] { depth[0][i] } else { 0 };
             best_overlap = best_overlap.max(device_overlap);
-            let held_blocks = if by_cost { 0 } else { slot.load.held_blocks() };
+            let held_blocks = if reads_held { slot.load.held_blocks() } else { 0 };
             let prefill_remaining = match progress_at {
                 Some(now) => slot.load.own_prefill_remaining(now) + slot.load.external_prefill_tokens() as f64,
                 None => 0.0,
@@ -869,8 +873,7 @@ impl Router {
             return Err(RouteError::NoCandidates);
         }
         let picked = if by_cost {
-            let index = choose(costs, range, weights.temperature, &self.rng);
-            Picked { index, above_lowest: weights.temperature > 0.0 && costs[index] > range.min }
+            Picked::sample(costs.len(), |i| costs[i], range, weights.temperature, &self.rng)
         } else {
             // Relaxed by design: round-robin needs distinct turns, not an ordering.
             let turn = self.turns.fetch_add(1, Ordering::Relaxed);

@@ -45,15 +45,14 @@ use std::io::BufReader;
 use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use kvroute_core::route::{Policy, TtftWeights};
+use kvroute_core::route::{CostWeights, Policy, TtftWeights};
 use kvroute_core::trace::{parse_trace, parse_trace_str, TraceRequest};
 
-/// A softmax temperature: a finite number >= 0.
+/// A softmax temperature, checked by the router's own rule (`CostWeights::validate`).
 fn parse_temperature(text: &str) -> Result<f64, String> {
-    match text.trim().parse::<f64>() {
-        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
-        _ => Err(format!("expected a finite number >= 0, got {text:?}")),
-    }
+    let temperature = text.trim().parse::<f64>().map_err(|_| format!("expected a finite number >= 0, got {text:?}"))?;
+    CostWeights { temperature, ..CostWeights::default() }.validate().map_err(|e| e.to_string())?;
+    Ok(temperature)
 }
 
 /// `R,D,P` as predicted-TTFT weights, each a finite number >= 0.
