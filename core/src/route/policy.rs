@@ -43,7 +43,9 @@
 //! `cache_blocks` (new prefixes go to the emptier caches: SGLang's "smallest tree" as a
 //! price instead of a rule; off while the cache size is unknown); and the rank's running
 //! requests share its batches (chunked prefill), each of their KV tokens counting
-//! `decode` tokens of queue (default 0.25). The smallest sum wins, ties to the fewest
+//! `decode` tokens of queue (default 0.25), up to `cache_blocks` of them (an engine admits
+//! no more KV than its cache holds; without the cap a rank serving a few agents with
+//! 100 Ki-token contexts looked busier than recomputing such a context elsewhere). The smallest sum wins, ties to the fewest
 //! decode blocks. The defaults were the best of a grid over three fleet sizes and four
 //! tie-break seeds of the shipped trace (README, "Routing policies"). At a positive temperature the pick is
 //! sampled over the normalised sums instead, as `Cost` samples its costs: router replicas
@@ -114,7 +116,8 @@ pub struct TtftWeights {
     /// cache is (held blocks over `cache_blocks`; an empty cache adds nothing). Default 5.
     pub pressure: f64,
     /// KV blocks one rank's device cache holds (vLLM's `num_gpu_blocks`). Unknown (the
-    /// default): the pressure term is off, since no eviction can be predicted.
+    /// default): the pressure term is off, since no eviction can be predicted, and the
+    /// decode term is not capped.
     pub cache_blocks: Option<u64>,
 }
 
@@ -272,9 +275,12 @@ impl Policy {
             Policy::PredictedTtft(w) => {
                 // Unknown cache size: every cache counts as empty.
                 let per_held_block = w.cache_blocks.map_or(0.0, |n| 1.0 / n as f64);
+                // An engine holds no more KV than its cache (more running requests wait for
+                // room), so no rank's running requests count past `cache_blocks`.
+                let decode_cap = w.cache_blocks.unwrap_or(u64::MAX);
                 let predicted = |c: &Candidate| {
                     let uncached = (request.tokens - c.credit * request.block_size).max(0.0);
-                    let decode_tokens = c.load.decode_blocks as f64 * request.block_size;
+                    let decode_tokens = c.load.decode_blocks.min(decode_cap) as f64 * request.block_size;
                     let fullness = (c.held_blocks as f64 * per_held_block).min(1.0);
                     c.prefill_remaining + (w.recompute + w.pressure * fullness) * uncached + w.decode * decode_tokens
                 };

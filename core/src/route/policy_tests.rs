@@ -201,6 +201,30 @@ fn predicted_ttft_prices_new_blocks_by_how_full_the_cache_is() {
 }
 
 #[test]
+fn predicted_ttft_counts_running_requests_up_to_the_cache_size() {
+    // The prompt is cached on (0, 0), which also runs a request of 10 KV blocks whose
+    // prefill is done; every other rank is idle and holds nothing.
+    let prompt = blocks(1, 8); // 128 tokens
+    let weights = TtftWeights { recompute: 1.0, decode: 1.0, pressure: 0.0, cache_blocks: None };
+    let setup = |weights: TtftWeights| {
+        let router = fleet(Policy::PredictedTtft(weights));
+        hold(&router, key(0, 0), &prompt, 8, 0);
+        let options = RouteOptions { rank: Some(key(0, 0)), ..RouteOptions::default() };
+        let running = router.best_worker(Prompt::Blocks(&blocks(5, 10)), &options).expect("pinned route");
+        assert!(router.prefill_done(running.request.expect("a routed request has an id")));
+        router
+    };
+    // Uncapped: 10 x 16 = 160 decode tokens on (0, 0) against 128 uncached elsewhere.
+    let router = setup(weights);
+    for _ in 0..20 {
+        assert_ne!(dry(&router, &prompt), key(0, 0), "the running request's KV outweighs the prefix");
+    }
+    // A 4-block cache holds at most 4 of those blocks: 64 tokens, under 128.
+    let router = setup(TtftWeights { cache_blocks: Some(4), ..weights });
+    assert_eq!(dry(&router, &prompt), key(0, 0));
+}
+
+#[test]
 fn largest_overlap_least_loaded_round_robin_and_random() {
     let prompt = blocks(1, 8);
     let router = fleet(Policy::LargestOverlap);
