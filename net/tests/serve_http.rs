@@ -772,6 +772,34 @@ fn flags_override_the_file() {
 }
 
 #[test]
+fn engine_cache_tokens_tell_predicted_ttft_the_cache_size_in_blocks() {
+    use kvroute_core::route::{Policy, TtftWeights};
+    let load = |flags: &[&str]| ServeConfig::load(&parse_flags(flags));
+    let sized = load(&["--insecure-loopback", "--engine-cache-tokens", "262144"]).expect("valid");
+    let expected = TtftWeights { cache_blocks: Some(262_144 / 16), ..TtftWeights::default() };
+    assert_eq!(sized.router.policy, Policy::PredictedTtft(expected));
+    let unsized_ = load(&["--insecure-loopback"]).expect("valid");
+    assert_eq!(unsized_.router.policy, Policy::PredictedTtft(TtftWeights::default()), "unknown: off");
+    // Rounded down to whole blocks of the router's size; other policies ignore it.
+    let wide = load(&["--insecure-loopback", "--block-size", "64", "--engine-cache-tokens", "1000"]).expect("valid");
+    assert_eq!(
+        wide.router.policy,
+        Policy::PredictedTtft(TtftWeights { cache_blocks: Some(15), ..TtftWeights::default() })
+    );
+    let cost = load(&["--insecure-loopback", "--policy", "cost", "--engine-cache-tokens", "1000"]).expect("valid");
+    assert_eq!(cost.router.policy, Policy::Cost);
+    match load(&["--insecure-loopback", "--engine-cache-tokens", "15"]) {
+        Err(ConfigError::Invalid { field, reason }) => {
+            assert_eq!(field, "router.engine_cache_tokens");
+            assert!(reason.contains("one block of 16 tokens"), "{reason}");
+        }
+        other => panic!("less than a block: expected an invalid field, got {other:?}"),
+    }
+    let file = ServeOptions::from_toml("[router]\nengine_cache_tokens = 32768\n").expect("toml");
+    assert_eq!(file.router.engine_cache_tokens, Some(32_768));
+}
+
+#[test]
 fn invalid_settings_name_their_field() {
     let invalid = |flags: &[&str]| match ServeConfig::load(&parse_flags(flags)) {
         Err(ConfigError::Invalid { field, reason }) => (field, reason),

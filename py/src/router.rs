@@ -221,7 +221,7 @@ impl PyRouter {
         block_size = 16, *, hashing = "kv64", policy = "predicted_ttft", temperature = 0.0, prefill_scale = 1.0,
         decode_weight = 1.0, request_weight = 0.0, host_tier_weight = 0.75,
         disk_tier_weight = 0.25, request_ttl_s = 300.0, approx_ttl_s = 120.0,
-        index_shards = 1, seed = None,
+        index_shards = 1, engine_cache_tokens = None, seed = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -237,9 +237,16 @@ impl PyRouter {
         request_ttl_s: f64,
         approx_ttl_s: f64,
         index_shards: usize,
+        engine_cache_tokens: Option<u64>,
         seed: Option<u64>,
     ) -> PyResult<PyRouter> {
         let seed = seed.unwrap_or_else(random_seed);
+        let mut policy = parse_policy(policy)?;
+        if let Some(tokens) = engine_cache_tokens {
+            policy = policy
+                .with_engine_cache_tokens(tokens, block_size)
+                .map_err(|reason| PyValueError::new_err(format!("engine_cache_tokens {reason}")))?;
+        }
         let config = RouterConfig {
             block_size,
             hash_scheme: parse_hashing(hashing)?,
@@ -256,7 +263,7 @@ impl PyRouter {
             index_shards,
             room_seed: seed,
             rng_seed: seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15,
-            policy: parse_policy(policy)?,
+            policy,
             ..RouterConfig::default()
         };
         let hasher = BlockHasher::with_scheme(block_size as usize, config.hash_scheme).map_err(refused)?;

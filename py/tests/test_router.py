@@ -202,3 +202,24 @@ def test_a_decision_says_what_overlap_it_left_and_why():
     assert (decision.best_overlap_blocks, decision.shortfall) == (4, "policy")
     pinned = router.route(prompt, dry_run=True, workers=[1], dp_rank=0)
     assert (pinned.overlap_blocks, pinned.best_overlap_blocks, pinned.shortfall) == (4, 4, None)
+
+
+def test_engine_cache_tokens_cap_what_running_requests_count():
+    def fleet(**size):
+        router = kvroute.Router(seed=13, **size)
+        router.add_worker(1, dp_size=2)
+        prompt = chain(0, 8)
+        router.route(prompt, request_id="warm", workers=[1], dp_rank=0)  # rank 0 remembers the prompt
+        assert router.prefill_done("warm") and router.finish("warm")
+        router.route(chain(5000, 100), request_id="long", workers=[1], dp_rank=0)  # 100 blocks of KV
+        assert router.prefill_done("long")  # still running: its KV counts, its prefill no longer
+        return router, prompt
+
+    # Unknown cache size: a quarter of 1,600 KV tokens on rank 0 outweighs 1.5 x 128 on rank 1.
+    router, prompt = fleet()
+    assert all(router.best_worker(prompt, dry_run=True)[1] == 1 for _ in range(8))
+    # A 64-token cache holds 4 of those blocks at most: 16 tokens of queue, and the prompt is cached.
+    router, prompt = fleet(engine_cache_tokens=64)
+    assert all(router.best_worker(prompt, dry_run=True)[1:] == (0, 8) for _ in range(8))
+    with pytest.raises(ValueError, match="engine_cache_tokens must hold at least one block of 16 tokens"):
+        kvroute.Router(engine_cache_tokens=15)

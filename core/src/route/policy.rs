@@ -219,6 +219,24 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// This policy told that one engine rank's KV cache holds `tokens` tokens, in blocks
+    /// of `block_size` (rounded down): `PredictedTtft` takes it as `cache_blocks`; the
+    /// others use no cache size and come back unchanged. Less than one block is an error.
+    pub fn with_engine_cache_tokens(self, tokens: u64, block_size: u32) -> Result<Policy, String> {
+        let blocks = tokens / u64::from(block_size.max(1));
+        if blocks == 0 {
+            return Err(format!("must hold at least one block of {block_size} tokens, got {tokens}"));
+        }
+        Ok(match self {
+            Policy::PredictedTtft(weights) => {
+                Policy::PredictedTtft(TtftWeights { cache_blocks: Some(blocks), ..weights })
+            }
+            other => other,
+        })
+    }
+}
+
 /// What scoring gathered about one candidate.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Candidate {

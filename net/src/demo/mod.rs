@@ -178,8 +178,9 @@ impl DemoArgs {
 
     /// The default policy, at `--ttft-weights` if given, told the simulated caches' size.
     fn default_policy(&self) -> Policy {
-        let cache_blocks = (self.capacity_tokens / u64::from(self.block_size.max(1))).max(1);
-        Policy::PredictedTtft(TtftWeights { cache_blocks: Some(cache_blocks), ..self.ttft_weights.unwrap_or_default() })
+        let policy = Policy::PredictedTtft(self.ttft_weights.unwrap_or_default());
+        // `check_args` makes sure --capacity-tokens holds a block, so this never fails.
+        policy.with_engine_cache_tokens(self.capacity_tokens, self.block_size).unwrap_or(policy)
     }
 
     /// `policy`, the default one at `--ttft-weights`.

@@ -19,12 +19,12 @@ use std::time::Duration;
 
 use kvroute_core::hashing::HashScheme;
 use kvroute_core::index::MAX_SHARDS;
-use kvroute_core::route::{CostWeights, Router, RouterConfig, WorkerSpec};
+use kvroute_core::route::{CostWeights, Policy, Router, RouterConfig, WorkerSpec};
 
 use super::auth::BearerToken;
 use super::duration::HumanDuration;
 use super::options::{
-    HashSchemeName, LogFormat, PolicyName, ServeArgs, ServeOptions, DEFAULT_MAX_PUBLISHER_CONNECTIONS,
+    HashSchemeName, LogFormat, PolicyName, RouterOptions, ServeArgs, ServeOptions, DEFAULT_MAX_PUBLISHER_CONNECTIONS,
     DEFAULT_MAX_PUBLISHER_HANDSHAKES,
 };
 use crate::engine_ingest::EngineSource;
@@ -390,6 +390,7 @@ fn resolve_router(o: &ServeOptions) -> Result<RouterConfig, ConfigError> {
         Some(seed) => seed,
         None => random_u64() % ROOM_SEED_LIMIT,
     };
+    let policy = resolve_policy(r, block_size)?;
     Ok(RouterConfig {
         block_size,
         hash_scheme: match r.hash_scheme.unwrap_or(HashSchemeName::Kv64) {
@@ -403,9 +404,20 @@ fn resolve_router(o: &ServeOptions) -> Result<RouterConfig, ConfigError> {
         index_shards,
         room_seed,
         rng_seed: random_u64(),
-        policy: r.policy.map_or(defaults.policy, PolicyName::policy),
+        policy,
         load_report_ttl_ms,
     })
+}
+
+/// The policy `r` names, told the engines' cache size where it uses one.
+fn resolve_policy(r: &RouterOptions, block_size: u32) -> Result<Policy, ConfigError> {
+    let policy = r.policy.map_or(RouterConfig::default().policy, PolicyName::policy);
+    match r.engine_cache_tokens {
+        None => Ok(policy),
+        Some(tokens) => policy
+            .with_engine_cache_tokens(tokens, block_size)
+            .map_err(|reason| ConfigError::invalid("router.engine_cache_tokens", reason)),
+    }
 }
 
 fn strip_invalid_prefix(message: &str) -> String {

@@ -80,9 +80,9 @@ pub enum PolicyName {
     /// Lowest cost: prefill work not covered by the cached prefix, plus decode load (Dynamo's).
     Cost,
     /// Smallest predicted time to first token (the default): queued prefill, this prompt's
-    /// uncached part (counted 3 times: it delays everyone behind it) and half of running
-    /// requests' KV. Its cache-pressure term stays off here: serve does not know the
-    /// engines' cache size.
+    /// uncached part (counted 1.5 times: it delays everyone behind it) and a quarter of
+    /// running requests' KV tokens. With --engine-cache-tokens, also the price of evicting
+    /// from a full cache, and running requests counted up to a full cache.
     PredictedTtft,
     /// The SGLang gateway's cache_aware (cache threshold 0.3, balance 64 / 1.5).
     CacheAware,
@@ -388,6 +388,14 @@ pub struct RouterOptions {
     #[arg(long, value_name = "T", allow_negative_numbers = true)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
+    /// KV-cache tokens one engine DP rank holds (vLLM logs it at start as "GPU KV cache
+    /// size: N tokens", SGLang as max_total_num_tokens). With it, --policy predicted-ttft
+    /// prices a prompt's new blocks by how full each rank's cache is (they evict other
+    /// prefixes) and counts a rank's running requests up to a full cache of KV (an engine
+    /// holds no more) [default: unknown, both off].
+    #[arg(long, value_name = "TOKENS")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_cache_tokens: Option<u64>,
     /// A routed request never finished is released after this long [default: 300s].
     #[arg(long, value_name = "DURATION")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -532,6 +540,7 @@ impl RouterOptions {
             host_tier_weight: self.host_tier_weight.or(file.host_tier_weight),
             disk_tier_weight: self.disk_tier_weight.or(file.disk_tier_weight),
             temperature: self.temperature.or(file.temperature),
+            engine_cache_tokens: self.engine_cache_tokens.or(file.engine_cache_tokens),
             request_ttl: self.request_ttl.or(file.request_ttl),
             load_report_ttl: self.load_report_ttl.or(file.load_report_ttl),
             approx_ttl: self.approx_ttl.or(file.approx_ttl),
@@ -554,6 +563,7 @@ impl RouterOptions {
             host_tier_weight: self.host_tier_weight.or(Some(weights.host_tier_weight)),
             disk_tier_weight: self.disk_tier_weight.or(Some(weights.disk_tier_weight)),
             temperature: self.temperature.or(Some(weights.temperature)),
+            engine_cache_tokens: self.engine_cache_tokens,
             request_ttl: self.request_ttl.or(Some(HumanDuration::from_secs(core.request_ttl_ms / 1000))),
             load_report_ttl: self.load_report_ttl.or(Some(HumanDuration::from_secs(core.load_report_ttl_ms / 1000))),
             approx_ttl: self.approx_ttl.or(Some(HumanDuration::from_secs(core.approx_ttl_ms / 1000))),

@@ -96,6 +96,7 @@ class Router:
         request_ttl_s: float = 300.0,
         approx_ttl_s: float = 120.0,
         index_shards: int = 1,
+        engine_cache_tokens: int | None = None,
         seed: int | None = None,
     ) -> None: ...
     @property
