@@ -14,7 +14,8 @@
 //! - `round-robin`: no router; the client sends request `i` to rank `i mod ranks`;
 //! - `kvroute`: `kvroute serve`'s proxy (in this process), tokenizing the text itself
 //!   (`--tokenizer bytes`), once per policy of `--kvroute-policies` (default: the default
-//!   policy). `cache_aware` and `largest_overlap` are our reimplementations of smg's and
+//!   policy; told the engines' cache size with `--kvroute-knows-cache-size`).
+//!   `cache_aware` and `largest_overlap` are our reimplementations of smg's and
 //!   vllm-router's rules on the exact index: run beside the peers, they show how close the
 //!   reimplementation comes to the real router (cached share, requests per rank);
 //! - `vllm-router kv_aware` (`--vllm-router PATH`), fed every rank's KV events; it
@@ -75,6 +76,12 @@ struct Args {
     /// not delayed by it.
     #[arg(long)]
     token_id_prompts: bool,
+    /// Tell kvroute the engines' cache size (`kvroute serve --engine-cache-tokens`, here
+    /// --capacity-tokens), as an operator who read it from the engines' start-up log would:
+    /// `predicted_ttft` then prices evictions and caps its decode term. Off: as `kvroute
+    /// serve` runs without the flag.
+    #[arg(long)]
+    kvroute_knows_cache_size: bool,
     #[command(flatten)]
     peers: PeerExecutables,
     /// The Mooncake-format trace [default: data/conversation_trace.jsonl].
@@ -194,7 +201,12 @@ async fn run(
     let target = match router {
         Contender::RoundRobin => Target::RoundRobin(fleet.urls()),
         Contender::Kvroute(policy) => {
-            let extra = format!("[router]\npolicy = \"{}\"\n[proxy]\ntokenizer = \"bytes\"", policy.name());
+            let cache = if args.kvroute_knows_cache_size {
+                format!("engine_cache_tokens = {}\n", args.capacity_tokens)
+            } else {
+                String::new()
+            };
+            let extra = format!("[router]\npolicy = \"{}\"\n{cache}[proxy]\ntokenizer = \"bytes\"", policy.name());
             let running = start_kvroute(&fleet, &extra).await?;
             let url = format!("http://{}", running.http_address);
             daemon = Some(running);
