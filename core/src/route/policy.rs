@@ -35,22 +35,23 @@
 //! says other routers queued. The sum stays in tokens, as if every rank prefilled at one
 //! speed, rather than divided by each rank's rate: a router replica that sees only its
 //! share of a rank's `prefill_done`s measures a rate that depends on the other replicas'
-//! traffic. Three terms make the prediction look past this request: each uncached
-//! token also delays every request queued behind it on that rank and is work a cache hit
-//! would have saved for good, so it counts `recompute` times (default 1.5); the blocks it
-//! stores evict other prefixes from a full cache, so it counts up to `pressure` times more
+//! traffic. Three terms make the prediction look past this request: each uncached token
+//! also delays every request queued behind it on that rank and is work a cache hit would
+//! have saved for good, so it counts `recompute` times (default 1.5); the blocks it stores
+//! evict other prefixes from a full cache, so it counts up to `pressure` times more
 //! (default 5), scaled by how full the rank's cache is, held blocks (from its events) over
 //! `cache_blocks` (new prefixes go to the emptier caches: SGLang's "smallest tree" as a
 //! price instead of a rule; off while the cache size is unknown); and the rank's running
-//! requests share its batches (chunked prefill), each of their KV tokens counting
-//! `decode` tokens of queue (default 0.25), up to `cache_blocks` of them (an engine admits
-//! no more KV than its cache holds; without the cap a rank serving a few agents with
-//! 100 Ki-token contexts looked busier than recomputing such a context elsewhere). The smallest sum wins, ties to the fewest
-//! decode blocks. The defaults were the best of a grid over three fleet sizes and four
-//! tie-break seeds of the shipped trace (README, "Routing policies"). At a positive temperature the pick is
-//! sampled over the normalised sums instead, as `Cost` samples its costs: router replicas
-//! that split a burst of arrivals and each see only their own share until the next load
-//! report would otherwise all put their shares on the same emptiest ranks.
+//! requests share its batches (chunked prefill), each of their KV tokens counting `decode`
+//! tokens of queue (default 0.25), up to `cache_blocks` of them (an engine admits no more
+//! KV than its cache holds, so a rank running a few agents with 100 Ki-token contexts does
+//! not look busier than recomputing one of them elsewhere). The smallest sum wins, ties to
+//! the fewest decode blocks. The defaults were the best of a grid over three fleet sizes
+//! and four tie-break seeds of the shipped trace (README, "Routing policies"). At a
+//! positive temperature the pick is sampled over the normalised sums instead, as `Cost`
+//! samples its costs: router replicas that split a burst of arrivals and each see only
+//! their own share until the next load report would otherwise all put their shares on the
+//! same emptiest ranks.
 //!
 //! Every policy breaks remaining ties uniformly at random with the router's generator.
 
@@ -186,6 +187,22 @@ impl Policy {
         Policy::ALL.into_iter().find(|p| p.name() == name)
     }
 
+    /// This policy told that one engine rank's KV cache holds `tokens` tokens, in blocks
+    /// of `block_size` (rounded down): `PredictedTtft` takes it as `cache_blocks`; the
+    /// others use no cache size and come back unchanged. Less than one block is an error.
+    pub fn with_engine_cache_tokens(self, tokens: u64, block_size: u32) -> Result<Policy, String> {
+        let blocks = tokens / u64::from(block_size.max(1));
+        if blocks == 0 {
+            return Err(format!("must hold at least one block of {block_size} tokens, got {tokens}"));
+        }
+        Ok(match self {
+            Policy::PredictedTtft(weights) => {
+                Policy::PredictedTtft(TtftWeights { cache_blocks: Some(blocks), ..weights })
+            }
+            other => other,
+        })
+    }
+
     /// Checks the parameters.
     pub fn validate(&self) -> Result<(), String> {
         let finite = |name: &str, v: f64| {
@@ -219,24 +236,6 @@ impl Policy {
     }
 }
 
-impl Policy {
-    /// This policy told that one engine rank's KV cache holds `tokens` tokens, in blocks
-    /// of `block_size` (rounded down): `PredictedTtft` takes it as `cache_blocks`; the
-    /// others use no cache size and come back unchanged. Less than one block is an error.
-    pub fn with_engine_cache_tokens(self, tokens: u64, block_size: u32) -> Result<Policy, String> {
-        let blocks = tokens / u64::from(block_size.max(1));
-        if blocks == 0 {
-            return Err(format!("must hold at least one block of {block_size} tokens, got {tokens}"));
-        }
-        Ok(match self {
-            Policy::PredictedTtft(weights) => {
-                Policy::PredictedTtft(TtftWeights { cache_blocks: Some(blocks), ..weights })
-            }
-            other => other,
-        })
-    }
-}
-
 /// What scoring gathered about one candidate.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Candidate {
@@ -247,7 +246,8 @@ pub(crate) struct Candidate {
     pub(crate) device_overlap: u32,
     /// Overlap credit in blocks, lower tiers at their weight.
     pub(crate) credit: f64,
-    /// Blocks the rank's cache holds (device), as its events said.
+    /// `Policy::PredictedTtft` with a known `cache_blocks` only (zero otherwise): the
+    /// blocks the rank's device cache holds, as its events said.
     pub(crate) held_blocks: u64,
     /// `Policy::PredictedTtft` only (zero for the others): the prefill tokens still to
     /// compute on the rank (this router's own counted down by the rank's progress at its

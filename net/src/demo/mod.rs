@@ -304,3 +304,22 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
         aggregated::run(args, &requests)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{Args, Command};
+    use kvroute_core::route::TtftWeights;
+
+    use super::DemoArgs;
+
+    /// `--ttft-weights`' help states the default weights; it must follow them.
+    #[test]
+    fn ttft_weights_help_gives_the_defaults() {
+        let command = DemoArgs::augment_args(Command::new("demo"));
+        let arg = command.get_arguments().find(|a| a.get_id() == "ttft_weights").expect("the flag");
+        let help = arg.get_help().expect("documented").to_string();
+        let w = TtftWeights::DEFAULT;
+        let defaults = format!("[default: {},{},{}]", w.recompute, w.decode, w.pressure);
+        assert!(help.contains(&defaults), "{help:?} lacks {defaults:?}");
+    }
+}

@@ -80,9 +80,10 @@ pub enum PolicyName {
     /// Lowest cost: prefill work not covered by the cached prefix, plus decode load (Dynamo's).
     Cost,
     /// Smallest predicted time to first token (the default): queued prefill, this prompt's
-    /// uncached part (counted 1.5 times: it delays everyone behind it) and a quarter of
-    /// running requests' KV tokens. With --engine-cache-tokens, also the price of evicting
-    /// from a full cache, and running requests counted up to a full cache.
+    /// uncached part (counted 1.5 times: it delays everyone behind it) and 0.25 tokens of
+    /// queue per KV token of running requests. With --engine-cache-tokens, also the price
+    /// of evicting from a full cache (up to 5 times more), and running requests counted up
+    /// to a full cache.
     PredictedTtft,
     /// The SGLang gateway's cache_aware (cache threshold 0.3, balance 64 / 1.5).
     CacheAware,
@@ -570,6 +571,29 @@ impl RouterOptions {
             approx_max_blocks: self.approx_max_blocks.or(Some(core.approx_max_blocks_per_rank)),
             index_shards: self.index_shards.or(Some(core.index_shards)),
             room_seed: self.room_seed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+    use kvroute_core::route::TtftWeights;
+
+    use super::PolicyName;
+
+    /// The help text states the default weights; it must follow them when they change.
+    #[test]
+    fn predicted_ttft_help_gives_the_default_weights() {
+        let value = PolicyName::PredictedTtft.to_possible_value().expect("listed");
+        let help = value.get_help().expect("documented").to_string();
+        let w = TtftWeights::DEFAULT;
+        for (name, weight, phrase) in [
+            ("recompute", w.recompute, format!("counted {} times", w.recompute)),
+            ("decode", w.decode, format!("{} tokens of queue per KV token", w.decode)),
+            ("pressure", w.pressure, format!("up to {} times more", w.pressure)),
+        ] {
+            assert!(help.contains(&phrase), "{name} = {weight}: {help:?} lacks {phrase:?}");
         }
     }
 }
